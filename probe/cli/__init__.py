@@ -1,0 +1,55 @@
+"""The `probe` command: a thin layer over the Python API.
+
+Each subcommand lives in its own module here with ``register(subparsers)``; it
+parses flags, calls the API, and prints.  User errors (:class:`ProbeError`) become
+one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+import argparse
+import importlib
+import sys
+
+from ..errors import ProbeError
+
+SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "train", "demo"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the usage block
+        raise ProbeError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser():
+    parser = _Parser(prog="probe", description="Probe what diffusion models know about images.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"probe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"probe.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"probe.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "func", None):
+            build_parser().print_help()
+            return 2
+        return args.func(args) or 0
+    except ProbeError as e:
+        if debug:
+            raise
+        print(f"probe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("probe: interrupted", file=sys.stderr)
+        return 130

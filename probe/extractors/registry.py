@@ -1,0 +1,99 @@
+"""The model zoo: a plain dict from name to everything needed to build and load a model.
+
+Each entry names its family (the module in ``probe.extractors`` that builds it), the
+architecture in the original code's own argument names, and where its weights come
+from.  ``load_model`` resolves a name or a family and hands off to the family's
+``create``.
+"""
+import importlib
+
+from ..errors import ProbeError, suggest
+
+FAMILIES = {
+    "dit": "probe.extractors.dit",
+    "adm": "probe.extractors.adm",
+    "ldae": "probe.extractors.ldae",
+}
+
+_DIT_VAE = "stabilityai/sd-vae-ft-ema"
+_DIT_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}.pt"
+_ADM_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/{}.pt"
+
+
+def _dit(hidden_size, depth, num_heads, input_size=32, **weights):
+    config = dict(input_size=input_size, patch_size=2, in_channels=4, hidden_size=hidden_size,
+                  depth=depth, num_heads=num_heads, class_dropout_prob=0.1, num_classes=1000,
+                  learn_sigma=True)
+    return dict(family="dit", config=config, image_size=input_size * 8, schedule="linear",
+                vae=_DIT_VAE, **weights)
+
+
+def _adm(image_size, class_cond=True, num_channels=256, num_res_blocks=2,
+         num_head_channels=64, use_new_attention_order=False, schedule="linear", **weights):
+    config = dict(image_size=image_size, num_channels=num_channels, num_res_blocks=num_res_blocks,
+                  attention_resolutions="32,16,8", num_heads=4, num_head_channels=num_head_channels,
+                  num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
+                  use_new_attention_order=use_new_attention_order, class_cond=class_cond,
+                  learn_sigma=True, dropout=0.0, use_fp16=False, use_checkpoint=False,
+                  channel_mult="")
+    return dict(family="adm", config=config, image_size=image_size, schedule=schedule, **weights)
+
+
+MODELS = {
+    "dit-xl-2": _dit(1152, 28, 16, url=_DIT_URL.format("DiT-XL-2-256x256"),
+                     hub="facebook/DiT-XL-2-256"),
+    "dit-xl-2-512": _dit(1152, 28, 16, input_size=64, url=_DIT_URL.format("DiT-XL-2-512x512"),
+                         hub="facebook/DiT-XL-2-512"),
+    "dit-l-2": _dit(1024, 24, 16, note="no released weights: train your own or --random-init"),
+    "dit-b-2": _dit(768, 12, 12, note="no released weights: train your own or --random-init"),
+    "adm-256-uncond": _adm(256, class_cond=False, url=_ADM_URL.format("256x256_diffusion_uncond")),
+    "adm-256": _adm(256, url=_ADM_URL.format("256x256_diffusion")),
+    "adm-128": _adm(128, num_head_channels=-1, url=_ADM_URL.format("128x128_diffusion")),
+    "adm-512": _adm(512, url=_ADM_URL.format("512x512_diffusion")),
+    "adm-64": _adm(64, num_channels=192, num_res_blocks=3, use_new_attention_order=True,
+                   schedule="cosine", url=_ADM_URL.format("64x64_diffusion")),
+}
+
+ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}
+
+
+def register(name, spec):
+    """Add a model to the zoo (used for the shipped trained models and by plugins)."""
+    MODELS[name] = spec
+
+
+def resolve(name):
+    """Registry name or alias -> (canonical name, spec)."""
+    name = ALIASES.get(name, name)
+    if name not in MODELS:
+        choices = list(MODELS) + list(ALIASES) + list(FAMILIES)
+        raise ProbeError(f"unknown model {name!r}{suggest(name, choices)}; "
+                         f"see `probe models` for the list, or use a family: {', '.join(FAMILIES)}")
+    return name, MODELS[name]
+
+
+def family_module(family):
+    return importlib.import_module(FAMILIES[family])
+
+
+def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False, device=None,
+               **config):
+    """Build a model from the zoo or from a family, and load its weights.
+
+    ``name``: a registry name (``dit-xl-2``, ``adm-256-uncond`` ...) or a family
+    (``dit``, ``adm``, ``ldae``) with ``config`` in the original code's argument names.
+    ``checkpoint``: a local file or folder, or a hub id; by default the entry's released
+    weights.  ``random_init``: keep the random initialisation (an untrained baseline).
+    """
+    if checkpoint is not None and random_init:
+        raise ProbeError("give either a checkpoint or random_init, not both")
+    if name in FAMILIES:
+        spec = dict(family=name, config={})
+    else:
+        name, spec = resolve(name)
+    spec = dict(spec, config={**spec.get("config", {}), **config})
+    model = family_module(spec["family"]).create(
+        name, spec, checkpoint=checkpoint, random_init=random_init,
+        trust_checkpoint=trust_checkpoint)
+    model.eval().requires_grad_(False)
+    return model.to(device) if device is not None else model

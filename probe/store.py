@@ -1,0 +1,242 @@
+"""The HDF5 feature file: layout, writing, and reading.
+
+Layout (readable with plain h5py)::
+
+    /                      attrs: format="probe-features", format_version, complete,
+                           num_samples, and how the features were made (see README)
+    /labels       (N,)     int64 class index per sample
+    /ids          (N,)     str   sample id (relative path or index in the dataset)
+    /class_names  (C,)     str
+    /features/t{T}/{BLOCK} (N, ...) one dataset per (timestep, block), chunked along N
+
+Non-scalar attributes (model description, the command, ...) are stored as JSON
+strings.  A file whose ``complete`` attribute is not true is never read.
+"""
+import json
+import os
+
+import h5py
+import numpy as np
+
+from .errors import ProbeError
+
+FORMAT = "probe-features"
+FORMAT_VERSION = 1
+_STR = h5py.string_dtype("utf-8")
+
+
+def key_name(t, block):
+    return f"t{int(t)}/{block}"
+
+
+def parse_key(key):
+    """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4')."""
+    if isinstance(key, tuple):
+        return int(key[0]), str(key[1])
+    t, _, block = str(key).partition("/")
+    if not t.startswith("t") or not t[1:].isdigit() or not block:
+        raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4")
+    return int(t[1:]), block
+
+
+def _attr_value(v):
+    if isinstance(v, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+        return v
+    if v is None:
+        return "null"
+    return json.dumps(v)
+
+
+def _read_attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except (ValueError, TypeError):
+            return v
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def chunk_rows(shape, itemsize, target_bytes=1 << 20):
+    """Rows per chunk so that a chunk is about 1 MiB (HDF5 likes 10 KiB - 1 MiB)."""
+    row = int(np.prod(shape[1:])) * itemsize if len(shape) > 1 else itemsize
+    return int(max(1, min(shape[0], target_bytes // max(row, 1))))
+
+
+def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs):
+    """Create a feature file with empty datasets; ``shapes`` maps (t, block) -> per-sample
+    shape.  The file is marked incomplete until :func:`mark_complete`."""
+    f = h5py.File(path, "w")
+    f.attrs["format"] = FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    f.attrs["complete"] = False
+    f.attrs["num_samples"] = int(num_samples)
+    for k, v in attrs.items():
+        f.attrs[k] = _attr_value(v)
+    f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+    f.create_dataset("ids", data=np.asarray([str(i) for i in ids], dtype=object), dtype=_STR)
+    f.create_dataset("class_names", data=np.asarray(list(class_names), dtype=object), dtype=_STR)
+    itemsize = np.dtype(dtype).itemsize
+    for (t, block), shape in shapes.items():
+        full = (int(num_samples),) + tuple(int(s) for s in shape)
+        ds = f.create_dataset(f"features/{key_name(t, block)}", shape=full, dtype=dtype,
+                              chunks=(chunk_rows(full, itemsize),) + full[1:] if num_samples else None)
+        ds.attrs["t"] = int(t)
+        ds.attrs["block"] = block
+    return f
+
+
+def mark_complete(f):
+    f.attrs["complete"] = True
+    f.flush()
+
+
+def write_features(path, features, *, labels, ids=None, class_names=None, attrs=None,
+                   dtype=np.float32):
+    """Write in-memory features ``{(t, block): array (N, ...)}`` as a complete feature file
+    (for small data, tests and conversions; `probe extract` streams instead)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    ids = list(range(n)) if ids is None else ids
+    if class_names is None:
+        class_names = [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
+    keys = [parse_key(k) for k in features]
+    base = {"timesteps": sorted({t for t, _ in keys}),
+            "blocks": list(dict.fromkeys(b for _, b in keys))}
+    tmp = f"{path}.tmp"
+    with create(tmp, num_samples=n, shapes={k: np.shape(v)[1:] for k, v in zip(keys, features.values())},
+                dtype=dtype, labels=labels, ids=ids, class_names=class_names,
+                attrs={**base, **(attrs or {})}) as f:
+        for k, v in zip(keys, features.values()):
+            f[f"features/{key_name(*k)}"][...] = np.asarray(v, dtype=dtype)
+        mark_complete(f)
+    os.replace(tmp, path)
+    return path
+
+
+class FeatureFile:
+    """A complete feature file, open for reading.
+
+    ``keys``: the (t, block) pairs in the file, timesteps ascending and blocks in the
+    model's forward order.  ``load(key)`` reads one into memory; ``dataset(key)`` gives the
+    h5py dataset for streaming.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        if not os.path.exists(self.path):
+            raise ProbeError(f"feature file not found: {self.path}")
+        if not os.access(self.path, os.R_OK):
+            raise ProbeError(f"feature file is not readable: {self.path}")
+        try:
+            self.h5 = h5py.File(self.path, "r")
+        except OSError as e:
+            raise ProbeError(f"{self.path} is not a readable HDF5 file (truncated or corrupt?): "
+                             "re-run `probe extract` to make it again") from e
+        a = self.h5.attrs
+        if a.get("format") != FORMAT:
+            self.close()
+            raise ProbeError(f"{self.path} is an HDF5 file but not a probe feature file "
+                             "(made by another tool?): make one with `probe extract`")
+        if not bool(a.get("complete", False)):
+            self.close()
+            raise ProbeError(f"{self.path} is incomplete (the run that made it stopped early): "
+                             "re-run the same `probe extract` command to finish it")
+        self.attrs = {k: _read_attr(v) for k, v in a.items()}
+        try:
+            self.labels = self.h5["labels"][...]
+            self.ids = [s.decode() if isinstance(s, bytes) else str(s) for s in self.h5["ids"][...]]
+            self.class_names = [s.decode() if isinstance(s, bytes) else str(s)
+                                for s in self.h5["class_names"][...]]
+            order = {b: i for i, b in enumerate(self.attrs.get("blocks") or [])}
+            keys = []
+            for tname, group in self.h5["features"].items():
+                for block in group:
+                    keys.append((int(tname[1:]), block))
+        except (KeyError, OSError) as e:
+            self.close()
+            raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
+        self.keys = sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
+
+    # context manager
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.h5.close()
+        except Exception:
+            pass
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def num_samples(self):
+        return len(self.labels)
+
+    @property
+    def timesteps(self):
+        return sorted({t for t, _ in self.keys})
+
+    @property
+    def blocks(self):
+        return list(dict.fromkeys(b for _, b in self.keys))
+
+    def _check(self, key):
+        key = parse_key(key)
+        if key not in self.keys:
+            raise ProbeError(
+                f"{self.path} has no features for t={key[0]}, block {key[1]}; it has t in "
+                f"{self.timesteps} and blocks {', '.join(self.blocks)} (see `probe info`)")
+        return key
+
+    def dataset(self, key):
+        return self.h5[f"features/{key_name(*self._check(key))}"]
+
+    def shape(self, key):
+        """Per-sample shape: (D,) pooled, (C, H, W) spatial."""
+        return tuple(self.dataset(key).shape[1:])
+
+    def is_spatial(self, key):
+        return len(self.shape(key)) == 3
+
+    def load(self, key, rows=None):
+        ds = self.dataset(key)
+        return ds[...] if rows is None else ds[rows]
+
+    def iter_batches(self, keys, batch_size):
+        """Yield (start, stop, {key: array}) over all samples, ``batch_size`` rows at a time;
+        memory stays bounded by one batch of every key."""
+        keys = [self._check(k) for k in keys]
+        dsets = {k: self.dataset(k) for k in keys}
+        for start in range(0, len(self), batch_size):
+            stop = min(start + batch_size, len(self))
+            yield start, stop, {k: d[start:stop] for k, d in dsets.items()}
+
+    def describe(self):
+        """The settings that make two files comparable (model, pooling, dtype, ...)."""
+        a = self.attrs
+        return {k: a.get(k) for k in ("model", "checkpoint_sha256", "pool", "timesteps",
+                                      "noise_seed", "ensemble", "add_noise")}
+
+
+def open_features(path):
+    return FeatureFile(path)
+
+
+def check_compatible(train, test, what=("model", "checkpoint_sha256", "pool", "add_noise")):
+    """Raise unless two files were made the same way (for train/test pairs)."""
+    for k in what:
+        a, b = train.attrs.get(k), test.attrs.get(k)
+        if a != b:
+            raise ProbeError(f"{train.path} and {test.path} were made differently ({k}: {a!r} vs "
+                             f"{b!r}): extract both with the same model, pooling and settings")
