@@ -1,0 +1,52 @@
+"""Datasets by spec string: ``NAME[:ROOT]`` (see :data:`SPECS`), read from local disk.
+
+``load_dataset(spec, split, image_size, channels)`` returns a torch Dataset of
+``(image in [0,1] (C,S,S), label)`` with ``ids``, ``class_names``, ``spec`` and ``split``.
+"""
+from ..errors import ProbeError, suggest
+from . import datasets as _d
+
+SPECS = {
+    "demo": "bundled balanced subset of real Fashion-MNIST (default)",
+    "fashion-mnist": "Fashion-MNIST IDX files; ROOT defaults to " + _d.FASHION_MNIST_ROOT,
+    "imagefolder": "ROOT/CLASS/IMAGE or ROOT/SPLIT/CLASS/IMAGE",
+    "imagenet50": "ImageNet ROOT/train, ROOT/val filtered to the 50 ImageNet-50 classes",
+    "flowers102": "Oxford Flowers-102 (torchvision layout)",
+    "fgvc-aircraft": "FGVC-Aircraft 2013b (torchvision layout)",
+    "stanford-cars": "Stanford Cars (torchvision layout)",
+    "oxford-pets": "Oxford-IIIT Pet (torchvision layout)",
+    "food101": "Food-101 (torchvision layout)",
+    "dtd": "Describable Textures (torchvision layout)",
+    "cub200": "CUB-200-2011 (images.txt, image_class_labels.txt, train_test_split.txt)",
+}
+_NEEDS_ROOT = set(SPECS) - {"demo", "fashion-mnist"}
+
+
+def parse_spec(spec):
+    name, _, root = (spec or "demo").partition(":")
+    name = name.strip().lower()
+    if name not in SPECS:
+        raise ProbeError(f"unknown dataset {name!r}{suggest(name, SPECS)}; use one of "
+                         f"{', '.join(SPECS)} as NAME[:ROOT]")
+    if name in _NEEDS_ROOT and not root:
+        raise ProbeError(f"dataset {name} needs a folder: --data {name}:ROOT")
+    return name, root or None
+
+
+def load_dataset(spec="demo", split="train", image_size=None, channels=None):
+    name, root = parse_spec(spec)
+    kw = dict(image_size=image_size, channels=channels)
+    if name == "demo":
+        return _d.demo(split, **kw)
+    if name == "fashion-mnist":
+        return _d.fashion_mnist(root, split, **kw)
+    if name == "imagefolder":
+        return _d.imagefolder(root, split, **kw)
+    if name == "imagenet50":
+        return _d.imagenet50(root, split, **kw)
+    from . import finegrained
+
+    return finegrained.load(name, root, split, **kw)
+
+
+__all__ = ["SPECS", "parse_spec", "load_dataset"]
