@@ -10,32 +10,17 @@ Python API (the CLI is a thin layer over these):
 """
 __version__ = "0.1.0"
 
+from .extractors.registry import load_model  # noqa: E402
+from .extraction import extract  # noqa: E402
+from .store import open_features  # noqa: E402
 
-def load_model(*args, **kwargs):
-    from .extractors.registry import load_model as _load
+try:  # parts still being built land here as they arrive
+    from .heads.fit import fit  # noqa: E402
+except ImportError:  # pragma: no cover
+    pass
+try:
+    from .cka import cka  # noqa: E402
+except ImportError:  # pragma: no cover
+    pass
 
-    return _load(*args, **kwargs)
-
-
-def extract(*args, **kwargs):
-    from .extract import extract as _extract
-
-    return _extract(*args, **kwargs)
-
-
-def open_features(*args, **kwargs):
-    from .store import open_features as _open
-
-    return _open(*args, **kwargs)
-
-
-def fit(*args, **kwargs):
-    from .heads.fit import fit as _fit
-
-    return _fit(*args, **kwargs)
-
-
-def cka(*args, **kwargs):
-    from .cka import cka as _cka
-
-    return _cka(*args, **kwargs)
+__all__ = ["load_model", "extract", "open_features", "fit", "cka", "__version__"]

@@ -96,8 +96,9 @@ class Extractor(nn.Module):
         return y.expand(batch) if y.dim() == 0 else y
 
     def _timesteps(self, t, batch, device):
+        if not (torch.is_tensor(t) and t.is_meta):  # shape-only runs carry no values
+            self.schedule.check_t(t.cpu() if torch.is_tensor(t) else t)
         t = torch.as_tensor(t, device=device)
-        self.schedule.check_t(t)
         t = t.long() if not t.is_floating_point() else t
         return t.expand(batch) if t.dim() == 0 else t
 

@@ -1,0 +1,190 @@
+"""The (t, block) grid: choose keys, pair samples by id, stream batches, accumulate HSIC.
+
+Memory stays bounded by one batch: for each batch, each key's rows are read (in column
+slabs when a row is large), turned into one centred kernel, and stacked; the pair matmul
+then consumes the stack.
+"""
+import re
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ProbeError, suggest
+from ..store import key_name, parse_key
+from .core import HSICAccumulator, centred_kernel
+
+# HDF5 costs ~70 us per selection but streams ~1.5 GB/s, so rows closer than this many
+# bytes are read as one slice and the rows in between dropped
+GAP_BYTES = 128 << 10
+# a single read of one key's batch is kept under this; larger rows are read in slabs of
+# channels (axis 1) and their Gram products summed
+SLAB_BYTES = 256 << 20
+# refuse batches whose stacked Gram matrices would not fit in memory comfortably
+MAX_GRAM_BYTES = 8 << 30
+
+
+def select_keys(ff, spec):
+    """Keys of ``ff`` named by ``spec``, in the file's forward order (t ascending, blocks in
+    model order).  Items: 'tT/BLOCK' or (t, block), 'tT' (every block at T), or 'BLOCK'
+    (that block at every t); comma-separated strings are split."""
+    if spec is None:
+        return list(ff.keys)
+    items = [spec] if isinstance(spec, (str, tuple)) else list(spec)
+    words = []
+    for item in items:
+        words += [item] if isinstance(item, tuple) else [w for w in str(item).split(",") if w.strip()]
+    chosen = set()
+    for w in words:
+        if isinstance(w, tuple) or "/" in w:
+            chosen.add(ff._check(parse_key(w if isinstance(w, tuple) else w.strip())))
+            continue
+        w = w.strip()
+        if re.fullmatch(r"t\d+", w):
+            found = [k for k in ff.keys if k[0] == int(w[1:])]
+            if not found:
+                raise ProbeError(f"{ff.path} has no timestep {w[1:]}: it has t in {ff.timesteps}")
+        else:
+            found = [k for k in ff.keys if k[1] == w]
+            if not found:
+                raise ProbeError(f"{ff.path} has no block {w!r}{suggest(w, ff.blocks)}; its blocks "
+                                 f"are {', '.join(ff.blocks)} (keys are tT/BLOCK, tT or BLOCK)")
+        chosen.update(found)
+    if not chosen:
+        raise ProbeError("no CKA keys given: name them as tT/BLOCK, tT or BLOCK")
+    return [k for k in ff.keys if k in chosen]
+
+
+def align_ids(fa, fb):
+    """Row of ``fb`` for each row of ``fa`` (None when the files list the same ids in the
+    same order)."""
+    ids_a, ids_b = list(fa.ids), list(fb.ids)
+    if ids_a == ids_b:
+        return None
+    pos = {s: i for i, s in enumerate(ids_b)}
+    for f, ids, lookup in ((fa, ids_a, set(ids_a)), (fb, ids_b, pos)):
+        if len(lookup) != len(ids):
+            raise ProbeError(f"{f.path} lists {len(ids) - len(lookup)} sample ids twice: CKA pairs "
+                             "samples by id, so ids must be unique (re-run `probe extract`)")
+    only_a = sum(s not in pos for s in ids_a)
+    only_b = len(set(ids_b) - set(ids_a))
+    if only_a or only_b:
+        raise ProbeError(
+            f"{fa.path} and {fb.path} hold different samples: {only_a} of the {len(ids_a)} ids in "
+            f"the first are not in the second and {only_b} of the {len(ids_b)} in the second are "
+            "not in the first; extract both from the same images (CKA pairs samples by id)")
+    return np.fromiter((pos[s] for s in ids_a), dtype=np.int64, count=len(ids_a))
+
+
+def make_batches(n, minibatch, min_batch, shuffle=True, seed=0):
+    """Row indices of each batch (sorted within a batch, for reading).  A last batch smaller
+    than ``min_batch`` (the estimator's minimum) joins the one before it."""
+    what = "the unbiased HSIC" if min_batch == 4 else "CKA"
+    if n < min_batch:
+        raise ProbeError(f"{what} needs at least {min_batch} samples, got {n}")
+    if minibatch is None or minibatch >= n:
+        return [np.arange(n)]
+    if minibatch < min_batch:
+        raise ProbeError(f"minibatch {minibatch} is too small: {what} needs batches of at least "
+                         f"{min_batch} samples (use e.g. --minibatch 1024)")
+    # files are usually sorted by class; batches must be samples of the whole set
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    batches = [order[i:i + minibatch] for i in range(0, n, minibatch)]
+    if len(batches[-1]) < min_batch:
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return [np.sort(b) for b in batches]
+
+
+def read_rows(ds, idx, cols=slice(None)):
+    """``ds[idx, cols]`` for ascending row indices, reading nearby rows as one slice."""
+    idx = np.asarray(idx)
+    if idx[-1] - idx[0] + 1 == len(idx):
+        return ds[idx[0]:idx[-1] + 1, cols]
+    row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:]))
+    if len(ds.shape) > 1:
+        row_bytes = row_bytes * len(range(*cols.indices(ds.shape[1]))) // ds.shape[1]
+    gap = max(1, GAP_BYTES // max(row_bytes, 1))
+    runs = np.split(idx, np.nonzero(np.diff(idx) > gap)[0] + 1)
+    return np.concatenate([ds[r[0]:r[-1] + 1, cols][r - r[0]] for r in runs])
+
+
+class FileSource:
+    """Keys of a feature file, read a batch of rows at a time."""
+
+    def __init__(self, ff, keys):
+        self.ff, self.keys = ff, list(keys)
+        self.name = ff.path
+
+    def __len__(self):
+        return len(self.ff)
+
+    def parts(self, key, idx):
+        """Column slabs of rows ``idx`` (any order) of one key."""
+        ds = self.ff.dataset(key)
+        order = np.argsort(idx, kind="stable")
+        rows = np.asarray(idx)[order]
+        back = np.argsort(order)
+        width = ds.shape[1] if len(ds.shape) > 1 else 1
+        per_col = ds.dtype.itemsize * int(np.prod(ds.shape[1:])) // width * len(rows)
+        step = max(1, SLAB_BYTES // max(per_col, 1))
+        if len(ds.shape) == 1 or step >= width:
+            yield read_rows(ds, rows)[back]
+            return
+        for c in range(0, width, step):
+            yield read_rows(ds, rows, slice(c, c + step))[back]
+
+
+class ArraySource:
+    """In-memory representations: a list of arrays or tensors of shape (N, ...)."""
+
+    def __init__(self, arrays, names=None):
+        self.arrays = list(arrays)
+        if not self.arrays:
+            raise ProbeError("no representations given to CKA")
+        n = {len(a) for a in self.arrays}
+        if len(n) != 1:
+            raise ProbeError(f"representations have different numbers of samples {sorted(n)}: "
+                             "CKA needs the same samples in each")
+        self.keys = list(range(len(self.arrays)))
+        self.name = "arrays"
+
+    def __len__(self):
+        return len(self.arrays[0])
+
+    def parts(self, key, idx):
+        a = self.arrays[key]
+        if torch.is_tensor(a):
+            idx = torch.as_tensor(np.asarray(idx), device=a.device)
+        yield a[idx]
+
+
+def _stack(src, idx, est):
+    out = torch.empty(len(src.keys), len(idx) ** 2, dtype=torch.float64, device=est.device)
+    for i, key in enumerate(src.keys):
+        out[i] = centred_kernel(src.parts(key, idx), est)
+    return out
+
+
+def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, progress=False):
+    """CKA between every key of ``src_a`` and every key of ``src_b`` (or of ``src_a`` when
+    ``src_b`` is None).  ``rows_b[i]`` is the row of ``src_b`` paired with row i of
+    ``src_a``.  Returns (matrix, constant rows, constant columns, batch sizes)."""
+    batches = make_batches(len(src_a), minibatch, est.min_batch, shuffle, seed)
+    n = max(len(b) for b in batches)
+    num_keys = len(src_a.keys) + (len(src_b.keys) if src_b is not None else 0)
+    need = num_keys * n * n * 8
+    if need > MAX_GRAM_BYTES:
+        raise ProbeError(f"CKA over batches of {n} samples needs {need / 2**30:.1f} GiB for the "
+                         f"{num_keys} Gram matrices: use a minibatch (e.g. --minibatch 1024)")
+    acc = HSICAccumulator(est)
+    with torch.no_grad():
+        for idx in tqdm(batches, desc="CKA", unit="batch", disable=not progress or len(batches) < 2):
+            ga = _stack(src_a, idx, est)
+            gb = None if src_b is None else _stack(src_b, idx if rows_b is None else rows_b[idx], est)
+            acc.add(ga, gb)
+    matrix, dead_a, dead_b = acc.cka()
+    return matrix, dead_a, dead_b, [len(b) for b in batches]
+
+
+def label(key):
+    return key_name(*key)

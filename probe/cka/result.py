@@ -1,0 +1,172 @@
+"""What `probe.cka` returns: the matrix, its labels, the panels to draw, and files."""
+import csv
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ProbeError, suggest
+from ..store import key_name, parse_key
+
+ACROSS = ("blocks", "timesteps", "all")
+
+
+@dataclass
+class Panel:
+    """One heatmap: a sub-matrix (row and column indices into the full one) and names."""
+
+    title: str
+    rows: list
+    cols: list
+    row_labels: list
+    col_labels: list
+
+
+@dataclass
+class CKAResult:
+    """CKA between every row key (file A) and every column key (file B, or A again).
+
+    ``matrix[i, j]`` is the CKA of ``rows[i]`` and ``cols[j]``, keys being (t, block) in
+    forward order (t ascending, blocks in the model's order).  ``across`` only decides how
+    the matrix is cut into heatmap panels; the matrix always holds every pair.
+    """
+
+    matrix: np.ndarray
+    rows: list
+    cols: list
+    across: str = "blocks"
+    files: tuple = (None, None)
+    num_samples: int = 0
+    estimator: dict = field(default_factory=dict)
+    constant_keys: list = field(default_factory=list)
+
+    @property
+    def row_labels(self):
+        return [key_name(*k) for k in self.rows]
+
+    @property
+    def col_labels(self):
+        return [key_name(*k) for k in self.cols]
+
+    @property
+    def two_files(self):
+        return self.files[1] is not None
+
+    def __repr__(self):
+        m = self.matrix
+        return (f"CKAResult({m.shape[0]}x{m.shape[1]} over {self.num_samples} samples, "
+                f"across={self.across}, min={m.min():.3f}, max={m.max():.3f})")
+
+    def value(self, row, col):
+        """CKA of one row key and one column key ('t100/block' or (100, 'block'))."""
+        row, col = parse_key(row), parse_key(col)
+        for k, keys, side in ((row, self.rows, "row"), (col, self.cols, "column")):
+            if k not in keys:
+                raise ProbeError(f"{key_name(*k)} is not a {side} of this CKA result"
+                                 f"{suggest(key_name(*k), [key_name(*x) for x in keys])}")
+        return float(self.matrix[self.rows.index(row), self.cols.index(col)])
+
+    # -- panels and lines ---------------------------------------------------------------
+    def panels(self, across=None):
+        """The heatmaps to draw: one per t (across blocks), one per block (across
+        timesteps), or one of everything (all).  Columns from a second file that has a
+        single timestep (or block) go with every panel."""
+        across = across or self.across
+        if across not in ACROSS:
+            raise ProbeError(f"unknown --across {across!r}: use one of {', '.join(ACROSS)}")
+        if across == "all":
+            return [Panel("all keys", list(range(len(self.rows))), list(range(len(self.cols))),
+                          self.row_labels, self.col_labels)]
+        part = 0 if across == "blocks" else 1  # what a panel holds fixed
+        show = (lambda k: k[1]) if across == "blocks" else (lambda k: f"t={k[0]}")
+        col_groups = list(dict.fromkeys(k[part] for k in self.cols))
+        out = []
+        for g in dict.fromkeys(k[part] for k in self.rows):
+            r = [i for i, k in enumerate(self.rows) if k[part] == g]
+            c = [j for j, k in enumerate(self.cols) if k[part] == g or len(col_groups) == 1]
+            if not c:
+                continue
+            title = f"t = {g}" if across == "blocks" else str(g)
+            out.append(Panel(title, r, c, [show(self.rows[i]) for i in r],
+                             [show(self.cols[j]) if self.cols[j][part] == g else key_name(*self.cols[j])
+                              for j in c]))
+        if not out:
+            what = "timesteps" if across == "blocks" else "blocks"
+            raise ProbeError(f"the two files share no {what}, so there is nothing to draw across "
+                             f"{across}: use --across all")
+        return out
+
+    def line(self, blocks=None, ref=None):
+        """CKA against t for some blocks: {block: (timesteps, values)} and a description of
+        what each (t, block) is compared with.
+
+        ``ref``: 'tT' -- the same block at timestep T (default: the smallest t, or in two
+        files 'same' when the second file has the same keys); 'same' -- the same (t, block)
+        in the second file; 'tT/BLOCK' -- one fixed column key."""
+        col_ts = sorted({t for t, _ in self.cols})
+        if ref is None:
+            same = self.two_files and all(k in self.cols for k in self.rows)
+            ref = "same" if same else (key_name(*self.cols[-1]) if self.two_files else f"t{col_ts[0]}")
+        if blocks is None:
+            blocks = list(dict.fromkeys(b for _, b in self.rows))
+        elif isinstance(blocks, str):
+            blocks = [b for b in blocks.split(",") if b]
+        known = list(dict.fromkeys(b for _, b in self.rows))
+        lines = {}
+        for b in blocks:
+            if b not in known:
+                raise ProbeError(f"block {b!r} is not in the CKA rows{suggest(b, known)}")
+            ts, vals = [], []
+            for (t, bb) in self.rows:
+                if bb != b:
+                    continue
+                col = self._ref_key(ref, t, b)
+                if col not in self.cols:
+                    raise ProbeError(f"the line for {b} needs {key_name(*col)}, which is not among "
+                                     f"the CKA columns: include it in --keys or change --line-ref")
+                ts.append(t)
+                vals.append(self.value((t, b), col))
+            lines[b] = (ts, vals)
+        return lines, self._ref_text(ref)
+
+    @staticmethod
+    def _ref_key(ref, t, block):
+        if ref == "same":
+            return (t, block)
+        if re_t(ref):
+            return (int(ref[1:]), block)
+        return parse_key(ref)
+
+    def _ref_text(self, ref):
+        if ref == "same":
+            return "the same t and block in the second file"
+        if re_t(ref):
+            return f"the same block at t={ref[1:]}"
+        return key_name(*parse_key(ref))
+
+    # -- files --------------------------------------------------------------------------
+    def to_csv(self, path):
+        """The matrix with its labels: first row the column keys, first column the row keys;
+        values written exactly (shortest round-trip decimal)."""
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row \\ col"] + self.col_labels)
+            for lab, row in zip(self.row_labels, self.matrix):
+                w.writerow([lab] + [repr(float(v)) for v in row])
+        return path
+
+    def to_dict(self):
+        return {"rows": self.row_labels, "cols": self.col_labels,
+                "matrix": self.matrix.tolist(), "across": self.across,
+                "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
+                "num_samples": self.num_samples, "estimator": self.estimator,
+                "constant_keys": self.constant_keys}
+
+    def to_json(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        return path
+
+
+def re_t(s):
+    return isinstance(s, str) and len(s) > 1 and s[0] == "t" and s[1:].isdigit()

@@ -1,0 +1,72 @@
+"""`probe models` (the zoo) and `probe blocks NAME` (block names, ids and shapes)."""
+import torch
+
+from ..errors import ProbeError
+
+
+def register(sub):
+    p = sub.add_parser("models", help="list the model zoo")
+    p.set_defaults(func=run_models)
+    p = sub.add_parser("blocks", help="list a model's blocks: names, ids, output shapes")
+    p.add_argument("model", help="registry name, or a family with --checkpoint")
+    p.add_argument("--checkpoint", help="read the architecture from this checkpoint")
+    p.add_argument("--image-size", type=int, help="input side in pixels (pixel-space models)")
+    p.set_defaults(func=run_blocks)
+
+
+def run_models(args):
+    from ..extractors.registry import ALIASES, MODELS
+
+    aliases = {}
+    for a, n in ALIASES.items():
+        aliases.setdefault(n, []).append(a)
+    print(f"{'name':<24} {'family':<6} {'input':<12} {'weights'}")
+    for name, spec in MODELS.items():
+        size = spec.get("image_size")
+        inp = f"{size}px" + (" latent" if spec.get("vae") else "") if size else "-"
+        src = spec.get("url") or spec.get("hub") or spec.get("file") or spec.get("note") or "-"
+        if spec.get("hub") and spec.get("url"):
+            src = f"{spec['url']} | hub {spec['hub']}"
+        alias = f" (alias {', '.join(aliases[name])})" if name in aliases else ""
+        print(f"{name + alias:<24} {spec['family']:<6} {inp:<12} {src}")
+    return 0
+
+
+def _meta_model(name, checkpoint):
+    from ..extractors.registry import FAMILIES, load_model, resolve
+
+    if checkpoint:
+        return load_model(name, checkpoint=checkpoint)
+    if name in FAMILIES:
+        raise ProbeError(f"`probe blocks {name}` needs --checkpoint (or use a registry name)")
+    canonical, spec = resolve(name)
+    kw = {"vae": None} if spec["family"] == "dit" else {}
+    if spec.get("file"):  # shipped small models: load the real thing
+        return load_model(canonical)
+    with torch.device("meta"):  # the architecture only: no memory, no weights
+        return load_model(canonical, random_init=True, **kw)
+
+
+def run_blocks(args):
+    from ..extractors.hooks import capture, run_until_stop
+
+    model = _meta_model(args.model, args.checkpoint)
+    device = next(model.parameters()).device
+    c, h, w = model.input_shape
+    if args.image_size:
+        if model.vae is not None or model.family != "adm":
+            raise ProbeError("--image-size applies to convolutional pixel-space models (adm)")
+        h = w = args.image_size
+    x = torch.zeros(1, c, h, w, device=device)
+    names = model.block_names
+    mods = model._block_modules()
+    y = None
+    if model.num_classes is not None and model.null_class is None:
+        y = torch.zeros(1, dtype=torch.long, device=device)
+    with torch.no_grad(), capture(mods) as out:
+        run_until_stop(model.forward, x, torch.zeros(1, dtype=torch.long, device=device), y)
+    print(f"{model.name}: {len(names)} blocks, input {(c, h, w)}")
+    print(f"{'id':>4}  {'block':<20} output shape (C, H, W) or (tokens, D)")
+    for i, n in enumerate(names, 1):
+        print(f"{i:>4}  {n:<20} {tuple(out[n].shape[1:])}")
+    return 0

@@ -1,0 +1,411 @@
+"""Latent denoising autoencoders (l-DAE; Chen, Liu, Xie & He 2024), built for probing.
+
+The network is a DiT-style ViT without class conditioning: patch embedding, fixed 2-D
+sin-cos positions, ``depth`` blocks with adaLN-Zero timestep conditioning (timm's
+Attention and Mlp inside), and a linear head back to pixels.  The first
+``encoder_depth`` blocks are the encoder (probed), the rest the decoder.
+
+The tokenizer is patch-wise PCA fitted on training patches (``probe.train.pca``); its
+mean and full basis are buffers of the network, so a checkpoint carries them.  Noise
+lives in the first ``latent_dim`` PCA coordinates of each patch: the network sees
+``mean + V^T (gamma_t V (x - mean) + sigma_t eps)``.  With ``noise_space="pixel"`` it
+is the classical DAE: ``gamma_t x + sigma_t eps`` with no tokenizer.
+
+Checkpoints (written by ``probe train ldae``) hold only plain types, so they load with
+``torch.load(weights_only=True)``::
+
+    {"format": "probe-ldae", "version": 1, "config": {...}, "model": state_dict,
+     "meta": {...how it was trained...}}
+"""
+import math
+import os
+from functools import partial
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from timm.layers import Attention, Mlp, PatchEmbed, build_sincos2d_pos_embed
+from torch import nn
+
+from ..errors import ProbeError, suggest
+from .base import Extractor
+from .checkpoints import load_file, load_into, state_dict_from
+from .schedules import check_timesteps
+
+FORMAT = "probe-ldae"
+VERSION = 1
+NOISE_SPACES = ("latent", "pixel")
+SCHEDULES = ("sigma-linear", "gamma2-linear")
+TARGETS = ("clean", "noise")
+LOSS_WEIGHTS = ("sigma", "none")
+
+DEFAULTS = dict(
+    # architecture
+    image_size=32, in_channels=1, patch_size=4, hidden_size=192, depth=6, num_heads=3,
+    mlp_ratio=4.0, encoder_depth=None,          # None: the first half of the blocks
+    # noise (used by q_sample / prepare, hence part of the model)
+    noise_space="latent", latent_dim=None,      # None: a quarter of the patch dimension
+    schedule="sigma-linear", sigma_max=math.sqrt(2), num_timesteps=1000,
+    # training objective (recorded so a checkpoint says how it was made)
+    target="clean", residual_weight=0.1, loss_weight="sigma", single_t=None,
+)
+
+
+def patch_dim(config):
+    return config["in_channels"] * config["patch_size"] ** 2
+
+
+def validate_config(config):
+    """Fill defaults and check a config; every user mistake is a one-line ProbeError."""
+    unknown = [k for k in config if k not in DEFAULTS]
+    if unknown:
+        raise ProbeError(f"unknown ldae option {unknown[0]!r}{suggest(unknown[0], DEFAULTS)}; "
+                         f"valid: {', '.join(DEFAULTS)}")
+    c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    for key, choices in (("noise_space", NOISE_SPACES), ("schedule", SCHEDULES),
+                         ("target", TARGETS), ("loss_weight", LOSS_WEIGHTS)):
+        if c[key] not in choices:
+            raise ProbeError(f"ldae {key} must be one of {', '.join(choices)}, not {c[key]!r}")
+    for key in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads",
+                "num_timesteps"):
+        if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
+            raise ProbeError(f"ldae {key} must be a positive integer, not {c[key]!r}")
+    s, p = c["image_size"], c["patch_size"]
+    if s % p:
+        raise ProbeError(f"image size {s} is not divisible by patch size {p}: choose an image "
+                         f"size that is a multiple of {p} (--image-size) or another --patch-size")
+    if c["hidden_size"] % c["num_heads"]:
+        raise ProbeError(f"hidden size {c['hidden_size']} is not divisible by "
+                         f"{c['num_heads']} heads: change --hidden-size or --num-heads")
+    if c["hidden_size"] % 4:
+        raise ProbeError(f"hidden size {c['hidden_size']} must be a multiple of 4 "
+                         "(2-D sin-cos positions)")
+    depth = c["depth"]
+    if c["encoder_depth"] is None:
+        if depth % 2:
+            raise ProbeError(f"depth {depth} cannot be split into equal encoder and decoder "
+                             f"halves: use an even --depth or set --encoder-depth (1..{depth - 1})")
+        c["encoder_depth"] = depth // 2
+    if not 1 <= c["encoder_depth"] <= depth - 1:
+        raise ProbeError(f"encoder depth {c['encoder_depth']} does not split {depth} blocks into "
+                         f"an encoder and a decoder: use 1..{depth - 1}")
+    D = patch_dim(c)
+    if c["noise_space"] == "pixel":
+        if config.get("latent_dim") is not None:
+            raise ProbeError("latent_dim (--latent-dim) only applies to noise_space='latent'; "
+                             "drop it for pixel noise")
+        c["latent_dim"] = None
+    else:
+        d = c["latent_dim"] if c["latent_dim"] is not None else max(1, D // 4)
+        if not isinstance(d, int) or not 1 <= d <= D:
+            raise ProbeError(f"latent dim d={d} must be between 1 and the patch dimension "
+                             f"D = channels x patch^2 = {D}: lower --latent-dim or raise "
+                             "--patch-size")
+        c["latent_dim"] = d
+    if not c["sigma_max"] > 0:
+        raise ProbeError(f"sigma_max must be positive, not {c['sigma_max']}")
+    if c["num_timesteps"] < 2:
+        raise ProbeError("num_timesteps must be at least 2")
+    if c["single_t"] is not None and not 0 <= c["single_t"] < c["num_timesteps"]:
+        raise ProbeError(f"single_t {c['single_t']} is outside the schedule: use "
+                         f"0..{c['num_timesteps'] - 1}")
+    if not c["residual_weight"] >= 0:
+        raise ProbeError(f"residual_weight must be >= 0, not {c['residual_weight']}")
+    c["mlp_ratio"], c["sigma_max"] = float(c["mlp_ratio"]), float(c["sigma_max"])
+    c["residual_weight"] = float(c["residual_weight"])
+    return c
+
+
+# ---- the tokenizer ---------------------------------------------------------------------
+def patchify(x, p):
+    """(B, C, H, W) -> (B, N, C*p*p), patches in row-major order, each flattened (c, i, j)."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens, p, c, h, w):
+    b = tokens.shape[0]
+    x = tokens.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
+
+
+class PatchPCA(nn.Module):
+    """Patch-wise PCA: ``mean`` (D,), ``components`` (D, D) orthonormal rows in order of
+    decreasing ``variance``; the latent is the first ``d`` coordinates."""
+
+    def __init__(self, channels, patch_size, d):
+        super().__init__()
+        self.channels, self.patch_size, self.d = channels, patch_size, d
+        D = channels * patch_size ** 2
+        # Until fitted: the identity basis (pixel coordinates), so the module is usable.
+        self.register_buffer("mean", torch.zeros(D))
+        self.register_buffer("components", torch.eye(D))
+        self.register_buffer("variance", torch.ones(D))
+
+    def set_basis(self, mean, components, variance):
+        self.mean.copy_(torch.as_tensor(mean))
+        self.components.copy_(torch.as_tensor(components))
+        self.variance.copy_(torch.as_tensor(variance))
+
+    def coords(self, x, center=True):
+        """Pixels (B, C, H, W) -> full-basis PCA coordinates per patch (B, N, D)."""
+        t = patchify(x, self.patch_size)
+        if center:
+            t = t - self.mean.to(t.dtype)
+        return t @ self.components.to(t.dtype).T
+
+    def pixels(self, z, shape, center=True):
+        """Full-basis coordinates (B, N, D) -> pixels of the given shape."""
+        t = z @ self.components.to(z.dtype)
+        if center:
+            t = t + self.mean.to(z.dtype)
+        return unpatchify(t, self.patch_size, *shape[1:])
+
+    def mix(self, x0, noise, gamma, sigma):
+        """mean + V^T (gamma V (x0 - mean) + sigma V noise): the noisy input of the latent
+        DAE.  gamma, sigma broadcast over the batch; V is the first d components."""
+        z = self.coords(x0)
+        n = self.coords(noise, center=False)
+        keep = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device)
+        keep[: self.d] = 1
+        return self.pixels(keep * (gamma * z + sigma * n), x0.shape)
+
+    def project(self, x):
+        """x -> mean + V^T V (x - mean): the image as the d-dim tokenizer keeps it."""
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return self.mix(x, torch.zeros_like(x), one, 0 * one)
+
+    def project_noise(self, noise):
+        """Pixel-shaped noise -> V^T V noise (the part of it the latent noise keeps)."""
+        n = self.coords(noise, center=False)
+        n[..., self.d:] = 0
+        return self.pixels(n, noise.shape, center=False)
+
+
+# ---- the noise schedule ------------------------------------------------------------------
+class LDAESchedule:
+    """sigma-linear: gamma = 1 and sigma_t = sigma_max * t / (T - 1) (t = 0 is clean).
+    gamma2-linear: gamma_t^2 = 1 - t / (T - 1) and sigma_t = sqrt(1 - gamma_t^2)."""
+
+    def __init__(self, config, tokenizer=None):
+        self.kind = config["schedule"]
+        self.noise_space = config["noise_space"]
+        self.num_timesteps = config["num_timesteps"]
+        self.sigma_max = config["sigma_max"]
+        self.latent_dim = config["latent_dim"]
+        self.tokenizer = tokenizer  # a submodule of the network: follows it across devices
+
+    def describe(self):
+        return {"type": "ldae", "kind": self.kind, "num_timesteps": self.num_timesteps,
+                "sigma_max": self.sigma_max if self.kind == "sigma-linear" else 1.0,
+                "noise_space": self.noise_space, "latent_dim": self.latent_dim}
+
+    def check_t(self, t):
+        check_timesteps(t, self.num_timesteps)
+
+    def coefficients(self, t):
+        """(gamma_t, sigma_t) as float64 tensors shaped like t."""
+        frac = torch.as_tensor(t, dtype=torch.float64) / (self.num_timesteps - 1)
+        if self.kind == "sigma-linear":
+            return torch.ones_like(frac), self.sigma_max * frac
+        return (1 - frac).sqrt(), frac.sqrt()
+
+    def q_sample(self, x0, t, noise):
+        t = torch.as_tensor(t, device=x0.device)
+        t = t.expand(x0.shape[0]) if t.dim() == 0 else t
+        gamma, sigma = (c.to(x0.device, x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+                        for c in self.coefficients(t))
+        if self.noise_space == "pixel":
+            return gamma * x0 + sigma * noise
+        return self.tokenizer.mix(x0, noise, gamma.view(-1, 1, 1), sigma.view(-1, 1, 1))
+
+    def added_noise(self, noise):
+        """The part of pixel-shaped noise that q_sample actually adds (the noise target)."""
+        return noise if self.noise_space == "pixel" else self.tokenizer.project_noise(noise)
+
+
+# ---- the network --------------------------------------------------------------------------
+def _modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class LDAEBlock(nn.Module):
+    """A DiT block: pre-norm attention and MLP, each shifted, scaled and gated by the
+    timestep embedding (adaLN-Zero)."""
+
+    def __init__(self, dim, num_heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, -1)
+        x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1))
+        return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim, out_dim):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, -1)
+        return self.linear(_modulate(self.norm_final(x), shift, scale))
+
+
+class LDAENet(nn.Module):
+    """The denoiser: noisy image (B, C, S, S) and timestep (B,) -> prediction (B, C, S, S)."""
+
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = config
+        dim, p, s = c["hidden_size"], c["patch_size"], c["image_size"]
+        self.x_embedder = PatchEmbed(s, p, c["in_channels"], dim)
+        self.register_buffer("pos_embed", build_sincos2d_pos_embed([s // p, s // p], dim)[None],
+                             persistent=False)  # fixed, rebuilt from the config
+        self.t_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.t_embedder = TimestepEmbedding(256, dim)
+        self.blocks = nn.ModuleList(LDAEBlock(dim, c["num_heads"], c["mlp_ratio"])
+                                    for _ in range(c["depth"]))
+        self.final_layer = FinalLayer(dim, p * p * c["in_channels"])
+        self.tokenizer = (PatchPCA(c["in_channels"], p, c["latent_dim"])
+                          if c["noise_space"] == "latent" else None)
+        self._init_weights()
+
+    def _init_weights(self):
+        # DiT's initialisation: xavier everywhere, and every residual branch and the
+        # output start at zero, so the untrained network is the identity on its tokens.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        for lin in (self.t_embedder.linear_1, self.t_embedder.linear_2):
+            nn.init.normal_(lin.weight, std=0.02)
+        for m in [b.adaLN_modulation[-1] for b in self.blocks] + [
+                self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x, t):
+        tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        c = self.t_embedder(self.t_proj(t).to(x.dtype))
+        for block in self.blocks:
+            tokens = block(tokens, c)
+        out = self.final_layer(tokens, c)
+        return unpatchify(out, self.config["patch_size"], *x.shape[1:])
+
+
+# ---- the extractor ----------------------------------------------------------------------------
+class LDAEExtractor(Extractor):
+    family = "ldae"
+
+    def __init__(self, net, *, name, source=None):
+        cfg = net.config
+        super().__init__(net, name=name, schedule=LDAESchedule(cfg, net.tokenizer),
+                         image_size=cfg["image_size"], image_channels=cfg["in_channels"],
+                         config=cfg, source=source)
+
+    def _block_modules(self):
+        return {f"blocks.{i}": b for i, b in enumerate(self.net.blocks)}
+
+    def _forward(self, x, t, y):
+        return self.net(x, t)
+
+    @property
+    def encoder_blocks(self):
+        return self.block_names[: self.config["encoder_depth"]]
+
+    @property
+    def decoder_blocks(self):
+        return self.block_names[self.config["encoder_depth"]:]
+
+    @property
+    def encoder_output(self):
+        """The block the paper probes: the last encoder block."""
+        return self.encoder_blocks[-1]
+
+    def to_pixels(self, images):
+        """Images in [0, 1] -> [-1, 1], with nothing removed (the training target)."""
+        return images * 2.0 - 1.0
+
+    @torch.no_grad()
+    def prepare(self, images):
+        """Images in [0, 1] -> the clean network input: [-1, 1], and for latent noise the
+        image as the tokenizer keeps it (its first d PCA components per patch), which is
+        what the network sees at sigma = 0 during training."""
+        x = self.to_pixels(images)
+        return self.net.tokenizer.project(x) if self.net.tokenizer is not None else x
+
+    @torch.no_grad()
+    def encode(self, images, t=None, noise=None):
+        """The paper's probe features: mean-pooled encoder output, (B, hidden_size).
+        Clean input conditioned on t (default: 1 % of the schedule, the paper's 10 of 1000);
+        pass ``noise`` to noise the input to t first."""
+        t = round(0.01 * self.num_timesteps) if t is None else t
+        x = self.prepare(images)
+        if noise is not None:
+            x = self.q_sample(x, t, noise)
+        out = self.forward_intermediates(x, t, [self.encoder_output])[self.encoder_output]
+        return out.mean(dim=1)
+
+    def checkpoint(self, meta=None):
+        """The checkpoint contents ``load_model("ldae", checkpoint=...)`` reads."""
+        state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
+        return {"format": FORMAT, "version": VERSION, "config": dict(self.config),
+                "model": state, "meta": dict(meta or {})}
+
+
+def build(config, name="ldae", source=None):
+    """A freshly initialised l-DAE (identity tokenizer until a PCA basis is set)."""
+    return LDAEExtractor(LDAENet(validate_config(config)), name=name, source=source)
+
+
+def read_checkpoint(path, trust_checkpoint=False):
+    """A checkpoint file -> (config, state dict, meta)."""
+    obj = load_file(path, trust_checkpoint)
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+        raise ProbeError(f"{path} is not an l-DAE checkpoint (no 'format': '{FORMAT}' entry); "
+                         "train one with `probe train ldae`")
+    if obj.get("version", 0) > VERSION:
+        raise ProbeError(f"{path} was written by a newer probe (l-DAE checkpoint version "
+                         f"{obj['version']}): upgrade probe")
+    return dict(obj["config"]), state_dict_from(obj, path), dict(obj.get("meta") or {})
+
+
+def _weights_dir():
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
+
+
+def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+    """Registry hook.  ``spec['file']`` (a shipped model, relative to probe/weights) is the
+    default checkpoint; the family itself has no default weights."""
+    overrides = dict(spec.get("config") or {})
+    if checkpoint is None and not random_init and spec.get("file"):
+        checkpoint = os.path.join(_weights_dir(), spec["file"])
+    if checkpoint is None:
+        if not random_init:
+            raise ProbeError("the ldae family has no released weights: pass a checkpoint from "
+                             "`probe train ldae` (--checkpoint PATH) or --random-init")
+        return build(overrides, name=name, source="random init")
+    config, state, _ = read_checkpoint(checkpoint, trust_checkpoint)
+    clash = {k: v for k, v in overrides.items() if k in config and config[k] != v}
+    if clash:
+        k = next(iter(clash))
+        raise ProbeError(f"{checkpoint} was trained with {k}={config[k]!r}, not {clash[k]!r}: "
+                         "an l-DAE's config comes from its checkpoint, drop that option")
+    model = build({**config, **overrides}, name=name, source=str(checkpoint))
+    load_into(model.net, state, what=str(checkpoint), arch="the l-DAE its config describes")
+    return model
+
+
+__all__ = ["DEFAULTS", "LDAEExtractor", "LDAENet", "LDAESchedule", "PatchPCA", "build",
+           "create", "patchify", "unpatchify", "validate_config", "read_checkpoint"]

@@ -1,0 +1,131 @@
+"""Batches of cached features for training heads: from memory when they fit, streamed
+from the HDF5 file otherwise.
+
+A *view* is ``(key, MAP)`` (the spatial map as stored) or ``(key, VEC)`` (a vector: the
+stored pooled features, or the map global-average-pooled).  Several views are served
+from the same rows at once, so heads on different keys share every batch.
+
+Shuffling: each epoch visits the training rows in an order drawn from (seed, epoch).
+In memory that is a full permutation.  Streamed, the file is read in contiguous blocks
+of rows (fast in HDF5; random single rows are ~100x slower): the blocks are shuffled and
+grouped into windows that fit the memory limit, and rows are shuffled within a window.
+When one window holds every row, the order is the in-memory one, so results do not
+depend on how the data were read.
+"""
+import math
+
+import numpy as np
+
+MAP, VEC = "map", "vec"
+BLOCK_ROWS = 256
+READ_BYTES = 64 << 20  # per read when loading or evaluating sequentially
+
+
+def view_shape(shape, view):
+    return tuple(shape) if view == MAP else tuple(shape[:1])
+
+
+def to_view(x, view):
+    """A batch read from the file -> float32 in the view's shape (the same per-row
+    arithmetic whether read whole or in blocks, so both paths agree exactly)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x.mean(axis=(2, 3), dtype=np.float32) if view == VEC and x.ndim == 4 else x
+
+
+def epoch_windows(train_rows, num_rows, seed, epoch, window_rows, block_rows=BLOCK_ROWS):
+    """The rows of one epoch, as a list of windows (each a permuted array of row indices)."""
+    rng = np.random.default_rng([seed, epoch])
+    if window_rows >= num_rows:
+        return [rng.permutation(train_rows)]
+    keep = np.zeros(num_rows, bool)
+    keep[train_rows] = True
+    blocks = rng.permutation(math.ceil(num_rows / block_rows))
+    per = max(1, window_rows // block_rows)
+    windows = []
+    for i in range(0, len(blocks), per):
+        rows = np.concatenate([np.arange(b * block_rows, min((b + 1) * block_rows, num_rows))
+                               for b in np.sort(blocks[i:i + per])])
+        windows.append(rng.permutation(rows[keep[rows]]))
+    return windows
+
+
+def batches_of(order, batch_size):
+    # BatchNorm cannot train on one sample: a last batch of one is dropped
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)
+            if len(order[i:i + batch_size]) > 1]
+
+
+class FeatureSource:
+    """Serve ``views`` of an open feature file ``ff`` in batches.
+
+    ``memory_limit``: bytes of float32 features that may be held at once; ``stream``:
+    None picks memory or streaming by that limit, True/False forces one.
+    """
+
+    def __init__(self, ff, views, memory_limit, stream=None, block_rows=BLOCK_ROWS):
+        self.ff, self.views, self.block_rows = ff, list(dict.fromkeys(views)), block_rows
+        self.num_rows = len(ff)
+        self.row_bytes = sum(4 * int(np.prod(view_shape(ff.shape(k), v))) for k, v in self.views)
+        fits = self.row_bytes * self.num_rows <= memory_limit
+        self.streamed = (not fits) if stream is None else bool(stream)
+        if self.streamed:
+            per = max(1, int(memory_limit // max(self.row_bytes, 1)) // block_rows)
+            self.window_rows = per * block_rows
+        else:
+            self.window_rows = self.num_rows
+            self.arrays = {v: self._read_all(v) for v in self.views}
+
+    @property
+    def nbytes(self):
+        return self.row_bytes * self.num_rows
+
+    def _read_all(self, view):
+        key, kind = view
+        step = max(1, READ_BYTES // max(self.row_bytes, 1))
+        parts = [to_view(self.ff.dataset(key)[a:a + step], kind)
+                 for a in range(0, self.num_rows, step)]
+        return np.concatenate(parts) if parts else np.zeros((0,) + view_shape(self.ff.shape(key), kind), np.float32)
+
+    def _read_rows(self, rows, views):
+        """``{view: array}`` for sorted ``rows``, read as contiguous runs of blocks."""
+        runs = np.split(rows, np.flatnonzero(np.diff(rows // self.block_rows) > 1) + 1)
+        out = {}
+        for view in views:
+            key, kind = view
+            parts = []
+            for run in runs:
+                a = run[0] // self.block_rows * self.block_rows
+                b = min((run[-1] // self.block_rows + 1) * self.block_rows, self.num_rows)
+                parts.append(to_view(self.ff.dataset(key)[a:b], kind)[run - a])
+            out[view] = np.concatenate(parts)
+        return out
+
+    def epoch_batches(self, train_rows, batch_size, seed, epoch, views=None):
+        """Yield ``({view: array}, labels)`` over the training rows in this epoch's order."""
+        views = self.views if views is None else views
+        labels = self.ff.labels
+        for window in epoch_windows(train_rows, self.num_rows, seed, epoch, self.window_rows,
+                                    self.block_rows):
+            if self.streamed:
+                rows = np.sort(window)
+                buf = self._read_rows(rows, views)
+                for pos in batches_of(np.searchsorted(rows, window), batch_size):
+                    yield {v: x[pos] for v, x in buf.items()}, labels[rows[pos]]
+            else:
+                for rows in batches_of(window, batch_size):
+                    yield {v: self.arrays[v][rows] for v in views}, labels[rows]
+
+    def eval_batches(self, rows, batch_size, views=None):
+        """Yield ``({view: array}, labels)`` over ``rows`` (sorted), in order."""
+        views = self.views if views is None else views
+        rows = np.sort(np.asarray(rows))
+        step = max(batch_size, READ_BYTES // max(self.row_bytes, 1))
+        for i in range(0, len(rows), step):
+            chunk = rows[i:i + step]
+            if self.streamed:
+                data = self._read_rows(chunk, views)
+            else:
+                data = {v: self.arrays[v][chunk] for v in views}
+            for j in range(0, len(chunk), batch_size):
+                yield ({v: x[j:j + batch_size] for v, x in data.items()},
+                       self.ff.labels[chunk[j:j + batch_size]])

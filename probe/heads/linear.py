@@ -1,0 +1,87 @@
+"""The linear probe: BatchNorm without affine, then Linear (the MAE / l-DAE protocol).
+
+:class:`LinearGrid` trains many linear probes at once, one per feature key, from the
+same batches (as DDAE does): probes with the same input width are stacked and run as
+one batched matmul, so a grid of N probes costs about as much as one.
+"""
+import torch
+from torch import nn
+
+EPS = 1e-6  # as MAE's linear probe
+
+
+def init_linear(dim, num_classes, generator):
+    """Small normal weights and zero bias; drawn from ``generator`` so that a probe's start
+    does not depend on which other probes it is trained with."""
+    weight = torch.randn(num_classes, dim, generator=generator) * 0.01
+    return weight, torch.zeros(num_classes)
+
+
+class LinearHead(nn.Module):
+    def __init__(self, dim, num_classes):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False, eps=EPS)
+        self.fc = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+class LinearGrid(nn.Module):
+    """Linear probes for several inputs, trained together.
+
+    ``dims``: input width of each member; ``generators``: one per member for its init.
+    ``forward(xs)`` takes one (B, D_i) tensor per member and returns one logits tensor
+    per member.  Normalisation is BatchNorm's: batch statistics in training, running
+    statistics (momentum 0.1, unbiased variance) in eval.
+    """
+
+    def __init__(self, dims, num_classes, generators, momentum=0.1):
+        super().__init__()
+        self.dims, self.num_classes, self.momentum = list(dims), num_classes, momentum
+        self.groups = {}  # width -> member indices, stacked in this order
+        for i, d in enumerate(self.dims):
+            self.groups.setdefault(d, []).append(i)
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for g, (d, members) in enumerate(self.groups.items()):
+            init = [init_linear(d, num_classes, generators[i]) for i in members]
+            self.weights.append(nn.Parameter(torch.stack([w.t() for w, _ in init])))  # (n, D, K)
+            self.biases.append(nn.Parameter(torch.stack([b[None] for _, b in init])))  # (n, 1, K)
+            self.register_buffer(f"mean{g}", torch.zeros(len(members), 1, d))
+            self.register_buffer(f"var{g}", torch.ones(len(members), 1, d))
+
+    def forward(self, xs):
+        out = [None] * len(self.dims)
+        for g, members in enumerate(self.groups.values()):
+            x = torch.stack([xs[i] for i in members])  # (n, B, D)
+            mean, var = getattr(self, f"mean{g}"), getattr(self, f"var{g}")
+            if self.training:
+                bmean, bvar = x.mean(1, keepdim=True), x.var(1, keepdim=True, unbiased=False)
+                with torch.no_grad():
+                    n = x.shape[1]
+                    mean.lerp_(bmean, self.momentum)
+                    var.lerp_(bvar * n / max(n - 1, 1), self.momentum)
+                mean, var = bmean, bvar
+            logits = torch.baddbmm(self.biases[g], (x - mean) * torch.rsqrt(var + EPS),
+                                   self.weights[g])
+            for j, i in enumerate(members):
+                out[i] = logits[j]
+        return out
+
+    def export(self, i):
+        """Member ``i`` as a standalone :class:`LinearHead` (a copy)."""
+        d = self.dims[i]
+        g = list(self.groups).index(d)
+        j = self.groups[d].index(i)
+        head = LinearHead(d, self.num_classes)
+        with torch.no_grad():
+            head.norm.running_mean.copy_(getattr(self, f"mean{g}")[j, 0])
+            head.norm.running_var.copy_(getattr(self, f"var{g}")[j, 0])
+            head.fc.weight.copy_(self.weights[g][j].t())
+            head.fc.bias.copy_(self.biases[g][j, 0])
+        return head.to(self.weights[g].device).eval()
+
+
+def linear_params(dim, num_classes):
+    return dim * num_classes + num_classes
+

@@ -1,0 +1,24 @@
+"""Reproducible noise: each sample's noise is a function of (seed, sample id, t, draw).
+
+Drawing per sample, on the CPU, from a generator seeded by a hash of those four
+values makes features independent of batch size, order, workers, processes and
+device: a sample gets the same noise however the dataset is split up.
+"""
+import hashlib
+
+import torch
+
+
+def sample_seed(seed, sample_id, t, draw=0):
+    key = f"{int(seed)}|{sample_id}|{int(t)}|{int(draw)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def per_sample_noise(shape, seed, ids, t, draw=0, device=None, dtype=torch.float32):
+    """Standard normal noise of shape (len(ids), *shape), one generator per sample."""
+    g = torch.Generator()
+    out = torch.empty((len(ids), *shape), dtype=torch.float32)
+    for i, sid in enumerate(ids):
+        g.manual_seed(sample_seed(seed, sid, t, draw))
+        torch.randn(shape, generator=g, out=out[i])
+    return out.to(device=device, dtype=dtype)
