@@ -97,6 +97,8 @@ def read_idx(path):
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ProbeError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ProbeError(f"{path} is truncated: its IDX header is incomplete")
     shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

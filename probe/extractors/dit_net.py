@@ -50,7 +50,8 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t):
-        return self.mlp(timestep_frequencies(t, self.frequency_embedding_size))
+        freqs = timestep_frequencies(t, self.frequency_embedding_size)
+        return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # float32 sines into a half net
 
 
 class LabelEmbedder(nn.Module):
