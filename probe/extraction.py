@@ -57,14 +57,13 @@ def weights_sha256(model):
 
 
 class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, ds, indices):
-        self.ds, self.indices = ds, indices
+    def __init__(self, ds):
+        self.ds = ds
 
     def __len__(self):
-        return len(self.indices)
+        return len(self.ds)
 
-    def __getitem__(self, j):
-        i = int(self.indices[j])
+    def __getitem__(self, i):
         image, label = self.ds[i]
         return i, image, label, (self.ds.bad_reason(i) if image is None else None)
 
@@ -212,6 +211,24 @@ def _dist_info():
     return 0, 1
 
 
+def _on_rank0(fn, rank, world):
+    """Run fn on rank 0 only and share its result (or its ProbeError) with every rank, so a
+    refusal stops all ranks with the same message instead of leaving them at a barrier."""
+    if world == 1:
+        return fn()
+    box = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except ProbeError as e:
+            box[0] = ("error", str(e))
+    torch.distributed.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise ProbeError(value)
+    return value
+
+
 def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train", pool="mean",
             dtype="float32", noise_seed=0, ensemble=1, add_noise=True, class_label=None,
             batch_size=32, num_workers=0, device=None, overwrite=False, skip_bad=False,
@@ -265,22 +282,27 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
     }
     rank, world = _dist_info()
     work = _Workdir(out)
-    state = _check_out(out, settings, overwrite, work) if rank == 0 else "resume"
-    if world > 1:
-        torch.distributed.barrier()
+    state = _on_rank0(lambda: _check_out(out, settings, overwrite, work), rank, world)
     if state == "complete":
         log(f"{out} is already complete for these settings: nothing to do")
         return out
     work.start(settings, rank)
     try:
         t0 = time.time()
-        shard = np.array_split(np.arange(n_total), world)[rank]
-        remaining = np.setdiff1d(shard, work.done_indices(), assume_unique=True)
-        if len(remaining) < len(shard):
-            log(f"resuming: {len(shard) - len(remaining)} of {len(shard)} images already done")
+        # Whole batches go to ranks round-robin, so every batch holds the same images as in a
+        # single-process run: results match it bit for bit even where kernels depend on batch.
+        batches = [np.arange(s, min(s + batch_size, n_total))
+                   for s in range(0, n_total, batch_size)][rank::world]
+        done = work.done_indices()
+        todo = [b[~np.isin(b, done)] for b in batches]
+        todo = [b.tolist() for b in todo if len(b)]
+        shard_size = sum(len(b) for b in batches)
+        left = sum(len(b) for b in todo)
+        if left < shard_size:
+            log(f"resuming: {shard_size - left} of {shard_size} images already done")
         keys = [(tt, b) for tt in ts for b in names]
-        _run(model, data, remaining, keys, ts, names, work, settings, batch_size, num_workers,
-             device, stack_t, skip_bad, progress and rank == 0, len(shard))
+        _run(model, data, todo, keys, ts, names, work, settings, num_workers, device, stack_t,
+             skip_bad, progress and rank == 0, shard_size)
         elapsed = time.time() - t0
         if world > 1:
             torch.distributed.barrier()
@@ -301,17 +323,17 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
 
 
 @torch.inference_mode()
-def _run(model, data, remaining, keys, ts, names, work, settings, batch_size, num_workers,
-         device, stack_t, skip_bad, progress, shard_size):
+def _run(model, data, todo, keys, ts, names, work, settings, num_workers, device, stack_t,
+         skip_bad, progress, shard_size):
     from tqdm import tqdm
 
-    if len(remaining) == 0:
+    if not todo:
         return
     loader = torch.utils.data.DataLoader(
-        _Indexed(data, remaining), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_collate, pin_memory=device.type == "cuda")
+        _Indexed(data), batch_sampler=todo, num_workers=num_workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda")
     np_dtype = DTYPES[settings["dtype"]]
-    bar = tqdm(total=shard_size, initial=shard_size - len(remaining), unit="img",
+    bar = tqdm(total=shard_size, initial=shard_size - sum(len(b) for b in todo), unit="img",
                disable=not progress, dynamic_ncols=True, desc="extract")
     for batch in loader:
         if batch["bad"] and not skip_bad:

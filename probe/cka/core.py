@@ -1,18 +1,17 @@
 """CKA estimators on Gram matrices, for many representations at once.
 
-Every representation (one (t, block) key) gets one Gram matrix per batch.  The Gram is
-centred once -- double centring H K H for the biased HSIC of Kornblith et al. 2019, or
-U-centring for the unbiased HSIC of Song et al. 2012 -- and flattened.  HSIC between two
-representations is then an inner product of centred Grams, so stacking them into a
-(keys, n*n) matrix gives every pair with one matmul::
+Every representation (one (t, block) key) gets one kernel matrix per batch, computed
+once.  HSIC between two representations is an inner product of centred kernels, so with
+the kernels of a batch stacked into a (keys, n*n) matrix one matmul gives every pair;
+the centring is folded in through row sums (see :class:`HSICAccumulator`):
 
-    biased:    HSIC(K, L) = <HKH, HLH> / (n-1)^2
-    unbiased:  HSIC(K, L) = <U(K), U(L)> / (n (n-3))     (Szekely & Rizzo 2014, Prop. 1)
+- biased HSIC, tr(K H L H) / (n-1)^2 -- Kornblith et al. 2019;
+- unbiased HSIC -- Song et al. 2012, as used by Nguyen, Raghu & Kornblith 2021.
 
-The minibatch estimator (Nguyen, Raghu & Kornblith 2021) sums per-batch HSICs before
-taking CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)).  All of that is float64 on the
-chosen device; only the feature product X X^T uses ``dtype`` (float32 by default, the
-precision features are stored in).
+The minibatch estimator sums per-batch HSICs before taking
+CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)).  Everything after the feature product
+X X^T is float64 on the chosen device; that product uses ``dtype`` (float32 by default,
+the precision features are stored in, on mean-centred features so nothing cancels).
 """
 from dataclasses import dataclass
 
@@ -71,18 +70,21 @@ def _device(device):
 
 
 def feature_gram(parts, est):
-    """X_c X_c^T (float64) of one batch, X given as column slabs (arrays of shape (n, ...)),
-    and a 0-d bool tensor saying whether the batch is constant.  Centring first keeps the
-    float32 product accurate (HSIC is unchanged by it).  No host sync: the GPU keeps going."""
+    """X_c X_c^T (in ``est.dtype``) of one batch, X given as column slabs (arrays of shape
+    (n, ...)), and a 0-d bool tensor saying whether the batch is constant.  Centring first
+    keeps the float32 product accurate (HSIC is unchanged by it).  No host sync."""
     gram, size = None, 0.0
     for part in parts:
-        x = torch.as_tensor(np.asarray(part)).to(est.device)
-        x = x.reshape(len(x), -1).to(est.dtype)
-        size = size + torch.sum(x * x, dtype=torch.float64)
-        x = x - x.mean(0, keepdim=True)
-        g = (x @ x.T).double()
+        x = part if torch.is_tensor(part) else torch.from_numpy(np.asarray(part))
+        x = x.to(est.device).reshape(len(x), -1).to(est.dtype)
+        mu = x.mean(0, keepdim=True)
+        x = x - mu
+        g = x @ x.T
         gram = g if gram is None else gram + g
-    return gram, gram.diagonal().sum() <= CONSTANT_TOL * size
+        size = size + len(x) * mu.double().square().sum()
+    spread = gram.diagonal().sum(dtype=torch.float64)
+    # sum of squared norms = spread around the mean + n |mean|^2
+    return gram, spread <= CONSTANT_TOL * (size + spread)
 
 
 def _median_offdiag(d):
@@ -97,51 +99,42 @@ def _median_offdiag(d):
 
 
 def kernel_matrix(gram, est):
-    """The kernel from the (centred) linear Gram: itself, or the RBF with
+    """The kernel from the (centred) linear Gram: itself, or the RBF (float64) with
     sigma = est.sigma * median pairwise Euclidean distance in the batch."""
     if est.kernel == "linear":
         return gram
+    gram = gram.double()
     sq = gram.diagonal()
     d2 = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0)
-    med = _median_offdiag(d2.sqrt())
-    width = 2 * (est.sigma * med) ** 2
+    width = 2 * (est.sigma * _median_offdiag(d2.sqrt())) ** 2
     # most samples coincide: no bandwidth to speak of, so the kernel is constant
     ok = width > 0
     return torch.where(ok, torch.exp(-d2 / torch.where(ok, width, 1.0)), 1.0)
 
 
-def center(k, unbiased):
-    """H K H, or the U-centred K (zero diagonal); both in place on a float64 matrix."""
-    n = len(k)
-    if not unbiased:
-        k -= k.mean(0, keepdim=True)
-        k -= k.mean(1, keepdim=True)
-        return k
-    k.fill_diagonal_(0)
-    r = k.sum(1)
-    total = r.sum()
-    k -= r[:, None] / (n - 2)
-    k -= r[None, :] / (n - 2)
-    k += total / ((n - 1) * (n - 2))
-    k.fill_diagonal_(0)
-    return k
-
-
-def centred_kernel(parts, est):
-    """The flattened centred kernel of one representation on one batch (float64, n*n);
-    exactly zero for a constant batch."""
+def kernel_into(parts, est, out):
+    """Write one representation's kernel on one batch into ``out`` (float64, n x n; zero
+    diagonal for the unbiased HSIC) and return its row sums and whether it is constant."""
     gram, constant = feature_gram(parts, est)
-    u = center(kernel_matrix(gram, est), est.unbiased).reshape(-1)
-    return torch.where(constant, 0.0, u)
+    out.copy_(kernel_matrix(gram, est))
+    if est.unbiased:
+        out.fill_diagonal_(0)
+    return out.sum(1), constant
 
 
 class HSICAccumulator:
     """Sums per-batch HSIC for every (row, column) pair and the self terms, in float64.
 
-    ``add(ga, gb)`` takes the stacked centred kernels of one batch, (Ka, n*n) and
-    (Kb, n*n); ``gb=None`` means the columns are the rows (one file), and then one
-    matmul ``ga @ ga.T`` gives cross and self terms together.  Each batch is weighted by
-    its size, so a shorter last batch counts for less.
+    Centring is folded into the pair products: with row sums r and totals s of the
+    (zero-diagonal, if unbiased) kernels, for all pairs at once
+
+        biased     <HKH, HLH>   = <K, L> - 2/n r_K.r_L + s_K s_L / n^2
+        unbiased   <U(K), U(L)> = <K, L> - 2/(n-2) r_K.r_L + s_K s_L / ((n-1)(n-2))
+
+    (the second is Song et al.'s unbiased HSIC times n(n-3)).  ``add`` takes one batch's
+    kernels stacked as (keys, n*n), their row sums (keys, n) and constant flags (keys,);
+    without a second stack the columns are the rows (one file) and one matmul gives cross
+    and self terms together.  Each batch is weighted by its size.
     """
 
     def __init__(self, est):
@@ -149,19 +142,40 @@ class HSICAccumulator:
         self.cross = self.self_a = self.self_b = None
         self.batches = 0
 
-    def add(self, ga, gb=None):
-        n = int(round(ga.shape[1] ** 0.5))
-        w = n * self.est.hsic_scale(n)
-        cross = ga @ (ga if gb is None else gb).T * w
-        sa = cross.diagonal().clone() if gb is None else ga.square().sum(1) * w
-        sb = sa if gb is None else gb.square().sum(1) * w
+    def _hsic(self, n, inner, rr, ss):
+        """n * HSIC from <K, L>, r_K.r_L and s_K s_L (the batch-size weight included)."""
+        if self.est.unbiased:
+            c1, c2, scale = 2 / (n - 2), 1 / ((n - 1) * (n - 2)), 1 / (n * (n - 3))
+        else:
+            c1, c2, scale = 2 / n, 1 / n ** 2, 1 / (n - 1) ** 2
+        return (inner - c1 * rr + c2 * ss) * (n * scale)
+
+    def add(self, a, b=None):
+        ka, ra, ca = a
+        n = ra.shape[1]
+        live_a = (~ca).double()
+        sa = ra.sum(1)
+        if b is None:
+            cross = self._hsic(n, ka @ ka.T, ra @ ra.T, sa[:, None] * sa[None, :])
+            cross *= live_a[:, None] * live_a[None, :]
+            selfs = (cross.diagonal().clone(),)
+        else:
+            kb, rb, cb = b
+            live_b = (~cb).double()
+            sb = rb.sum(1)
+            cross = self._hsic(n, ka @ kb.T, ra @ rb.T, sa[:, None] * sb[None, :])
+            cross *= live_a[:, None] * live_b[None, :]
+            selfs = tuple(self._hsic(n, torch.linalg.vecdot(k, k), torch.linalg.vecdot(r, r), s * s)
+                          * live
+                          for k, r, s, live in ((ka, ra, sa, live_a), (kb, rb, sb, live_b)))
         if self.cross is None:
-            self.cross, self.self_a, self.self_b = cross, sa, sb
+            self.cross, self.self_a = cross, selfs[0]
+            self.self_b = selfs[-1]
         else:
             self.cross += cross
-            self.self_a += sa
-            if gb is not None:
-                self.self_b += sb
+            self.self_a += selfs[0]
+            if b is not None:
+                self.self_b += selfs[1]
         self.batches += 1
 
     def cka(self):

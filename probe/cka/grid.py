@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ProbeError, suggest
 from ..store import key_name, parse_key
-from .core import HSICAccumulator, centred_kernel
+from .core import HSICAccumulator, kernel_into
 
 # HDF5 costs ~70 us per selection but streams ~1.5 GB/s, so rows closer than this many
 # bytes are read as one slice and the rows in between dropped
@@ -159,10 +159,12 @@ class ArraySource:
 
 
 def _stack(src, idx, est):
-    out = torch.empty(len(src.keys), len(idx) ** 2, dtype=torch.float64, device=est.device)
-    for i, key in enumerate(src.keys):
-        out[i] = centred_kernel(src.parts(key, idx), est)
-    return out
+    """Kernels (keys, n*n), row sums (keys, n) and constant flags (keys,) of one batch."""
+    n = len(idx)
+    kernels = torch.empty(len(src.keys), n * n, dtype=torch.float64, device=est.device)
+    sums, constant = zip(*(kernel_into(src.parts(key, idx), est, kernels[i].view(n, n))
+                           for i, key in enumerate(src.keys)))
+    return kernels, torch.stack(sums), torch.stack(constant)
 
 
 def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, progress=False):

@@ -107,6 +107,8 @@ class CKAResult:
         if ref is None:
             same = self.two_files and all(k in self.cols for k in self.rows)
             ref = "same" if same else (key_name(*self.cols[-1]) if self.two_files else f"t{col_ts[0]}")
+        if ref == "same" and not self.two_files:
+            raise ProbeError("line reference 'same' compares with a second file; give one, or use tT")
         if blocks is None:
             blocks = list(dict.fromkeys(b for _, b in self.rows))
         elif isinstance(blocks, str):

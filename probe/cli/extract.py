@@ -94,12 +94,21 @@ def register(sub):
 
 
 def run(args):
+    from .. import distributed
     from ..extraction import extract
 
     label = "true" if args.true_labels else args.class_label
+    device = distributed.setup(args.device)
+    try:
+        _extract(extract, args, label, device)
+    finally:
+        distributed.teardown()
+
+
+def _extract(extract, args, label, device):
     extract(args.model, data=args.data, t=args.t or [100], blocks=args.blocks, out=args.out,
             split=args.split, pool=args.pool, dtype=args.dtype, noise_seed=args.noise_seed,
             ensemble=args.ensemble, add_noise=not args.no_noise, class_label=label,
-            batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+            batch_size=args.batch_size, num_workers=args.num_workers, device=device,
             overwrite=args.overwrite, skip_bad=args.skip_bad, limit=args.limit,
             stack_t=args.stack_t, progress=not args.quiet, **model_kwargs(args))

@@ -179,7 +179,9 @@ def cub200(root, split, **kw):
             paths.append(os.path.join(base, "images", images[i]))
             ys.append(index[int(labels[i])])
     names = [_cub_name(classes[str(c)]) for c in class_ids]
-    return FileDataset(f"cub200:{root}", split, base, paths, ys, names, **kw)
+    dataset = FileDataset(f"cub200:{root}", split, base, paths, ys, names, **kw)
+    dataset.official_split = split
+    return dataset
 
 
 def _read_table(path):

@@ -13,8 +13,8 @@ Blocks are ``blocks.0 .. blocks.{depth-1}`` in forward order for both; each outp
 """
 import os
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -118,12 +118,13 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     if vae_source is _NO_VAE_GIVEN:
         vae_source, vae_subfolder = weights.get("vae") or (spec.get("vae"), None)
     vae = load_vae(vae_source, vae_subfolder)
+    vae_source = _vae_label(vae_source, vae_subfolder) if vae is not None else None
     if vae is not None and vae.config.latent_channels != config["in_channels"]:
         raise ProbeError(f"the VAE {vae_source} makes {vae.config.latent_channels}-channel "
                          f"latents but {name} takes in_channels={config['in_channels']}")
     # The schedule's tables stay real even when the net is built on the meta device.
     with torch.device("cpu"):
-        schedule = DDPMSchedule("linear", 1000)
+        schedule = DDPMSchedule(spec.get("schedule", "linear"), 1000)
     conditional = config["num_classes"] > 0
     has_null = conditional and config["class_dropout_prob"] > 0
     if vae is None:
@@ -136,7 +137,7 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
         num_classes=config["num_classes"] if conditional else None,
         null_class=config["num_classes"] if has_null else None,
         vae=vae, vae_scale=VAE_SCALE,
-        config={**config, "vae": _vae_label(vae_source, vae_subfolder)},
+        config={**config, "vae": vae_source},
         source=weights["source"])
 
 
@@ -208,9 +209,9 @@ def _locate_weights(name, spec, checkpoint, random_init):
     if os.path.isdir(path):
         path = os.path.abspath(path)
         sub = _subfolder(path, "transformer")
-        vae = _subfolder(path, "vae", required=False) if sub else None
+        has_vae = sub and os.path.exists(os.path.join(path, "vae", "config.json"))
         return dict(kind="folder", source=path, subfolder=sub,
-                    vae=(os.path.join(path, "vae"), None) if vae else None)
+                    vae=(os.path.join(path, "vae"), None) if has_vae else None)
     if os.path.exists(path):
         path = os.path.abspath(path)
         return dict(kind="file", source=path,
@@ -229,16 +230,14 @@ def _looks_like_hub_id(text):
         not text.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
-def _subfolder(folder, sub, required=True):
+def _subfolder(folder, sub):
     """None if ``folder`` itself holds a model config, ``sub`` if its subfolder does."""
     if os.path.exists(os.path.join(folder, "config.json")):
         return None
     if os.path.exists(os.path.join(folder, sub, "config.json")):
         return sub
-    if required:
-        raise ProbeError(f"{folder} is not a diffusers model folder: expected config.json or "
-                         f"{sub}/config.json (save_pretrained writes them)")
-    return None
+    raise ProbeError(f"{folder} is not a diffusers model folder: expected config.json or "
+                     f"{sub}/config.json (save_pretrained writes them)")
 
 
 def _hub_weights(repo_id):
@@ -369,9 +368,9 @@ _BLOCK = {"adaLN_modulation.1": "norm1.linear", "attn.proj": "attn1.to_out.0",
 
 def to_diffusers(model, config=None):
     """Original-format DiT weights -> a diffusers ``DiTTransformer2DModel``, e.g. to
-    ``save_pretrained`` them.  ``model`` is a DiT extractor (its config is used) or a
-    state dict with ``config`` its DiT arguments.  The result, loaded back with
-    ``load_model``, gives the same outputs and block features."""
+    ``save_pretrained`` them.  ``model`` is a DiT extractor (its config is used), or a
+    :class:`~.dit_net.DiT` or a state dict with ``config`` its DiT arguments.  Loaded back
+    with ``load_model``, the result gives the same outputs and block features."""
     from diffusers import DiTTransformer2DModel
 
     if isinstance(model, Extractor):
@@ -379,6 +378,8 @@ def to_diffusers(model, config=None):
             return model.net.transformer
         config = config or model.config
         state = model.net.state_dict()
+    elif isinstance(model, nn.Module):
+        state = model.state_dict()
     else:
         state = checkpoints.state_dict_from(model, "the state dict")
     if config is None:
@@ -387,9 +388,10 @@ def to_diffusers(model, config=None):
     if c["num_classes"] == 0 or c["class_dropout_prob"] <= 0 or c["mlp_ratio"] != 4.0:
         raise ProbeError("diffusers' DiT only has class-conditional models with a null class "
                          "and mlp_ratio 4: keep this one in the original format")
+    heads = c["num_heads"]
     transformer = DiTTransformer2DModel(
-        num_attention_heads=c["num_heads"], attention_head_dim=c["hidden_size"] // c["num_heads"],
-        in_channels=c["in_channels"], out_channels=c["in_channels"] * (2 if c["learn_sigma"] else 1),
+        num_attention_heads=heads, attention_head_dim=c["hidden_size"] // heads,
+        in_channels=c["in_channels"], out_channels=c["in_channels"] * (1 + c["learn_sigma"]),
         num_layers=c["depth"], sample_size=c["input_size"], patch_size=c["patch_size"],
         num_embeds_ada_norm=c["num_classes"], norm_eps=1e-6)
     out = _rename_state(state, c["depth"])
@@ -432,8 +434,8 @@ def _rename_state(state, depth):
 
 def load_vae(source, subfolder=None):
     """A diffusers AutoencoderKL from a hub id or local folder; ``"random"`` for an
-    untrained one of the SD-VAE's shape; None for no VAE (a pixel-space DiT)."""
-    if source is None:
+    untrained one of the SD-VAE's shape; None (or "none") for no VAE: a pixel-space DiT."""
+    if source is None or source == "none":
         return None
     from diffusers import AutoencoderKL
 
@@ -460,6 +462,6 @@ def load_vae(source, subfolder=None):
 
 
 def _vae_label(source, subfolder):
-    if source is None or subfolder is None:
-        return source if source is None else os.fspath(source)
-    return f"{source}/{subfolder}" if not os.path.isdir(source) else os.path.join(source, subfolder)
+    if source is None:
+        return None
+    return f"{os.fspath(source)}/{subfolder}" if subfolder else os.fspath(source)

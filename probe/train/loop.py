@@ -86,17 +86,21 @@ class Images:
     ``preload_limit`` bytes (decoded once), otherwise read per batch by a DataLoader.
     ``images[index_array]`` gives a (k, C, S, S) tensor in [0, 1]."""
 
-    def __init__(self, dataset, num_workers=0, preload_limit=2 << 30, progress=True):
+    def __init__(self, dataset, limit=None, num_workers=0, preload_limit=2 << 30,
+                 progress=True):
         self.dataset, self.num_workers = dataset, num_workers
+        self.n = len(dataset) if limit is None else min(limit, len(dataset))
+        if self.n < 1:
+            raise ProbeError(f"no training images (limit {limit})")
         first = self._checked([(0,) + tuple(dataset[0])])[0]
         self.shape = tuple(first.shape)
-        self.labels = torch.as_tensor(np.asarray(dataset.labels))
+        self.labels = torch.as_tensor(np.asarray(dataset.labels[: self.n]))
         self.tensor = None
-        if len(dataset) * first.numel() * 4 <= preload_limit:
-            self.tensor = torch.cat(list(self._loader(range(len(dataset)), 256, progress)))
+        if self.n * first.numel() * 4 <= preload_limit:
+            self.tensor = torch.cat(list(self._loader(range(self.n), 256, progress)))
 
     def __len__(self):
-        return len(self.dataset)
+        return self.n
 
     def __getitem__(self, idx):
         idx = torch.as_tensor(idx).long()
@@ -238,8 +242,11 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
     run_config = dict(run_config or {}, seed=seed, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup=warmup, num_images=n)
 
-    model = objective.model.to(device).train().requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad]
+    model = objective.model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]  # fixed tables stay fixed
+    if not params:
+        raise ProbeError("the model has no trainable parameters (was it loaded with "
+                         "load_model, which freezes them?)")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     step, acc = 0, {"interval": _zero(), "epoch": _zero()}
@@ -247,7 +254,7 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
            "data_order": "numpy.random.default_rng([seed, epoch]).permutation(num_images)",
            "noise": "torch.Generator().manual_seed(seed), state saved with each checkpoint",
            "steps_per_epoch": per_epoch, "loss": [], "epochs": [], "sessions": [],
-           "wall_time_s": 0.0, "versions": {"probe": __version__, "torch": torch.__version__}}
+           "wall_time_s": 0.0, "versions": {"probe": __version__, "torch": str(torch.__version__)}}
     if state is not None:
         _check_same_run(state["run_config"], run_config, out)
         model.load_state_dict(state["model"])
@@ -328,6 +335,8 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
             save()  # e.g. --steps 0: an untrained model (with its fitted tokenizer)
     bar.close()
     if flag["stop"]:
+        print(f"probe: stopped at step {step}; the checkpoint in {out} is saved: continue "
+              "with the same command and --resume", file=sys.stderr)
         raise KeyboardInterrupt
     return log
 

@@ -1,0 +1,110 @@
+"""Heatmaps and line plots of a :class:`CKAResult` (matplotlib, Agg, no pyplot state)."""
+import math
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+CMAP = "viridis"
+MAX_LINES = 8  # more lines than this are unreadable: pick evenly spaced blocks
+
+
+def _name(path):
+    return os.path.splitext(os.path.basename(path))[0] if path else ""
+
+
+def _title(result):
+    e = result.estimator
+    kind = "linear" if e.get("kernel") == "linear" else f"RBF (sigma={e.get('sigma')} x median)"
+    est = "unbiased" if e.get("unbiased") else "biased"
+    batch = f", minibatch {e['minibatch']}" if e.get("batches", 1) > 1 else ""
+    files = (f"{_name(result.files[0])} vs {_name(result.files[1])}" if result.two_files
+             else _name(result.files[0]))
+    return f"CKA {files}: {kind}, {est} HSIC, {result.num_samples} samples{batch}"
+
+
+def heatmaps(result, path, across=None, annotate=None, dpi=150):
+    """One heatmap per panel of ``result.panels(across)`` with a shared colour bar; rows top
+    to bottom and columns left to right in forward order.  ``annotate``: write values in
+    the cells (default when panels are at most 10 x 10)."""
+    across = across or result.across
+    panels = result.panels(across)
+    ncols = min(len(panels), math.ceil(math.sqrt(len(panels))))
+    nrows = math.ceil(len(panels) / ncols)
+    n_r = max(len(p.rows) for p in panels)
+    n_c = max(len(p.cols) for p in panels)
+    longest = max(len(s) for p in panels for s in p.row_labels + p.col_labels)
+    cell = 0.42 if max(n_r, n_c) <= 16 else max(0.12, 6.0 / max(n_r, n_c))
+    margin = 0.6 + 0.07 * longest  # room for tick labels
+    fig = Figure(figsize=(ncols * (n_c * cell + margin) + 1.2, nrows * (n_r * cell + margin) + 0.8),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    m = result.matrix
+    vmin, vmax = min(0.0, float(m.min())), max(1.0, float(m.max()))
+    if annotate is None:
+        annotate = n_r <= 10 and n_c <= 10
+    fontsize = 8 if max(n_r, n_c) <= 16 else max(4, int(140 / max(n_r, n_c)))
+    name_a, name_b = _name(result.files[0]), _name(result.files[1] or result.files[0])
+    what = {"blocks": "block", "timesteps": "timestep", "all": "t / block"}[across]
+    for ax, p in zip(axes, panels):
+        sub = m[np.ix_(p.rows, p.cols)]
+        im = ax.imshow(sub, cmap=CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_xticks(range(len(p.cols)), p.col_labels, rotation=45, ha="right",
+                      rotation_mode="anchor", fontsize=fontsize)
+        ax.set_yticks(range(len(p.rows)), p.row_labels, fontsize=fontsize)
+        ax.set_xlabel(f"{name_b}: {what}" if result.two_files else what)
+        ax.set_ylabel(f"{name_a}: {what}" if result.two_files else what)
+        if len(panels) > 1:
+            ax.set_title(p.title, fontsize=10)
+        if across == "all":
+            _separate_timesteps(ax, [result.rows[i][0] for i in p.rows], "h")
+            _separate_timesteps(ax, [result.cols[j][0] for j in p.cols], "v")
+        if annotate:
+            for (i, j), v in np.ndenumerate(sub):
+                dark = (v - vmin) / (vmax - vmin) < 0.6  # viridis is dark at the low end
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=max(5, fontsize - 1),
+                        color="white" if dark else "black")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(im, ax=axes[:len(panels)].tolist(), label="CKA", shrink=0.9)
+    fig.suptitle(_title(result), fontsize=10)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def _separate_timesteps(ax, ts, direction):
+    """Lines between groups of one timestep (the all-keys layout is blocks within t)."""
+    for i in range(1, len(ts)):
+        if ts[i] != ts[i - 1]:
+            (ax.axhline if direction == "h" else ax.axvline)(i - 0.5, color="white", lw=1.2)
+
+
+def default_line_blocks(result):
+    blocks = list(dict.fromkeys(b for _, b in result.rows))
+    if len(blocks) <= MAX_LINES:
+        return blocks
+    pick = np.unique(np.linspace(0, len(blocks) - 1, MAX_LINES).round().astype(int))
+    return [blocks[i] for i in pick]
+
+
+def line_plot(result, path, blocks=None, ref=None, dpi=150):
+    """CKA against t, one line per block (see :meth:`CKAResult.line` for ``ref``)."""
+    lines, ref_text = result.line(blocks or default_line_blocks(result), ref)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ts_all = sorted({t for ts, _ in lines.values() for t in ts})
+    low = 0.0
+    for block, (ts, vals) in lines.items():
+        ax.plot(ts, vals, marker="o", label=block)
+        low = min(low, min(vals))
+    if len(ts_all) <= 12:
+        ax.set_xticks(ts_all)
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("CKA")
+    ax.set_ylim(low - 0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"CKA with {ref_text}", fontsize=10)
+    ax.legend(title="block", fontsize=8, loc="best")
+    fig.suptitle(_title(result), fontsize=9)
+    fig.savefig(path, dpi=dpi)
+    return path

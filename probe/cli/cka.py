@@ -1,0 +1,95 @@
+"""`probe cka`: CKA between blocks and timesteps of one feature file, or between two."""
+import os
+import warnings
+
+from ..errors import ProbeError
+
+FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def register(subparsers):
+    from ..cka.core import KERNELS
+    from ..cka.result import ACROSS
+
+    p = subparsers.add_parser(
+        "cka", help="CKA across blocks, timesteps and models, with heatmaps",
+        description="CKA between the (t, block) features of a file from `probe extract`, or "
+                    "between two such files (samples paired by id).  Writes the matrix as CSV "
+                    "and JSON next to the heatmap, and a line plot of CKA against t.")
+    p.add_argument("a", metavar="A.h5", help="feature file (rows)")
+    p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
+    p.add_argument("--keys", nargs="+", metavar="KEY",
+                   help="keys of A: tT/BLOCK, tT (all blocks at T) or BLOCK (all t); default all")
+    p.add_argument("--keys-b", nargs="+", metavar="KEY", help="keys of B (default: --keys, else all)")
+    p.add_argument("--across", choices=ACROSS,
+                   help="heatmap panels: one per t (blocks), one per block (timesteps), or one "
+                        "of all keys; default blocks (timesteps when there is one block)")
+    p.add_argument("--minibatch", type=int, metavar="N",
+                   help="minibatch CKA with batches of N samples (unbiased HSIC summed over "
+                        "batches); default: one full batch")
+    p.add_argument("--no-shuffle", action="store_true",
+                   help="minibatches in file order instead of random samples of the file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the minibatch shuffle (default 0)")
+    p.add_argument("--kernel", choices=KERNELS, default="linear")
+    p.add_argument("--sigma", type=float, default=1.0,
+                   help="RBF bandwidth as a fraction of the median pairwise distance (default 1)")
+    est = p.add_mutually_exclusive_group()
+    est.add_argument("--unbiased", dest="unbiased", action="store_const", const=True,
+                     help="unbiased HSIC (default with --minibatch)")
+    est.add_argument("--biased", dest="unbiased", action="store_const", const=False,
+                     help="biased HSIC of Kornblith et al. 2019 (default for a full batch)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="precision of the feature product X X^T; the rest is float64")
+    p.add_argument("--line-blocks", nargs="+", metavar="BLOCK",
+                   help="blocks of the CKA-against-t plot (default: up to 8 of them)")
+    p.add_argument("--line-ref", metavar="REF",
+                   help="what each (t, block) is compared with in the line plot: tT (same block "
+                        "at T; default the smallest t), same (same key in B) or tT/BLOCK")
+    p.add_argument("--out", default="cka.png", metavar="FILE.png",
+                   help="heatmap path; the CSV, JSON and line plot go next to it (default cka.png)")
+    p.set_defaults(func=run)
+
+
+def _comma(values):
+    return None if values is None else [w for v in values for w in v.split(",") if w]
+
+
+def run(args):
+    from ..cka import cka
+    from ..cka.plot import default_line_blocks, heatmaps, line_plot
+
+    stem, ext = os.path.splitext(args.out)
+    if ext.lower() not in FORMATS:
+        raise ProbeError(f"--out {args.out}: the plot needs one of the extensions {', '.join(FORMATS)}")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(folder, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise ProbeError(f"cannot write to {folder}: choose another --out")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = cka(args.a, args.b, keys=_comma(args.keys), keys_b=_comma(args.keys_b),
+                     across=args.across, minibatch=args.minibatch, kernel=args.kernel,
+                     sigma=args.sigma, unbiased=args.unbiased, shuffle=not args.no_shuffle,
+                     seed=args.seed, device=args.device, dtype=args.dtype, progress=True)
+    for w in caught:
+        print(f"probe: warning: {w.message}")
+    written = [result.to_csv(stem + ".csv"), result.to_json(stem + ".json"),
+               heatmaps(result, args.out)]
+    several_t = len({t for t, _ in result.rows}) > 1
+    asked = args.line_blocks is not None or args.line_ref is not None
+    if several_t or asked:
+        blocks = _comma(args.line_blocks) or default_line_blocks(result)
+        try:
+            written.append(line_plot(result, f"{stem}_line{ext}", blocks, args.line_ref))
+        except ProbeError as e:
+            if asked:
+                raise
+            print(f"probe: no line plot ({e})")
+    e, m = result.estimator, result.matrix
+    batches = f"minibatch {e['minibatch']} ({e['batches']} batches)" if e["batches"] > 1 else "full batch"
+    print(f"CKA over {result.num_samples} samples ({e['kernel']}, "
+          f"{'unbiased' if e['unbiased'] else 'biased'} HSIC, {batches}): "
+          f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}")
+    print("wrote " + ", ".join(written))
+    return 0

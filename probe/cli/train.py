@@ -1,0 +1,232 @@
+"""`probe train ldae|dit|adm`: train a model on a dataset and write a loadable checkpoint."""
+import json
+import math
+import os
+
+from ..errors import ProbeError
+
+# Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
+SMALL_DIT = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3, class_dropout_prob=0.0,
+                 num_classes=0, learn_sigma=False)
+SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
+                 attention_resolutions="16,8", num_heads=4, num_head_channels=32,
+                 use_scale_shift_norm=True, resblock_updown=True, learn_sigma=False,
+                 class_cond=False, diffusion_steps=1000, noise_schedule="linear")
+
+
+def register(sub):
+    p = sub.add_parser("train", help="train an l-DAE, DiT or ADM on a dataset",
+                       description="Train a model with the toolkit's own recipes. Checkpoints "
+                                   "every epoch; rerun with --resume after an interruption.")
+    p.set_defaults(func=_no_family)
+    fam = p.add_subparsers(dest="family", metavar="FAMILY")
+    q = fam.add_parser("ldae", help="latent denoising autoencoder (Chen et al. 2024)",
+                       description="Train an l-DAE: PCA tokenizer, noise in the PCA latent, "
+                                   "clean-image target. Flags switch the paper's ablations.")
+    _common(q, lr=1e-3)
+    _arch(q, SMALL_DIT)
+    g = q.add_argument_group("l-DAE recipe and ablations")
+    g.add_argument("--noise", choices=("latent", "pixel"), default="latent",
+                   help="latent: noise in the first d PCA components (l-DAE, default); "
+                        "pixel: classical DAE")
+    g.add_argument("--latent-dim", "-d", type=int,
+                   help="d, the PCA components kept (default: patch dim / 4)")
+    g.add_argument("--target", choices=("clean", "noise"), default="clean",
+                   help="predict the clean image (default) or the noise")
+    g.add_argument("--schedule", choices=("sigma-linear", "gamma2-linear"),
+                   default="sigma-linear",
+                   help="sigma-linear: gamma=1, sigma 0..sigma-max (default); gamma2-linear: "
+                        "gamma^2 from 1 to 0, sigma = sqrt(1 - gamma^2)")
+    g.add_argument("--sigma-max", type=float, default=math.sqrt(2),
+                   help="largest sigma of sigma-linear (default sqrt 2)")
+    g.add_argument("--num-timesteps", type=int, default=1000, help="T (default 1000)")
+    g.add_argument("--single-t", type=int,
+                   help="train at this one timestep instead of all (single noise level)")
+    g.add_argument("--encoder-depth", type=int,
+                   help="blocks in the encoder (default: half of --depth)")
+    g.add_argument("--residual-weight", type=float, default=0.1,
+                   help="loss weight of the PCA components beyond d (default 0.1)")
+    g.add_argument("--loss-weight", choices=("sigma", "none"), default="sigma",
+                   help="sigma: weight 1/(1+sigma_t^2) (default); none: 1")
+    g.add_argument("--mlp-ratio", type=float, default=4.0)
+    g.add_argument("--pca-patches", type=int, default=50000,
+                   help="random training patches the PCA is fitted on (default 50000)")
+    q.set_defaults(func=run)
+
+    q = fam.add_parser("dit", help="small pixel-space DiT, DDPM (epsilon) training",
+                       description="Train a DiT (unconditional, epsilon prediction, linear "
+                                   "schedule of 1000 steps) on pixels. Other DiT arguments: "
+                                   "--config KEY=VALUE.")
+    _common(q, lr=3e-4)
+    _arch(q, SMALL_DIT)
+    q.set_defaults(func=run)
+
+    q = fam.add_parser("adm", help="small ADM U-Net, DDPM (epsilon) training",
+                       description="Train a guided-diffusion U-Net (unconditional, epsilon "
+                                   "prediction) on pixels; set its flags with --config "
+                                   f"KEY=VALUE (defaults: {_flags_text(SMALL_ADM)}).")
+    _common(q, lr=2e-4)
+    q.set_defaults(func=run)
+
+
+def _flags_text(d):
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _common(q, lr):
+    g = q.add_argument_group("data")
+    g.add_argument("--data", default="demo", help="dataset spec NAME[:ROOT] (default: demo)")
+    g.add_argument("--split", default="train", help="split to train on (default: train)")
+    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    g.add_argument("--channels", type=int, help="image channels (default: the data's)")
+    g.add_argument("--limit", type=int, help="train on the first N images only")
+    g.add_argument("--num-workers", type=int, default=0, help="image decoding workers")
+    g = q.add_argument_group("training")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="passes over the data (default 1)")
+    length.add_argument("--steps", type=int, help="optimizer steps in total, instead of epochs")
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup", type=int, default=0, help="linear warmup steps (default 0)")
+    g.add_argument("--seed", type=int, default=0, help="seeds init, data order, noise, PCA")
+    g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE|FILE.json",
+                   help="model arguments by their original names, e.g. --config depth=8")
+    g = q.add_argument_group("run")
+    g.add_argument("--out", help="output folder (default runs/FAMILY)")
+    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
+    g.add_argument("--save-every", type=int, default=0,
+                   help="also checkpoint every N steps (default: every epoch only)")
+    g.add_argument("--log-every", type=int, default=10, help="loss curve resolution in steps")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _arch(q, d):
+    g = q.add_argument_group("architecture (a DiT-style ViT)")
+    g.add_argument("--patch-size", type=int, default=d["patch_size"])
+    g.add_argument("--hidden-size", type=int, default=d["hidden_size"])
+    g.add_argument("--depth", type=int, default=d["depth"])
+    g.add_argument("--num-heads", type=int, default=d["num_heads"])
+
+
+def _no_family(args):
+    raise ProbeError("say what to train: probe train ldae|dit|adm (see `probe train --help`)")
+
+
+def _config_items(items):
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep and item.endswith(".json"):
+            try:
+                with open(item) as fh:
+                    out.update(json.load(fh))
+            except (OSError, ValueError) as e:
+                raise ProbeError(f"cannot read --config file {item}: {e}") from e
+            continue
+        if not sep or not key.strip():
+            raise ProbeError(f"bad --config {item!r}: use KEY=VALUE or a .json file")
+        try:
+            out[key.strip()] = json.loads(value.strip())
+        except ValueError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _model_config(args, channels):
+    extra = _config_items(args.config)
+    if args.family == "ldae":
+        cfg = dict(image_size=args.image_size, in_channels=channels,
+                   patch_size=args.patch_size, hidden_size=args.hidden_size, depth=args.depth,
+                   num_heads=args.num_heads, mlp_ratio=args.mlp_ratio,
+                   encoder_depth=args.encoder_depth, noise_space=args.noise,
+                   latent_dim=args.latent_dim, schedule=args.schedule,
+                   sigma_max=args.sigma_max, num_timesteps=args.num_timesteps,
+                   target=args.target, residual_weight=args.residual_weight,
+                   loss_weight=args.loss_weight, single_t=args.single_t)
+        from ..extractors.ldae import validate_config
+
+        return validate_config({**cfg, **extra})
+    if args.family == "dit":
+        from ..extractors.dit import resolve_config
+
+        cfg = dict(SMALL_DIT, input_size=args.image_size, in_channels=channels,
+                   patch_size=args.patch_size, hidden_size=args.hidden_size, depth=args.depth,
+                   num_heads=args.num_heads)
+        if "vae" in extra:
+            raise ProbeError("probe train dit trains on pixels; latent (VAE) DiTs are not "
+                             "supported here")
+        return resolve_config({**cfg, **extra})
+    from ..extractors.adm import resolve_flags
+
+    cfg = {**SMALL_ADM, "image_size": args.image_size, **extra}
+    resolve_flags(cfg)  # unknown or mistyped flags fail here, before any work
+    return cfg
+
+
+def _build(args, cfg, images, resume):
+    if args.family == "ldae":
+        from ..train.ldae import LDAEObjective, build
+
+        model = build(cfg, None if resume else images, args.pca_patches, args.seed)
+        return LDAEObjective(model)
+    from ..extractors.registry import family_module
+    from ..train.ddpm import DDPMObjective
+
+    model = family_module(args.family).create(args.family, {"config": cfg}, random_init=True)
+    return DDPMObjective(model)
+
+
+def run(args):
+    import torch
+
+    from ..data import load_dataset
+    from ..train import loop
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or os.path.join("runs", args.family)
+    epochs = None if args.steps is not None else (args.epochs if args.epochs is not None else 1)
+    if args.family == "adm":
+        channels = 3  # guided-diffusion's U-Net takes RGB: grayscale is expanded
+    else:
+        channels = args.channels or load_dataset(args.data, args.split, args.image_size)[0][0].shape[0]
+    cfg = _model_config(args, channels)
+    dataset = load_dataset(args.data, args.split, args.image_size, channels)
+    state = loop.prepare_out(out, args.resume, args.overwrite)
+    images = loop.Images(dataset, limit=args.limit, num_workers=args.num_workers,
+                         progress=not args.quiet)
+    loop.seed_everything(args.seed)
+    objective = _build(args, cfg, images, state is not None)
+    if args.family != "ldae":
+        loop.atomic_json(cfg, os.path.join(out, "config.json"))
+    run_config = dict(family=args.family, model=cfg, data=args.data, split=args.split,
+                      image_size=args.image_size, channels=channels, limit=args.limit)
+    if args.family == "ldae":
+        run_config["pca_patches"] = args.pca_patches
+    log = loop.train(objective, images, out, epochs=epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                     weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
+                     device=args.device, state=state, save_every=args.save_every,
+                     log_every=args.log_every, run_config=run_config,
+                     command=_options(args), progress=not args.quiet)
+    model_path = os.path.join(out, loop.MODEL_FILE)
+    final = log.get("final_loss")
+    print(f"trained {args.family}: step {log['step']} ({log['epochs_done']:.2f} epochs), "
+          f"final loss {final if final is None else f'{final:.4f}'}, "
+          f"{log['wall_time_s']:.1f} s")
+    print(f"  model: {model_path}")
+    print(f"  log:   {os.path.join(out, loop.LOG_FILE)}")
+    if args.family == "ldae":
+        print(f"  load:  probe.load_model('ldae', checkpoint='{model_path}')")
+    else:
+        print(f"  load:  probe extract --model {args.family} --checkpoint {model_path} "
+              f"--config {os.path.join(out, 'config.json')} ...")
+    return 0
+
+
+def _options(args):
+    """The command's options, recorded in the log of each session."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "debug", "command")}

@@ -1,0 +1,39 @@
+"""DDPM training of any Extractor's network: epsilon prediction, uniform t, the model's
+own schedule and input pipeline, unconditional (class-conditional nets get their null
+class).  Used for the DiT and ADM families; the checkpoint is the network's plain state
+dict, the family's own format.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..errors import ProbeError
+
+
+class DDPMObjective:
+    def __init__(self, model):
+        self.model = model
+        self.family = model.family
+        c = model.config
+        if c.get("learn_sigma"):
+            raise ProbeError("probe train fits the noise prediction only (no variance term): "
+                             "set learn_sigma=False")
+        if c.get("predict_xstart") or c.get("use_kl") or c.get("timestep_respacing"):
+            raise ProbeError("probe train uses epsilon prediction with the full schedule: drop "
+                             "predict_xstart, use_kl and timestep_respacing")
+
+    def loss(self, images, labels, generator):
+        """Mean squared error of the predicted noise; randomness from ``generator`` (CPU)."""
+        model = self.model
+        x0 = model.prepare(images)
+        t = torch.randint(0, model.num_timesteps, (x0.shape[0],), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+        t = t.to(x0.device)
+        x_t = model.q_sample(x0, t, noise)
+        out = model(x_t, t)
+        return F.mse_loss(out[:, : x0.shape[1]], noise)
+
+    def export(self, meta=None):
+        return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
+
+
+__all__ = ["DDPMObjective"]
