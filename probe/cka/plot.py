@@ -33,36 +33,41 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
     nrows = math.ceil(len(panels) / ncols)
     n_r = max(len(p.rows) for p in panels)
     n_c = max(len(p.cols) for p in panels)
+    grouped = across == "all"  # blocks on the ticks, timesteps labelled per group
+    labels = lambda keys: [b for _, b in keys] if grouped else None
     longest = max(len(s) for p in panels for s in p.row_labels + p.col_labels)
-    cell = 0.42 if max(n_r, n_c) <= 16 else max(0.12, 6.0 / max(n_r, n_c))
-    margin = 0.6 + 0.07 * longest  # room for tick labels
-    fig = Figure(figsize=(ncols * (n_c * cell + margin) + 1.2, nrows * (n_r * cell + margin) + 0.8),
+    if grouped:
+        longest = max(len(b) for _, b in result.rows + result.cols)
+    cell = max(0.11, min(0.42, 12.0 / max(n_r, n_c)))  # inches; big grids stay on a page
+    fontsize = max(5, min(8, int(cell * 54)))
+    margin = 0.6 + 0.075 * longest * fontsize / 8  # room for tick labels
+    fig = Figure(figsize=(ncols * (n_c * cell + margin) + 1.4, nrows * (n_r * cell + margin) + 1.0),
                  layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     m = result.matrix
     vmin, vmax = min(0.0, float(m.min())), max(1.0, float(m.max()))
     if annotate is None:
         annotate = n_r <= 10 and n_c <= 10
-    fontsize = 8 if max(n_r, n_c) <= 16 else max(4, int(140 / max(n_r, n_c)))
     name_a, name_b = _name(result.files[0]), _name(result.files[1] or result.files[0])
-    what = {"blocks": "block", "timesteps": "timestep", "all": "t / block"}[across]
+    what = {"blocks": "block", "timesteps": "timestep", "all": "block, grouped by t"}[across]
     for ax, p in zip(axes, panels):
         sub = m[np.ix_(p.rows, p.cols)]
         im = ax.imshow(sub, cmap=CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_xticks(range(len(p.cols)), p.col_labels, rotation=45, ha="right",
-                      rotation_mode="anchor", fontsize=fontsize)
-        ax.set_yticks(range(len(p.rows)), p.row_labels, fontsize=fontsize)
+        row_keys, col_keys = [result.rows[i] for i in p.rows], [result.cols[j] for j in p.cols]
+        ax.set_xticks(range(len(p.cols)), labels(col_keys) or p.col_labels, rotation=45,
+                      ha="right", rotation_mode="anchor", fontsize=fontsize)
+        ax.set_yticks(range(len(p.rows)), labels(row_keys) or p.row_labels, fontsize=fontsize)
         ax.set_xlabel(f"{name_b}: {what}" if result.two_files else what)
         ax.set_ylabel(f"{name_a}: {what}" if result.two_files else what)
         if len(panels) > 1:
             ax.set_title(p.title, fontsize=10)
-        if across == "all":
-            _separate_timesteps(ax, [result.rows[i][0] for i in p.rows], "h")
-            _separate_timesteps(ax, [result.cols[j][0] for j in p.cols], "v")
+        if grouped:
+            _group_timesteps(ax, [k[0] for k in row_keys], "y", fontsize)
+            _group_timesteps(ax, [k[0] for k in col_keys], "x", fontsize)
         if annotate:
             for (i, j), v in np.ndenumerate(sub):
                 dark = (v - vmin) / (vmax - vmin) < 0.6  # viridis is dark at the low end
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=max(5, fontsize - 1),
+                ax.text(j, i, f"{v:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=max(5, fontsize - 1),
                         color="white" if dark else "black")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
@@ -72,11 +77,24 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
     return path
 
 
-def _separate_timesteps(ax, ts, direction):
-    """Lines between groups of one timestep (the all-keys layout is blocks within t)."""
-    for i in range(1, len(ts)):
-        if ts[i] != ts[i - 1]:
-            (ax.axhline if direction == "h" else ax.axvline)(i - 0.5, color="white", lw=1.2)
+def _group_timesteps(ax, ts, axis, fontsize):
+    """White lines between runs of one timestep and a 't=T' label over each run, on the
+    opposite side of the block names."""
+    starts = [0] + [i for i in range(1, len(ts)) if ts[i] != ts[i - 1]]
+    for i in starts[1:]:
+        (ax.axhline if axis == "y" else ax.axvline)(i - 0.5, color="white", lw=1.2)
+    if len(starts) < 2 and len(ts) < 2:
+        return
+    ends = starts[1:] + [len(ts)]
+    centres = [(a + b - 1) / 2 for a, b in zip(starts, ends)]
+    names = [f"t={ts[a]}" for a in starts]
+    if axis == "x":
+        sec = ax.secondary_xaxis("top")
+        sec.set_xticks(centres, names, fontsize=fontsize + 1)
+    else:
+        sec = ax.secondary_yaxis("right")
+        sec.set_yticks(centres, names, fontsize=fontsize + 1, rotation=90, va="center")
+    sec.tick_params(length=0)
 
 
 def default_line_blocks(result):

@@ -87,9 +87,7 @@ class CKAResult:
             if not c:
                 continue
             title = f"t = {g}" if across == "blocks" else str(g)
-            out.append(Panel(title, r, c, [show(self.rows[i]) for i in r],
-                             [show(self.cols[j]) if self.cols[j][part] == g else key_name(*self.cols[j])
-                              for j in c]))
+            out.append(Panel(title, r, c, [show(self.rows[i]) for i in r], [show(self.cols[j]) for j in c]))
         if not out:
             what = "timesteps" if across == "blocks" else "blocks"
             raise ProbeError(f"the two files share no {what}, so there is nothing to draw across "

@@ -35,12 +35,13 @@ def run_models(args):
 def _meta_model(name, checkpoint):
     from ..extractors.registry import FAMILIES, load_model, resolve
 
+    family = name if name in FAMILIES else resolve(name)[1]["family"]
+    kw = {"vae": None} if family == "dit" else {}  # block shapes do not depend on the VAE
     if checkpoint:
-        return load_model(name, checkpoint=checkpoint)
+        return load_model(name, checkpoint=checkpoint, **kw)
     if name in FAMILIES:
         raise ProbeError(f"`probe blocks {name}` needs --checkpoint (or use a registry name)")
     canonical, spec = resolve(name)
-    kw = {"vae": None} if spec["family"] == "dit" else {}
     if spec.get("file"):  # shipped small models: load the real thing
         return load_model(canonical)
     with torch.device("meta"):  # the architecture only: no memory, no weights

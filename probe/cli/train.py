@@ -177,7 +177,7 @@ def _build(args, cfg, images, resume):
     from ..train.ddpm import DDPMObjective
 
     model = family_module(args.family).create(args.family, {"config": cfg}, random_init=True)
-    return DDPMObjective(model)
+    return DDPMObjective(model, config=cfg)
 
 
 def run(args):
@@ -190,10 +190,15 @@ def run(args):
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join("runs", args.family)
     epochs = None if args.steps is not None else (args.epochs if args.epochs is not None else 1)
+    loop.resolve_device(args.device)  # fail before any work
     if args.family == "adm":
-        channels = 3  # guided-diffusion's U-Net takes RGB: grayscale is expanded
+        if args.channels not in (None, 3):
+            raise ProbeError("ADM U-Nets take 3-channel images (grayscale is expanded): "
+                             "drop --channels")
+        channels = 3
     else:
-        channels = args.channels or load_dataset(args.data, args.split, args.image_size)[0][0].shape[0]
+        channels = args.channels or _data_channels(load_dataset(args.data, args.split,
+                                                                args.image_size))
     cfg = _model_config(args, channels)
     dataset = load_dataset(args.data, args.split, args.image_size, channels)
     state = loop.prepare_out(out, args.resume, args.overwrite)
@@ -201,16 +206,14 @@ def run(args):
                          progress=not args.quiet)
     loop.seed_everything(args.seed)
     objective = _build(args, cfg, images, state is not None)
-    if args.family != "ldae":
-        loop.atomic_json(cfg, os.path.join(out, "config.json"))
     run_config = dict(family=args.family, model=cfg, data=args.data, split=args.split,
                       image_size=args.image_size, channels=channels, limit=args.limit)
     if args.family == "ldae":
         run_config["pca_patches"] = args.pca_patches
-    log = loop.train(objective, images, out, epochs=epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                     weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
-                     device=args.device, state=state, save_every=args.save_every,
-                     log_every=args.log_every, run_config=run_config,
+    log = loop.train(objective, images, out, epochs=epochs, steps=args.steps,
+                     batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                     warmup=args.warmup, seed=args.seed, device=args.device, state=state,
+                     save_every=args.save_every, log_every=args.log_every, run_config=run_config,
                      command=_options(args), progress=not args.quiet)
     model_path = os.path.join(out, loop.MODEL_FILE)
     final = log.get("final_loss")
@@ -225,6 +228,13 @@ def run(args):
         print(f"  load:  probe extract --model {args.family} --checkpoint {model_path} "
               f"--config {os.path.join(out, 'config.json')} ...")
     return 0
+
+
+def _data_channels(dataset):
+    image = dataset[0][0]
+    if image is None:
+        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
+    return image.shape[0]
 
 
 def _options(args):

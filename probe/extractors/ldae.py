@@ -242,7 +242,8 @@ class LDAEBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x, c):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c)[:, None].chunk(6, -1)
+        mod = self.adaLN_modulation(c)[:, None]
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
         x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1))
         return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 

@@ -10,8 +10,9 @@ from ..errors import ProbeError
 
 
 class DDPMObjective:
-    def __init__(self, model):
+    def __init__(self, model, config=None):
         self.model = model
+        self.config = config  # the family arguments load_model needs: saved as config.json
         self.family = model.family
         c = model.config
         if c.get("learn_sigma"):
@@ -31,6 +32,9 @@ class DDPMObjective:
         x_t = model.q_sample(x0, t, noise)
         out = model(x_t, t)
         return F.mse_loss(out[:, : x0.shape[1]], noise)
+
+    def extra_files(self):
+        return {"config.json": self.config} if self.config is not None else {}
 
     def export(self, meta=None):
         return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}

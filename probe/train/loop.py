@@ -5,6 +5,7 @@ An *objective* brings the model and the loss; the loop brings everything else::
     objective.model                           # nn.Module whose parameters are trained
     objective.loss(images, labels, generator) # scalar; randomness only from generator
     objective.export(meta)                    # what model.pt holds (the family's format)
+    objective.extra_files()                   # optional: {name: JSON} written next to it
 
 A run lives in one folder ``OUT``:
 
@@ -209,7 +210,7 @@ def prepare_out(out, resume, overwrite):
         if not overwrite:
             raise ProbeError(f"{out} already holds a training run: pass --resume to continue "
                              "it, --overwrite to start again, or choose another --out")
-        for f in (STATE_FILE, MODEL_FILE, LOG_FILE):
+        for f in (STATE_FILE, MODEL_FILE, LOG_FILE, "config.json"):
             if os.path.exists(os.path.join(out, f)):
                 os.remove(os.path.join(out, f))
         state = None
@@ -254,7 +255,8 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
            "data_order": "numpy.random.default_rng([seed, epoch]).permutation(num_images)",
            "noise": "torch.Generator().manual_seed(seed), state saved with each checkpoint",
            "steps_per_epoch": per_epoch, "loss": [], "epochs": [], "sessions": [],
-           "wall_time_s": 0.0, "versions": {"probe": __version__, "torch": str(torch.__version__)}}
+           "wall_time_s": 0.0,
+           "versions": {"probe": __version__, "torch": str(torch.__version__)}}
     if state is not None:
         _check_same_run(state["run_config"], run_config, out)
         model.load_state_dict(state["model"])
@@ -278,6 +280,8 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
                      "step": step, "accumulators": acc, "log": log},
                     os.path.join(out, STATE_FILE))
         atomic_save(objective.export(meta), os.path.join(out, MODEL_FILE))
+        for name, content in getattr(objective, "extra_files", dict)().items():
+            atomic_json(content, os.path.join(out, name))
         atomic_json(log, os.path.join(out, LOG_FILE))
 
     bar = tqdm(total=target, initial=min(step, target), unit="step", disable=not progress,

@@ -94,7 +94,7 @@ def test_log_records_seed_curve_and_timing(images, tmp_path):
     log = run(images, tmp_path, epochs=2, seed=3)
     on_disk = json.load(open(tmp_path / loop.LOG_FILE))
     assert on_disk["seed"] == 3 and on_disk["run_config"]["seed"] == 3
-    assert [e["step"] for e in on_disk["loss"]] == [2, 3, 5, 6]  # every 2 steps and epoch ends
+    assert [e["step"] for e in on_disk["loss"]] == [2, 3, 4, 6]  # every 2 steps, epoch ends
     assert [e["epoch"] for e in on_disk["epochs"]] == [1, 2]
     assert on_disk["final_loss"] == log["loss"][-1]["loss"]
     assert on_disk["wall_time_s"] > 0 and all(e["images_per_s"] > 0 for e in on_disk["loss"])

@@ -1,0 +1,173 @@
+"""The l-DAE family: checkpoints, blocks, schedule, and config errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import probe
+from probe.errors import ProbeError
+from probe.extractors import ldae
+
+TINY = dict(image_size=16, in_channels=1, patch_size=4, hidden_size=32, depth=4, num_heads=2,
+            latent_dim=5)
+
+
+def fitted(config=TINY, seed=0):
+    """A built l-DAE with a random orthonormal basis and perturbed (non-zero) weights."""
+    torch.manual_seed(seed)
+    model = ldae.build(config)
+    tok = model.net.tokenizer
+    if tok is not None:
+        D = tok.components.shape[0]
+        q, _ = torch.linalg.qr(torch.randn(D, D, dtype=torch.float64))
+        tok.set_basis(torch.randn(D) * 0.1, q.T.float(), torch.linspace(2, 0.1, D))
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # leave the zero init: blocks do something
+    return model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = fitted()
+    path = tmp_path / "ldae.pt"
+    torch.save(model.checkpoint({"note": "test"}), path)
+    return model, str(path)
+
+
+def test_checkpoint_rebuilds_the_same_model(saved):
+    model, path = saved
+    loaded = probe.load_model("ldae", checkpoint=path)
+    assert loaded.family == "ldae" and loaded.config == model.config
+    assert not any(p.requires_grad for p in loaded.parameters())
+    x, t = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([0, 10, 999])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
+    noise = torch.randn_like(x)
+    torch.testing.assert_close(loaded.q_sample(x, t, noise), model.q_sample(x, t, noise))
+
+
+def test_checkpoint_contents_load_weights_only(saved):
+    _, path = saved
+    obj = torch.load(path, weights_only=True)
+    assert obj["format"] == "probe-ldae" and obj["meta"] == {"note": "test"}
+    assert "tokenizer.components" in obj["model"] and "pos_embed" not in obj["model"]
+
+
+def test_blocks_encoder_split_and_early_exit_equal_a_full_pass(saved):
+    _, path = saved
+    model = probe.load_model("ldae", checkpoint=path)
+    assert model.block_names == [f"blocks.{i}" for i in range(4)]
+    assert model.encoder_blocks == ["blocks.0", "blocks.1"]
+    assert model.decoder_blocks == ["blocks.2", "blocks.3"]
+    assert model.encoder_output == "blocks.1" and model.resolve_blocks(2) == ["blocks.1"]
+    x = model.prepare(torch.rand(2, 1, 16, 16))
+    early = model.forward_intermediates(x, 10, ["blocks.0", "blocks.1"], stop_early=True)
+    full = model.forward_intermediates(x, 10, "all", stop_early=False)
+    for name in early:
+        assert torch.equal(early[name], full[name])
+    assert full["blocks.1"].shape == (2, 16, 32)
+    assert model.to_map(full["blocks.1"]).shape == (2, 32, 4, 4)
+    # The paper's probe features: clean input at a small t, mean-pooled encoder output.
+    feats = model.encode(torch.rand(2, 1, 16, 16), t=10)
+    assert feats.shape == (2, 32)
+
+
+def test_encoder_split_is_configurable():
+    model = ldae.build(dict(TINY, depth=5, encoder_depth=4))
+    assert model.encoder_blocks == [f"blocks.{i}" for i in range(4)]
+    assert model.decoder_blocks == ["blocks.4"]
+
+
+def np_patches(x, p):
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(
+        n, -1, c * p * p)
+
+
+def np_image(tokens, p, shape):
+    n, c, h, w = shape
+    return tokens.reshape(n, h // p, w // p, c, p, p).transpose(0, 3, 1, 4, 2, 5).reshape(shape)
+
+
+def test_q_sample_is_latent_noise_projected_back_to_pixels():
+    model = fitted()
+    tok = model.net.tokenizer
+    mean, V = tok.mean.double().numpy(), tok.components.double().numpy()[:5]
+    x0 = torch.rand(4, 1, 16, 16) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 500, 999])
+    got = model.q_sample(x0, t, noise).double().numpy()
+    sigma = math.sqrt(2) * t.double().numpy() / 999
+    z = (np_patches(x0.double().numpy(), 4) - mean) @ V.T
+    e = np_patches(noise.double().numpy(), 4) @ V.T
+    want = np_image(mean + (z + sigma[:, None, None] * e) @ V, 4, x0.shape)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # prepare(): the clean image as the tokenizer keeps it, i.e. q_sample at sigma = 0.
+    images = (x0 + 1) / 2
+    np.testing.assert_allclose(model.prepare(images).double().numpy(),
+                               np_image(mean + z @ V, 4, x0.shape), atol=1e-5)
+
+
+def test_schedules_describe_and_check_t():
+    model = ldae.build(dict(TINY, latent_dim=None, noise_space="pixel",
+                            schedule="gamma2-linear", num_timesteps=11))
+    x0, noise = torch.ones(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
+    out = model.q_sample(x0, torch.tensor([0, 5]), noise)
+    torch.testing.assert_close(out[0], x0[0])  # gamma^2 = 1 at t = 0
+    g, s = math.sqrt(0.5), math.sqrt(0.5)     # gamma^2 = 1 - 5/10
+    torch.testing.assert_close(out[1], torch.full_like(x0[1], g + s))
+    assert model.schedule.describe()["kind"] == "gamma2-linear"
+    with pytest.raises(ProbeError, match="outside the schedule"):
+        model.q_sample(x0, 11, noise)
+
+
+def test_model_moves_with_its_tokenizer():
+    model = fitted()
+    model.to(torch.float64)
+    assert model.schedule.tokenizer.components.dtype == torch.float64
+    x0 = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    assert model.q_sample(x0, 3, torch.randn_like(x0)).dtype == torch.float64
+
+
+def test_random_init_and_family_errors(tmp_path):
+    model = probe.load_model("ldae", random_init=True, **TINY)
+    assert model.source == "random init" and model.config["latent_dim"] == 5
+    with pytest.raises(ProbeError, match="no released weights"):
+        probe.load_model("ldae")
+    other = tmp_path / "other.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(ProbeError, match="not an l-DAE checkpoint"):
+        probe.load_model("ldae", checkpoint=str(other))
+    path = tmp_path / "m.pt"
+    torch.save(ldae.build(TINY).checkpoint(), path)
+    with pytest.raises(ProbeError, match="trained with depth=4, not 6"):
+        probe.load_model("ldae", checkpoint=str(path), depth=6)
+    state = ldae.build(TINY).checkpoint()
+    del state["model"]["blocks.0.attn.qkv.weight"]
+    torch.save(state, path)
+    with pytest.raises(ProbeError, match="missing keys"):
+        probe.load_model("ldae", checkpoint=str(path))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(latent_dim=17), "d=17 must be between 1 and the patch dimension"),
+    (dict(latent_dim=0), "must be between 1"),
+    (dict(depth=5), "depth 5 cannot be split"),
+    (dict(encoder_depth=4), "encoder depth 4 does not split 4 blocks"),
+    (dict(image_size=18), "image size 18 is not divisible by patch size 4"),
+    (dict(num_heads=3), "not divisible by 3 heads"),
+    (dict(noise_space="vq"), "noise_space must be one of latent, pixel"),
+    (dict(schedule="cosine"), "schedule must be one of"),
+    (dict(target="v"), "target must be one of clean, noise"),
+    (dict(single_t=1000), "single_t 1000 is outside the schedule"),
+    (dict(noise_space="pixel"), "latent_dim .* only applies"),
+    (dict(sigma_max=0), "sigma_max must be positive"),
+    (dict(depthh=4), "unknown ldae option 'depthh' \\(did you mean depth"),
+    (dict(patch_size=0), "patch_size must be a positive integer"),
+])
+def test_bad_configs_are_one_line_errors(change, message):
+    with pytest.raises(ProbeError, match=message) as err:
+        ldae.validate_config(dict(TINY, **change))
+    assert "\n" not in str(err.value)
