@@ -40,9 +40,6 @@ class Estimator:
     def min_batch(self):
         return 4 if self.unbiased else 2
 
-    def hsic_scale(self, n):
-        return 1.0 / (n * (n - 3)) if self.unbiased else 1.0 / (n - 1) ** 2
-
 
 def make_estimator(kernel="linear", sigma=1.0, unbiased=False, device="cpu", dtype=None):
     if kernel not in KERNELS:
@@ -50,12 +47,11 @@ def make_estimator(kernel="linear", sigma=1.0, unbiased=False, device="cpu", dty
     if kernel == "rbf" and not (np.isfinite(sigma) and sigma > 0):
         raise ProbeError(f"RBF sigma must be a positive fraction of the median distance, got {sigma}")
     device = _device(device)
-    if dtype is None:
-        dtype = torch.float32
-    elif isinstance(dtype, str):
-        if dtype not in ("float32", "float64"):
-            raise ProbeError(f"unknown CKA dtype {dtype!r}: use float32 or float64")
-        dtype = getattr(torch, dtype)
+    dtypes = {"float32": torch.float32, "float64": torch.float64, None: torch.float32,
+              torch.float32: torch.float32, torch.float64: torch.float64}
+    if dtype not in dtypes:
+        raise ProbeError(f"unknown CKA dtype {dtype!r}: use float32 or float64")
+    dtype = dtypes[dtype]
     return Estimator(kernel, float(sigma), bool(unbiased), dtype, device)
 
 
@@ -69,57 +65,59 @@ def _device(device):
     return device
 
 
-def feature_gram(parts, est):
-    """X_c X_c^T (in ``est.dtype``) of one batch, X given as column slabs (arrays of shape
-    (n, ...)), and a 0-d bool tensor saying whether the batch is constant.  Centring first
-    keeps the float32 product accurate (HSIC is unchanged by it).  No host sync."""
+def feature_grams(slabs, est):
+    """X_c X_c^T (k, n, n) in ``est.dtype`` for k representations of one batch, and which
+    of them are constant (k,).  ``slabs`` yields (k, n, ...) pieces of the features (all
+    of them, or column slabs of large rows).  Centring first keeps the float32 product
+    accurate (HSIC is unchanged by it).  No host sync, so a GPU never waits."""
     gram, size = None, 0.0
-    for part in parts:
+    for part in slabs:
         x = part if torch.is_tensor(part) else torch.from_numpy(np.asarray(part))
-        x = x.to(est.device).reshape(len(x), -1).to(est.dtype)
-        mu = x.mean(0, keepdim=True)
+        x = x.to(est.device).reshape(x.shape[0], x.shape[1], -1).to(est.dtype)
+        mu = x.mean(1, keepdim=True)
         x = x - mu
-        g = x @ x.T
+        g = x @ x.transpose(1, 2)
         gram = g if gram is None else gram + g
-        size = size + len(x) * mu.double().square().sum()
-    spread = gram.diagonal().sum(dtype=torch.float64)
+        size = size + x.shape[1] * mu.double().square().sum((1, 2))
+    spread = gram.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64)
     # sum of squared norms = spread around the mean + n |mean|^2
     return gram, spread <= CONSTANT_TOL * (size + spread)
 
 
 def _median_offdiag(d):
-    """Median of the distinct-pair entries (numpy's median: mean of the two middle ones)."""
-    n = len(d)
+    """Median of the distinct-pair entries of each (n, n) matrix in d (k, n, n), as numpy
+    computes it (mean of the two middle values)."""
+    n = d.shape[-1]
     i, j = torch.triu_indices(n, n, 1, device=d.device)
-    v = d[i, j]
-    m = len(v)
-    lo = torch.kthvalue(v, (m - 1) // 2 + 1).values
-    hi = torch.kthvalue(v, m // 2 + 1).values
+    v = d[:, i, j]
+    m = v.shape[1]
+    lo = torch.kthvalue(v, (m - 1) // 2 + 1, dim=1).values
+    hi = torch.kthvalue(v, m // 2 + 1, dim=1).values
     return (lo + hi) / 2
 
 
-def kernel_matrix(gram, est):
-    """The kernel from the (centred) linear Gram: itself, or the RBF (float64) with
-    sigma = est.sigma * median pairwise Euclidean distance in the batch."""
+def kernel_matrices(gram, est):
+    """Kernels (k, n, n) from the centred linear Grams: themselves, or the RBF (float64)
+    with sigma = est.sigma * median pairwise Euclidean distance in the batch."""
     if est.kernel == "linear":
         return gram
     gram = gram.double()
-    sq = gram.diagonal()
-    d2 = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min_(0)
-    width = 2 * (est.sigma * _median_offdiag(d2.sqrt())) ** 2
+    sq = gram.diagonal(dim1=1, dim2=2)
+    d2 = (sq[:, :, None] + sq[:, None, :] - 2 * gram).clamp_min_(0)
+    width = (2 * (est.sigma * _median_offdiag(d2.sqrt())) ** 2)[:, None, None]
     # most samples coincide: no bandwidth to speak of, so the kernel is constant
     ok = width > 0
     return torch.where(ok, torch.exp(-d2 / torch.where(ok, width, 1.0)), 1.0)
 
 
-def kernel_into(parts, est, out):
-    """Write one representation's kernel on one batch into ``out`` (float64, n x n; zero
-    diagonal for the unbiased HSIC) and return its row sums and whether it is constant."""
-    gram, constant = feature_gram(parts, est)
-    out.copy_(kernel_matrix(gram, est))
+def kernels_into(slabs, est, out):
+    """Write k representations' kernels on one batch into ``out`` (float64, (k, n, n); zero
+    diagonal for the unbiased HSIC); return their row sums (k, n) and constant flags (k,)."""
+    gram, constant = feature_grams(slabs, est)
+    out.copy_(kernel_matrices(gram, est))
     if est.unbiased:
-        out.fill_diagonal_(0)
-    return out.sum(1), constant
+        out.diagonal(dim1=1, dim2=2).zero_()
+    return out.sum(2), constant
 
 
 class HSICAccumulator:

@@ -1,8 +1,8 @@
 """The (t, block) grid: choose keys, pair samples by id, stream batches, accumulate HSIC.
 
-Memory stays bounded by one batch: for each batch, each key's rows are read (in column
-slabs when a row is large), turned into one centred kernel, and stacked; the pair matmul
-then consumes the stack.
+Memory stays bounded by one batch: for each batch, the keys' rows are read (keys of one
+size together; a key with large rows alone, in column slabs), turned into one kernel
+matrix per key and stacked; the pair matmul then consumes the stack.
 """
 import re
 
@@ -11,8 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ProbeError, suggest
-from ..store import key_name, parse_key
-from .core import HSICAccumulator, kernel_into
+from ..store import parse_key
+from .core import HSICAccumulator, kernels_into
 
 # HDF5 costs ~70 us per selection but streams ~1.5 GB/s, so rows closer than this many
 # bytes are read as one slice and the rows in between dropped
@@ -20,6 +20,8 @@ GAP_BYTES = 128 << 10
 # a single read of one key's batch is kept under this; larger rows are read in slabs of
 # channels (axis 1) and their Gram products summed
 SLAB_BYTES = 256 << 20
+# keys multiplied together keep their Gram matrices (and the RBF's temporaries) under this
+GROUP_GRAM_BYTES = 1 << 30
 # refuse batches whose stacked Gram matrices would not fit in memory comfortably
 MAX_GRAM_BYTES = 8 << 30
 
@@ -98,14 +100,34 @@ def make_batches(n, minibatch, min_batch, shuffle=True, seed=0):
 def read_rows(ds, idx, cols=slice(None)):
     """``ds[idx, cols]`` for ascending row indices, reading nearby rows as one slice."""
     idx = np.asarray(idx)
+    span = (lambda a, b: ds[a:b]) if ds.ndim == 1 else (lambda a, b: ds[a:b, cols])
     if idx[-1] - idx[0] + 1 == len(idx):
-        return ds[idx[0]:idx[-1] + 1, cols]
+        return span(idx[0], idx[-1] + 1)
     row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:]))
-    if len(ds.shape) > 1:
+    if ds.ndim > 1:
         row_bytes = row_bytes * len(range(*cols.indices(ds.shape[1]))) // ds.shape[1]
     gap = max(1, GAP_BYTES // max(row_bytes, 1))
     runs = np.split(idx, np.nonzero(np.diff(idx) > gap)[0] + 1)
-    return np.concatenate([ds[r[0]:r[-1] + 1, cols][r - r[0]] for r in runs])
+    return np.concatenate([span(r[0], r[-1] + 1)[r - r[0]] for r in runs])
+
+
+def _group(sizes, n, itemsize):
+    """Which keys share one batched Gram product (fewer, larger kernels): same per-sample
+    size, the group's features under SLAB_BYTES (in the compute dtype) and its kernels
+    under GROUP_GRAM_BYTES.  A key too big on its own is alone and read in slabs.  Returns
+    lists of key positions; the processing order is their concatenation."""
+    groups, open_ = [], {}
+    most = max(1, GROUP_GRAM_BYTES // (n * n * 8))
+    for i, d in enumerate(sizes):
+        one = n * d * itemsize
+        g = open_.get(d)
+        if one > SLAB_BYTES or g is None or (len(g) + 1) * one > SLAB_BYTES or len(g) >= most:
+            g = []
+            groups.append(g)
+            if one <= SLAB_BYTES:
+                open_[d] = g
+        g.append(i)
+    return groups
 
 
 class FileSource:
@@ -114,30 +136,39 @@ class FileSource:
     def __init__(self, ff, keys):
         self.ff, self.keys = ff, list(keys)
         self.name = ff.path
+        self.dsets = [ff.dataset(k) for k in self.keys]
 
     def __len__(self):
         return len(self.ff)
 
-    def parts(self, key, idx):
-        """Column slabs of rows ``idx`` (any order) of one key."""
-        ds = self.ff.dataset(key)
+    def groups(self, n, itemsize):
+        return _group([int(np.prod(d.shape[1:])) for d in self.dsets], n, itemsize)
+
+    def slabs(self, group, idx):
+        """(k, n, ...) pieces of rows ``idx`` (any order) of the keys in ``group``: one
+        piece with all of them, or column slabs (along axis 1) of a single large key."""
         order = np.argsort(idx, kind="stable")
         rows = np.asarray(idx)[order]
-        back = np.argsort(order)
-        width = ds.shape[1] if len(ds.shape) > 1 else 1
-        per_col = ds.dtype.itemsize * int(np.prod(ds.shape[1:])) // width * len(rows)
-        step = max(1, SLAB_BYTES // max(per_col, 1))
-        if len(ds.shape) == 1 or step >= width:
-            yield read_rows(ds, rows)[back]
+        back = None if np.array_equal(order, np.arange(len(order))) else np.argsort(order)
+        pick = (lambda a: a) if back is None else (lambda a: a[back])
+        dsets = [self.dsets[i] for i in group]
+        width = dsets[0].shape[1] if dsets[0].ndim > 1 else 1
+        bytes_per_col = dsets[0].dtype.itemsize * int(np.prod(dsets[0].shape[1:])) // width * len(rows)
+        step = max(1, SLAB_BYTES // max(bytes_per_col, 1))
+        if len(group) == 1 and 1 < width and step < width:
+            for c in range(0, width, step):
+                yield pick(read_rows(dsets[0], rows, slice(c, c + step)))[None]
             return
-        for c in range(0, width, step):
-            yield read_rows(ds, rows, slice(c, c + step))[back]
+        out = np.empty((len(group), len(rows), int(np.prod(dsets[0].shape[1:]))), dsets[0].dtype)
+        for o, ds in zip(out, dsets):
+            o[...] = pick(read_rows(ds, rows).reshape(len(rows), -1))
+        yield out
 
 
 class ArraySource:
     """In-memory representations: a list of arrays or tensors of shape (N, ...)."""
 
-    def __init__(self, arrays, names=None):
+    def __init__(self, arrays):
         self.arrays = list(arrays)
         if not self.arrays:
             raise ProbeError("no representations given to CKA")
@@ -151,20 +182,30 @@ class ArraySource:
     def __len__(self):
         return len(self.arrays[0])
 
-    def parts(self, key, idx):
-        a = self.arrays[key]
-        if torch.is_tensor(a):
-            idx = torch.as_tensor(np.asarray(idx), device=a.device)
-        yield a[idx]
+    def groups(self, n, itemsize):
+        return _group([int(np.prod(a.shape[1:])) for a in self.arrays], n, itemsize)
+
+    def slabs(self, group, idx):
+        rows = [self.arrays[i] for i in group]
+        if all(torch.is_tensor(a) for a in rows):
+            t = torch.as_tensor(np.asarray(idx), device=rows[0].device)
+            yield torch.stack([a[t].reshape(len(idx), -1) for a in rows])
+        else:
+            yield np.stack([np.asarray(a)[idx].reshape(len(idx), -1) for a in rows])
 
 
-def _stack(src, idx, est):
-    """Kernels (keys, n*n), row sums (keys, n) and constant flags (keys,) of one batch."""
+def _stack(src, groups, idx, est):
+    """Kernels (keys, n*n), row sums (keys, n) and constant flags (keys,) of one batch, in
+    the groups' order."""
     n = len(idx)
     kernels = torch.empty(len(src.keys), n * n, dtype=torch.float64, device=est.device)
-    sums, constant = zip(*(kernel_into(src.parts(key, idx), est, kernels[i].view(n, n))
-                           for i, key in enumerate(src.keys)))
-    return kernels, torch.stack(sums), torch.stack(constant)
+    sums, flags, i = [], [], 0
+    for g in groups:
+        r, c = kernels_into(src.slabs(g, idx), est, kernels[i:i + len(g)].view(len(g), n, n))
+        sums.append(r)
+        flags.append(c)
+        i += len(g)
+    return kernels, torch.cat(sums), torch.cat(flags)
 
 
 def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, progress=False):
@@ -178,15 +219,18 @@ def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, pr
     if need > MAX_GRAM_BYTES:
         raise ProbeError(f"CKA over batches of {n} samples needs {need / 2**30:.1f} GiB for the "
                          f"{num_keys} Gram matrices: use a minibatch (e.g. --minibatch 1024)")
+    itemsize = torch.empty((), dtype=est.dtype).element_size()
+    # keys of one size are multiplied together; the matrix is put back in key order at the end
+    groups_a = src_a.groups(n, itemsize)
+    groups_b = src_b.groups(n, itemsize) if src_b is not None else None
     acc = HSICAccumulator(est)
     with torch.no_grad():
         for idx in tqdm(batches, desc="CKA", unit="batch", disable=not progress or len(batches) < 2):
-            ga = _stack(src_a, idx, est)
-            gb = None if src_b is None else _stack(src_b, idx if rows_b is None else rows_b[idx], est)
-            acc.add(ga, gb)
+            a = _stack(src_a, groups_a, idx, est)
+            b = None if src_b is None else _stack(src_b, groups_b, idx if rows_b is None else rows_b[idx], est)
+            acc.add(a, b)
     matrix, dead_a, dead_b = acc.cka()
-    return matrix, dead_a, dead_b, [len(b) for b in batches]
-
-
-def label(key):
-    return key_name(*key)
+    back_a = np.argsort(np.concatenate(groups_a))
+    back_b = back_a if src_b is None else np.argsort(np.concatenate(groups_b))
+    return (matrix[np.ix_(back_a, back_b)], dead_a[back_a], dead_b[back_b],
+            [len(b) for b in batches])

@@ -7,6 +7,8 @@ from.  ``load_model`` resolves a name or a family and hands off to the family's
 """
 import importlib
 
+import torch
+
 from ..errors import ProbeError, suggest
 
 FAMILIES = {
@@ -77,13 +79,14 @@ def family_module(family):
 
 
 def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False, device=None,
-               **config):
+               init_seed=0, **config):
     """Build a model from the zoo or from a family, and load its weights.
 
     ``name``: a registry name (``dit-xl-2``, ``adm-256-uncond`` ...) or a family
     (``dit``, ``adm``, ``ldae``) with ``config`` in the original code's argument names.
     ``checkpoint``: a local file or folder, or a hub id; by default the entry's released
-    weights.  ``random_init``: keep the random initialisation (an untrained baseline).
+    weights.  ``random_init``: keep the random initialisation (an untrained baseline), drawn
+    from ``init_seed`` so that every process and every run gets the same weights.
     """
     if checkpoint is not None and random_init:
         raise ProbeError("give either a checkpoint or random_init, not both")
@@ -92,8 +95,10 @@ def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False,
     else:
         name, spec = resolve(name)
     spec = dict(spec, config={**spec.get("config", {}), **config})
-    model = family_module(spec["family"]).create(
-        name, spec, checkpoint=checkpoint, random_init=random_init,
-        trust_checkpoint=trust_checkpoint)
+    create = family_module(spec["family"]).create
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model = create(name, spec, checkpoint=checkpoint, random_init=random_init,
+                       trust_checkpoint=trust_checkpoint)
     model.eval().requires_grad_(False)
     return model.to(device) if device is not None else model

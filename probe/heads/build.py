@@ -13,7 +13,7 @@ MAP, VEC = "map", "vec"  # what a head reads: the spatial map (C,H,W) or a vecto
 HEADS = {
     "linear": (VEC, {}),
     "mlp": (VEC, {"hidden": (512,)}),
-    "cnn": (MAP, {"width": 256, "depth": 2}),
+    "cnn": (MAP, {"width": 128, "depth": 2}),
     "attention": (MAP, {"dim": 128, "depth": 1, "num_heads": 4, "pos_embed": False}),
 }
 BASELINES = {"logreg": {"C": 1.0}, "knn": {"k": 20}}
@@ -48,7 +48,8 @@ def _make(name, shape, num_classes, opts):
     if name == "mlp":
         return MLPHead(shape[0], num_classes, hidden=opts["hidden"])
     if name == "cnn":
-        return CNNHead(shape[0], num_classes, width=opts["width"], depth=opts["depth"])
+        return CNNHead(shape[0], num_classes, width=opts["width"], depth=opts["depth"],
+                       size=min(shape[1:]))
     return AttentionHead(shape[0], num_classes, dim=opts["dim"], depth=opts["depth"],
                          num_heads=opts["num_heads"], pos_embed=opts["pos_embed"],
                          num_tokens=shape[1] * shape[2])

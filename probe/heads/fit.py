@@ -229,13 +229,13 @@ def _build_units(setup, head, views, options, comparable_size):
         gens = [torch.Generator().manual_seed(head_seed(seed, k, head)) for k, _ in views]
         grid = LinearGrid([s[0] for s in shapes], n, gens)
         infos = [({}, s[0] * n + n) for s in shapes]
-        return [Unit(grid, views, lambda m, i: m.export(i))], infos
+        return [Unit(grid, views, lambda m, i: m.export(i), setup.cfg.lr_for(head))], infos
     units, infos = [], []
     for view, shape in zip(views, shapes):
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
             torch.manual_seed(head_seed(seed, view[0], head))
             module, opts = build_head(head, shape, n, options, comparable_size)
-        units.append(single_unit(module, view))
+        units.append(single_unit(module, view, setup.cfg.lr_for(head)))
         infos.append((opts, count_params(module)))
     return units, infos
 
@@ -261,7 +261,8 @@ def train_heads(setup, head, keys, options=None, comparable_size=False, progress
                          rows, cfg.batch_size, torch.device(cfg.device))
     results = []
     for view, s, (opts, params), sc in zip(views, members, infos, scores):
-        extra = dict(best_val_top1=s["best_val_top1"], best_epoch=s["best_epoch"],
+        extra = dict(best_val_top1=s["best_val_top1"], best_val_loss=s["best_val_loss"],
+                     best_epoch=s["best_epoch"],
                      epochs_run=s["epochs_run"], train_time_s=round(elapsed, 3),
                      keys_in_pass=len(keys), streamed=source.streamed)
         summary = _summary(setup, head, view, opts, params, comparable_size, sc, extra)
@@ -290,7 +291,7 @@ def _fit_baseline(setup, head, view, options):
     else:
         x_eval = FeatureSource(setup.test, [view], float("inf"), stream=False).arrays[view]
     scores = baseline_scores(model, x_eval, setup.num_classes)
-    extra = dict(best_val_top1=None, best_epoch=None, epochs_run=None,
+    extra = dict(best_val_top1=None, best_val_loss=None, best_epoch=None, epochs_run=None,
                  train_time_s=round(elapsed, 3), keys_in_pass=1, streamed=False)
     summary = _summary(setup, head, view, opts, baseline_params(model), False, scores, extra)
     return FitResult(summary, scores, model)
@@ -319,7 +320,12 @@ def _summary(setup, head, view, opts, params, comparable_size, scores, extra):
     }
     out.update(classification_metrics(setup.eval_labels(), scores, setup.class_names))
     out.update(extra)
-    out.update(settings=setup.cfg.as_dict(), seed=setup.cfg.seed,
+    settings = setup.cfg.as_dict()
+    if head not in BASELINES:
+        settings["lr"] = setup.cfg.lr_for(head)
+    else:  # baselines do not use the optimiser settings
+        settings = {k: settings[k] for k in ("val_fraction", "seed", "memory_limit_gb")}
+    out.update(settings=settings, seed=setup.cfg.seed,
                features=setup.train.describe(), probe_version=__version__, notes=notes)
     return out
 

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ProbeError
 
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1}
-DEFAULT_WD = {"adamw": 0.01, "sgd": 0.0}
+# the linear probe is a convex problem on normalised inputs and takes a larger step
+DEFAULT_LR = {"adamw": {"linear": 1e-2, "other": 1e-3}, "sgd": {"linear": 0.1, "other": 0.01}}
+DEFAULT_WD = {"adamw": 0.05, "sgd": 0.0}
 
 
 @dataclass
@@ -29,8 +30,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 256
     optimizer: str = "adamw"          # adamw | sgd (momentum 0.9)
-    lr: float = None                  # None: 1e-3 (adamw), 0.1 (sgd)
-    weight_decay: float = None        # None: 0.01 (adamw), 0 (sgd); never on biases/norms/tokens
+    lr: float = None                  # None: adamw 1e-2 (linear) / 1e-3; sgd 0.1 (linear) / 0.01
+    weight_decay: float = None        # None: 0.05 (adamw), 0 (sgd); never on biases/norms/tokens
     warmup_epochs: float = 1.0        # linear warmup, then cosine to 0
     patience: int = 8                 # epochs without a better validation top-1 before stopping
     val_fraction: float = 0.1         # carved from train, stratified, by `seed`
@@ -44,7 +45,7 @@ class TrainConfig:
         c = copy.copy(self)
         if c.optimizer not in DEFAULT_LR:
             raise ProbeError(f"unknown optimizer {c.optimizer!r}: use adamw or sgd")
-        c.lr = DEFAULT_LR[c.optimizer] if c.lr is None else float(c.lr)
+        c.lr = None if c.lr is None else float(c.lr)
         c.weight_decay = DEFAULT_WD[c.optimizer] if c.weight_decay is None else float(c.weight_decay)
         c.device = str(resolve_device(c.device))
         for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 1)):
@@ -58,6 +59,10 @@ class TrainConfig:
 
     def as_dict(self):
         return asdict(self)
+
+    def lr_for(self, head):
+        table = DEFAULT_LR[self.optimizer]
+        return self.lr if self.lr is not None else table.get(head, table["other"])
 
 
 def resolve_device(device):
@@ -81,8 +86,8 @@ class Unit:
     """``module`` maps ``{view: tensor}`` to one logits tensor per member; ``views[i]`` is
     member i's input; ``snapshot(i)`` copies member i out as a standalone head."""
 
-    def __init__(self, module, views, snapshot):
-        self.module, self.views, self._snapshot = module, list(views), snapshot
+    def __init__(self, module, views, snapshot, lr):
+        self.module, self.views, self._snapshot, self.lr = module, list(views), snapshot, lr
 
     def __call__(self, batch):
         return self.module([batch[v] for v in self.views])
@@ -91,8 +96,8 @@ class Unit:
         return self._snapshot(self.module, i)
 
 
-def single_unit(head, view):
-    return Unit(_Single(head), [view], lambda m, i: copy.deepcopy(m.head).eval())
+def single_unit(head, view, lr):
+    return Unit(_Single(head), [view], lambda m, i: copy.deepcopy(m.head).eval(), lr)
 
 
 class _Single(torch.nn.Module):
@@ -104,23 +109,25 @@ class _Single(torch.nn.Module):
         return [self.head(xs[0])]
 
 
-def _param_groups(modules, lr, weight_decay):
-    decay, no_decay = [], []
-    for m in modules:
-        for name, p in m.named_parameters():
+def _param_groups(units, weight_decay):
+    groups = []
+    for u in units:
+        decay, no_decay = [], []
+        for name, p in u.module.named_parameters():
             # biases, norm scales, CLS and position tokens are not shrunk (as timm/MAE)
             flat = p.ndim <= 1 or name.endswith("bias") or "biases" in name or "token" in name \
                 or "pos_embed" in name
             (no_decay if flat else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": u.lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": u.lr}]
+    return [g for g in groups if g["params"]]
 
 
-def make_optimizer(modules, cfg):
-    groups = _param_groups(modules, cfg.lr, cfg.weight_decay)
+def make_optimizer(units, cfg):
+    groups = _param_groups(units, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, momentum=0.9)
+    return torch.optim.AdamW(groups)
 
 
 def warmup_cosine(total_steps, warmup_steps):
@@ -154,14 +161,17 @@ def predict(models, source, rows, batch_size, device):
 def _val_top1(units, source, rows, batch_size, device):
     views = list(dict.fromkeys(v for u in units for v in u.views))
     correct = [np.zeros(len(u.views)) for u in units]
+    loss = [np.zeros(len(u.views)) for u in units]
     for u in units:
         u.module.eval()
     for xs, y in source.eval_batches(rows, batch_size, views):
         batch, y = _tensors(xs, device), torch.from_numpy(y).to(device)
-        for u, c in zip(units, correct):
+        for u, c, l in zip(units, correct, loss):
             for i, z in enumerate(u(batch)):
                 c[i] += (z.argmax(1) == y).sum().item()
-    return [c / max(len(rows), 1) for c in correct]
+                l[i] += F.cross_entropy(z.float(), y, reduction="sum").item()
+    n = max(len(rows), 1)
+    return [list(zip(c / n, l / n)) for c, l in zip(correct, loss)]
 
 
 def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="train"):
@@ -171,11 +181,12 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     device = torch.device(cfg.device)
     for u in units:
         u.module.to(device)
-    opt = make_optimizer([u.module for u in units], cfg)
+    opt = make_optimizer(units, cfg)
     steps = math.ceil(len(train_rows) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
-    state = [[dict(head=None, best_val_top1=-1.0, best_epoch=-1, epochs_run=0, stopped=False)
+    state = [[dict(head=None, best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=-1,
+                   epochs_run=0, stopped=False)
               for _ in u.views] for u in units]
     active = list(range(len(units)))
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
@@ -199,9 +210,12 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
                 if s["stopped"]:
                     continue
                 s["epochs_run"] = epoch + 1
-                if acc is None or acc[i] > s["best_val_top1"]:
+                # better top-1, or the same top-1 with a lower loss (small validation sets
+                # saturate, and the first epoch to reach a top-1 is rarely the best)
+                if acc is None or (acc[i][0], -acc[i][1]) > (s["best_val_top1"], -s["best_val_loss"]):
                     s.update(head=units[j].snapshot(i), best_epoch=epoch + 1,
-                             best_val_top1=None if acc is None else float(acc[i]))
+                             best_val_top1=None if acc is None else float(acc[i][0]),
+                             best_val_loss=None if acc is None else float(acc[i][1]))
                 elif epoch + 1 - s["best_epoch"] >= cfg.patience:
                     s["stopped"] = True
         active = [j for j in active if not all(s["stopped"] for s in state[j])]

@@ -1,0 +1,37 @@
+"""`probe compare`: a grid of heads over (t, block) keys -> CSV, markdown table, plots."""
+import os
+
+from .fit import add_head_args, add_train_args, options
+
+
+def register(sub):
+    p = sub.add_parser("compare", help="compare heads over timesteps and blocks",
+                       description="Train every head on every selected (t, block) of TRAIN.h5 "
+                                   "(each head in one pass over the data), evaluate on TEST.h5, "
+                                   "and write results.csv, results.md, results.json, "
+                                   "accuracy_vs_t.png and heads.png.")
+    p.add_argument("train", metavar="TRAIN.h5")
+    p.add_argument("test", metavar="TEST.h5", nargs="?",
+                   help="test features (omit to evaluate on a validation split of train)")
+    p.add_argument("--heads", default="linear,mlp,cnn,attention",
+                   help="comma list of linear, mlp, cnn, attention, logreg, knn "
+                        "(default linear,mlp,cnn,attention)")
+    p.add_argument("--t", default="all", help="timesteps, e.g. 10,100, or all (default)")
+    p.add_argument("--blocks", default="all", help="block names, comma-separated, or all (default)")
+    p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+    add_head_args(p)
+    add_train_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from ..heads.compare import compare
+
+    rows = compare(args.train, args.test, heads=args.heads, t=args.t, blocks=args.blocks,
+                   out=args.out, comparable_size=args.comparable_size,
+                   progress=not args.no_progress, **options(args))
+    with open(os.path.join(args.out, "results.md")) as f:
+        print(f.read(), end="")
+    print(f"{len(rows)} results in {args.out}/: results.csv, results.md, results.json, "
+          "accuracy_vs_t.png, heads.png")
+    return 0

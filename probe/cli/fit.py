@@ -1,0 +1,137 @@
+"""`probe fit`: train one head on one (t, block) of a feature file and evaluate it."""
+import json
+import re
+import sys
+
+from ..errors import ProbeError
+
+HEAD_CHOICES = "linear | mlp | cnn | attention | logreg | knn"
+
+
+def _ints(text):
+    try:
+        return tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ProbeError(f"bad --hidden {text!r}: give layer widths, e.g. --hidden 512,256") from None
+
+
+def add_head_args(p):
+    g = p.add_argument_group("head options (each applies to the heads named)")
+    g.add_argument("--hidden", type=_ints, help="mlp: hidden widths, e.g. 512,256 (default 512)")
+    g.add_argument("--width", type=int, help="cnn: channels (default 128)")
+    g.add_argument("--depth", type=int,
+                   help="cnn: conv layers (default 2); attention: transformer blocks (default 1)")
+    g.add_argument("--dim", type=int, help="attention: token width (default 128)")
+    g.add_argument("--num-heads", type=int, help="attention: attention heads (default 4)")
+    g.add_argument("--pos-embed", action="store_true",
+                   help="attention: add a learned positional embedding (off by default)")
+    g.add_argument("--comparable-size", action="store_true",
+                   help="size mlp/cnn/attention to about the linear head's parameter count")
+    g.add_argument("--k", type=int, help="knn: neighbours (default 20)")
+    g.add_argument("--C", type=float, help="logreg: inverse L2 strength (default 1.0)")
+
+
+def add_train_args(p):
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="at most this many epochs (default 30)")
+    g.add_argument("--batch-size", type=int, help="default 256")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
+    g.add_argument("--lr", type=float,
+                   help="peak learning rate (default: adamw 1e-2 linear, 1e-3 others; sgd 0.1 / 0.01)")
+    g.add_argument("--weight-decay", type=float, help="default: 0.05 adamw, 0 sgd")
+    g.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine (default 1)")
+    g.add_argument("--patience", type=int,
+                   help="stop after this many epochs without a better validation top-1 (default 8)")
+    g.add_argument("--val-fraction", type=float,
+                   help="validation split carved from train for early stopping (default 0.1)")
+    g.add_argument("--seed", type=int, help="seeds the split, the init and the batch order (default 0)")
+    g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+    g.add_argument("--memory-limit", type=float, dest="memory_limit_gb", metavar="GB",
+                   help="features larger than this are streamed from the file (default 2)")
+    m = g.add_mutually_exclusive_group()
+    m.add_argument("--stream", dest="stream", action="store_const", const=True,
+                   help="always stream features from the file")
+    m.add_argument("--in-memory", dest="stream", action="store_const", const=False,
+                   help="always load features into memory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+HEAD_KEYS = ("hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C")
+TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
+              "patience", "val_fraction", "seed", "device", "memory_limit_gb", "stream")
+
+
+def options(args):
+    """Flags -> keyword options for probe.fit / compare (unset flags keep the defaults)."""
+    opts = {k: getattr(args, k) for k in HEAD_KEYS + TRAIN_KEYS if getattr(args, k) is not None}
+    if not args.pos_embed:
+        opts.pop("pos_embed", None)
+    return opts
+
+
+def register(sub):
+    p = sub.add_parser("fit", help="train a probe head on cached features and evaluate it",
+                       description="Train a head on one (t, block) of a feature file made by "
+                                   "`probe extract`, evaluate it on a test file (or on a "
+                                   "validation split of train), print and save the metrics as JSON.")
+    p.add_argument("features", metavar="FEATURES.h5", help="training features")
+    p.add_argument("--head", default="linear", help=HEAD_CHOICES + " (default linear)")
+    p.add_argument("--t", type=int, help="timestep (may be omitted if the file has one)")
+    p.add_argument("--block", help="block name (may be omitted if the file has one)")
+    p.add_argument("--test", metavar="TEST.h5", help="test features from the same model and settings")
+    p.add_argument("--out", metavar="RESULT.json",
+                   help="where to save the JSON (default fit-HEAD-tT-BLOCK.json)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of a summary")
+    add_head_args(p)
+    add_train_args(p)
+    p.set_defaults(func=run)
+
+
+def default_out(head, t, block):
+    return f"fit-{head}-t{t}-{re.sub(r'[^A-Za-z0-9._-]+', '_', block)}.json"
+
+
+def run(args):
+    from ..heads.fit import fit
+
+    result = fit(args.features, t=args.t, block=args.block, head=args.head, test=args.test,
+                 comparable_size=args.comparable_size, progress=not args.no_progress,
+                 **options(args))
+    s = result.summary
+    out = args.out or default_out(s["head"], s["t"], s["block"])
+    result.save(out)
+    if args.json:
+        print(json.dumps(s, indent=1))
+    else:
+        print_summary(s)
+    print(f"saved {out}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def print_summary(s):
+    print(f"{s['head']} head on t={s['t']}, {s['block']}: {s['input']}, {s['params']:,} parameters")
+    if s["epochs_run"] is not None:
+        print(f"trained {s['epochs_run']} epochs on {s['num_train']} samples (best epoch "
+              f"{s['best_epoch']}, validation top-1 {_fmt(s['best_val_top1'])}) in "
+              f"{s['train_time_s']:.1f} s on {s['settings']['device']}"
+              f"{', streamed from the file' if s['streamed'] else ''}")
+    else:
+        print(f"fit on {s['num_train']} samples in {s['train_time_s']:.1f} s")
+    for note in s["notes"]:
+        print(f"note: {note}")
+    where = s["test_file"] if s["evaluated_on"] == "test" else "the validation split"
+    print(f"evaluated on {where} ({s['num_eval']} samples): top-1 {_fmt(s['top1'])}, "
+          f"top-5 {_fmt(s['top5'])}")
+    names = s["class_names"]
+    width = max(len(n) for n in names)
+    print("per-class accuracy:")
+    for n in names:
+        print(f"  {n:<{width}}  {_fmt(s['per_class_accuracy'][n])}")
+    if len(names) <= 20:
+        print("confusion matrix (rows: true, columns: predicted):")
+        for n, row in zip(names, s["confusion_matrix"]):
+            print(f"  {n:<{width}}  " + " ".join(f"{v:5d}" for v in row))
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.4f}"

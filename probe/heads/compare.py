@@ -1,0 +1,161 @@
+"""`probe compare`: a grid of heads over (t, block) keys, as a CSV, a markdown table and
+plots.  Each neural head trains on every key in one pass over the data (sharing every
+batch); baselines fit per key."""
+import csv
+import os
+
+from ..errors import ProbeError
+from .build import ALL_HEADS, check_head
+from .fit import Setup, _open, resolve_grid, save_json, split_options, train_heads
+
+COLUMNS = ["t", "block", "head", "params", "top1", "top5", "best_val_top1", "best_epoch",
+           "epochs_run", "train_time_s", "keys_in_pass", "input"]
+
+
+def parse_heads(heads):
+    if isinstance(heads, str):
+        heads = ALL_HEADS[:4] if heads == "all" else heads.split(",")
+    heads = [check_head(h.strip()) for h in heads if h.strip()]
+    if not heads:
+        raise ProbeError("no heads given: e.g. --heads linear,mlp,cnn,attention")
+    return list(dict.fromkeys(heads))
+
+
+def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t="all",
+            blocks="all", out=None, comparable_size=False, progress=True, **options):
+    """Train and evaluate every head on every selected (t, block) of ``train``.
+
+    Returns one row (dict with the :data:`COLUMNS`) per (key, head); with ``out`` (a
+    directory) also writes results.csv, results.md, results.json, accuracy_vs_t.png and
+    heads.png there.  Options as for :func:`probe.fit`.
+    """
+    heads = parse_heads(heads)
+    head_opts, cfg = split_options(options)
+    tr = _open(train)
+    keys = resolve_grid(tr, t, blocks)
+    setup = Setup(tr, test, keys, cfg)
+    for h in heads:  # fail on a head/feature mismatch before any training
+        for k in keys:
+            setup.view(k, h)
+    results = []
+    for h in heads:
+        results += train_heads(setup, h, keys, head_opts, comparable_size, progress)
+    rows = [{c: r.summary[c] for c in COLUMNS} for r in results]
+    if out is not None:
+        write_report(out, rows, [r.summary for r in results], setup)
+    return rows
+
+
+def write_report(out, rows, summaries, setup):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    save_json([{k: v for k, v in s.items() if k != "predictions"} for s in summaries],
+              os.path.join(out, "results.json"))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(markdown_table(rows, setup))
+    plot_accuracy_vs_t(rows, os.path.join(out, "accuracy_vs_t.png"))
+    plot_heads(rows, os.path.join(out, "heads.png"))
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _count(n):
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def markdown_table(rows, setup):
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    keys = list(dict.fromkeys((r["t"], r["block"]) for r in rows))
+    cell = {(r["t"], r["block"], r["head"]): r for r in rows}
+    where = (f"test file `{setup.test.path}`" if setup.test is not None
+             else f"the validation split ({len(setup.val_rows)} samples of the train file)")
+    lines = [f"Top-1 accuracy (%) on {where}, training on `{setup.train.path}` "
+             f"({len(setup.train_rows)} samples); parameter counts in brackets.", ""]
+    lines.append("| block | t | " + " | ".join(heads) + " |")
+    lines.append("|---|---|" + "---|" * len(heads))
+    for t, b in keys:
+        cells = [f"{_pct(cell[t, b, h]['top1'])} ({_count(cell[t, b, h]['params'])})" for h in heads]
+        lines.append(f"| {b} | {t} | " + " | ".join(cells) + " |")
+    lines += ["", "Best (t, block) per head:", ""]
+    for h in heads:
+        best = max((r for r in rows if r["head"] == h), key=lambda r: r["top1"])
+        how = (f"trained on {best['keys_in_pass']} keys in one pass of {best['train_time_s']:.1f} s"
+               if best["epochs_run"] is not None else f"fit in {best['train_time_s']:.1f} s")
+        lines.append(f"- {h}: {_pct(best['top1'])} at t={best['t']}, {best['block']} ({how})")
+    notes = dict.fromkeys(setup.notes)
+    if any("global-average-pooled" in r["input"] for r in rows):
+        notes["linear/mlp/logreg/knn on spatial maps use the global-average-pooled map"] = None
+    lines += [""] + [f"Note: {n}." for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy_vs_t(rows, path):
+    """One panel per block: top-1 against t, one line per head."""
+    plt = _pyplot()
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    cols = min(4, len(blocks))
+    nrows = -(-len(blocks) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False,
+                             sharey=True)
+    for ax, b in zip(axes.flat, blocks):
+        for h in heads:
+            pts = sorted((r["t"], 100 * r["top1"]) for r in rows if r["block"] == b and r["head"] == h)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=h)
+        ax.set_title(b, fontsize=9)
+        ax.set_xlabel("t")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("top-1 (%)")
+    for ax in list(axes.flat)[len(blocks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Accuracy against timestep, per block")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heads(rows, path):
+    """Heads side by side: per block, each head's best top-1 over t (labelled with that t)."""
+    plt = _pyplot()
+    import numpy as np
+
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    heads = list(dict.fromkeys(r["head"] for r in rows))
+    width = 0.8 / len(heads)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(blocks) * max(1, len(heads) / 2)), 3.8))
+    x = np.arange(len(blocks))
+    for i, h in enumerate(heads):
+        best = [max((r for r in rows if r["block"] == b and r["head"] == h), key=lambda r: r["top1"])
+                for b in blocks]
+        bars = ax.bar(x + (i - (len(heads) - 1) / 2) * width, [100 * r["top1"] for r in best],
+                      width, label=h)
+        for bar, r in zip(bars, best):
+            ax.annotate(f"t{r['t']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x)
+    ax.set_xticklabels(blocks, rotation=30 if len(blocks) > 4 else 0, ha="right" if len(blocks) > 4 else "center", fontsize=8)
+    ax.set_ylabel("best top-1 over t (%)")
+    ax.set_title("Heads side by side")
+    ax.legend(fontsize=8, ncol=len(heads))
+    lo = min(100 * r["top1"] for r in rows)
+    ax.set_ylim(max(0, lo - 10), 100)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
