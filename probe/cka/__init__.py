@@ -7,6 +7,7 @@ See docs/cka.md for the estimators and what the options mean.
 """
 import warnings
 
+import numpy as np
 import torch
 
 from ..errors import ProbeError
@@ -72,29 +73,47 @@ def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="
                 raise ProbeError(f"{e} (the second file's keys default to --keys: give it its own "
                                  "with --keys-b)") from None
         rows_b = grid.align_ids(fa, fb) if fb is not None else None
-        if across is None:
-            across = "timesteps" if len({blk for _, blk in rows}) == 1 else "blocks"
-        if across not in ACROSS:
-            raise ProbeError(f"unknown across {across!r}: use one of {', '.join(ACROSS)}")
+        # the layout is checked before the work, so a bad --across fails at once
+        result = CKAResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
+                           (fa.path, fb.path if fb is not None else None), len(fa))
+        result.across = _layout(result, across)
         src_b = grid.FileSource(fb, cols) if fb is not None else None
         matrix, dead_a, dead_b, sizes = grid.run(
             grid.FileSource(fa, rows), src_b, est, minibatch, shuffle, seed, rows_b, progress)
     finally:
         for f in opened:
             f.close()
-    constant = list(dict.fromkeys(
+    result.matrix = matrix
+    result.constant_keys = list(dict.fromkeys(
         [key_name(*k) for k, d in zip(rows, dead_a) if d] + [key_name(*k) for k, d in zip(cols, dead_b) if d]))
-    if constant:
-        warnings.warn(f"CKA: features of {', '.join(constant)} do not vary over the samples; "
-                      "their CKA is set to 0", stacklevel=2)
-    info = {"kernel": est.kernel, "sigma": est.sigma if est.kernel == "rbf" else None,
-            "unbiased": est.unbiased, "minibatch": minibatch, "batches": len(sizes),
-            "shuffle": bool(shuffle) if len(sizes) > 1 else False, "seed": seed,
-            "dtype": str(est.dtype).replace("torch.", "")}
-    result = CKAResult(matrix, rows, cols, across, (fa.path, fb.path if fb is not None else None),
-                       len(fa), info, constant)
-    result.panels()  # fail now, not at plotting time, if nothing can be drawn
+    if result.constant_keys:
+        warnings.warn(f"CKA: features of {', '.join(result.constant_keys)} do not vary over the "
+                      "samples; their CKA is set to 0", stacklevel=2)
+    result.estimator = {"kernel": est.kernel, "sigma": est.sigma if est.kernel == "rbf" else None,
+                        "unbiased": est.unbiased, "minibatch": minibatch, "batches": len(sizes),
+                        "shuffle": bool(shuffle) if len(sizes) > 1 else False, "seed": seed,
+                        "dtype": str(est.dtype).replace("torch.", "")}
     return result
+
+
+def _layout(result, across):
+    """``across`` checked against the keys; by default the first layout with something to
+    draw: blocks (timesteps first when one block is selected), then all."""
+    if across is not None:
+        result.panels(across)
+        return across
+    single_block = len({b for _, b in result.rows}) == 1
+    for choice in (["timesteps", "blocks"] if single_block else ["blocks", "timesteps"]):
+        try:
+            result.panels(choice)
+            return choice
+        except ProbeError:
+            pass
+    return "all"
+
+
+def _as_list(v):
+    return [v] if torch.is_tensor(v) or hasattr(v, "shape") else list(v)
 
 
 def cka_matrix(xs, ys=None, minibatch=None, kernel="linear", sigma=1.0, unbiased=None,
@@ -105,9 +124,8 @@ def cka_matrix(xs, ys=None, minibatch=None, kernel="linear", sigma=1.0, unbiased
     representation are 0."""
     _check_minibatch(minibatch)
     est = _estimator_args(kernel, sigma, unbiased, minibatch, device, dtype)
-    one = lambda v: [v] if (torch.is_tensor(v) or hasattr(v, "shape")) else list(v)
-    src_a = grid.ArraySource(one(xs))
-    src_b = None if ys is None else grid.ArraySource(one(ys))
+    src_a = grid.ArraySource(_as_list(xs))
+    src_b = None if ys is None else grid.ArraySource(_as_list(ys))
     if src_b is not None and len(src_b) != len(src_a):
         raise ProbeError(f"xs has {len(src_a)} samples and ys {len(src_b)}: CKA needs the same samples")
     return grid.run(src_a, src_b, est, minibatch, shuffle, seed)[0]

@@ -34,7 +34,6 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
     n_r = max(len(p.rows) for p in panels)
     n_c = max(len(p.cols) for p in panels)
     grouped = across == "all"  # blocks on the ticks, timesteps labelled per group
-    labels = lambda keys: [b for _, b in keys] if grouped else None
     longest = max(len(s) for p in panels for s in p.row_labels + p.col_labels)
     if grouped:
         longest = max(len(b) for _, b in result.rows + result.cols)
@@ -54,10 +53,16 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
         sub = m[np.ix_(p.rows, p.cols)]
         im = ax.imshow(sub, cmap=CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
         row_keys, col_keys = [result.rows[i] for i in p.rows], [result.cols[j] for j in p.cols]
-        ax.set_xticks(range(len(p.cols)), labels(col_keys) or p.col_labels, rotation=45,
-                      ha="right", rotation_mode="anchor", fontsize=fontsize)
-        ax.set_yticks(range(len(p.rows)), labels(row_keys) or p.row_labels, fontsize=fontsize)
-        ax.set_xlabel(f"{name_b}: {what}" if result.two_files else what)
+        if grouped:  # the t of each group is written on the opposite side
+            xlab, ylab = [b for _, b in col_keys], [b for _, b in row_keys]
+        else:
+            xlab, ylab = p.col_labels, p.row_labels
+        ax.set_xticks(range(len(p.cols)), xlab, rotation=45, ha="right", rotation_mode="anchor",
+                      fontsize=fontsize)
+        ax.set_yticks(range(len(p.rows)), ylab, fontsize=fontsize)
+        col_ts = {k[0] for k in col_keys}
+        at = f" at t={col_ts.pop()}" if across == "blocks" and len(col_ts) == 1 else ""
+        ax.set_xlabel(f"{name_b}: {what}{at}" if result.two_files else what)
         ax.set_ylabel(f"{name_a}: {what}" if result.two_files else what)
         if len(panels) > 1:
             ax.set_title(p.title, fontsize=10)

@@ -73,7 +73,7 @@ class CKAResult:
         single timestep (or block) go with every panel."""
         across = across or self.across
         if across not in ACROSS:
-            raise ProbeError(f"unknown --across {across!r}: use one of {', '.join(ACROSS)}")
+            raise ProbeError(f"unknown across {across!r}: use one of {', '.join(ACROSS)}")
         if across == "all":
             return [Panel("all keys", list(range(len(self.rows))), list(range(len(self.cols))),
                           self.row_labels, self.col_labels)]

@@ -322,3 +322,10 @@ def test_float64_product_agrees_with_float32():
     b = cka_matrix([x, y], dtype="float64")
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert b[0, 1] == pytest.approx(np_cka(x, y), abs=1e-9)
+
+
+def test_torch_tensors_are_accepted():
+    x, y = related(np.random.default_rng(17), 40)
+    got = cka_matrix(torch.from_numpy(x), [torch.from_numpy(y)], minibatch=16)
+    assert got.shape == (1, 1)
+    assert got[0, 0] == pytest.approx(cka_matrix(x, [y], minibatch=16)[0, 0], abs=1e-12)

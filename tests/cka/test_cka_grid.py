@@ -100,6 +100,20 @@ def test_second_file_keys(tmp_path, path, feats):
     assert all(p.col_labels == ["layer4"] for p in panels)
 
 
+def test_default_layout_has_something_to_draw(tmp_path, path, feats):
+    x = feats[(10, "input_blocks.1")]
+    net = write_features(tmp_path / "n.h5", {(0, "layer3"): x, (0, "layer4"): x ** 2},
+                         labels=np.zeros(40, int), ids=[f"s{i}" for i in range(40)])
+    # one block against a single-t network: a panel per t, B's layers in each
+    assert cka(path, net, keys=["middle_block"], keys_b=["layer3", "layer4"]).across == "blocks"
+    odd = write_features(tmp_path / "o.h5", {(1, "p"): x, (2, "q"): x ** 2},
+                         labels=np.zeros(40, int), ids=[f"s{i}" for i in range(40)])
+    # no shared timesteps or blocks: one panel of everything
+    assert cka(path, odd, keys=["middle_block"], keys_b=["p", "q"]).across == "all"
+    with pytest.raises(ProbeError, match="share no timesteps"):
+        cka(path, odd, keys_b=["p", "q"], across="blocks")
+
+
 def test_batches():
     b = grid.make_batches(10, 4, 4, shuffle=False)
     assert [list(x) for x in b] == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]  # 2 left over: merged
