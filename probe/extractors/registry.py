@@ -74,6 +74,17 @@ def resolve(name):
     return name, MODELS[name]
 
 
+def shipped_weights(filename):
+    """Path of a checkpoint shipped inside the package (probe/weights/)."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", filename)
+    if not os.path.exists(path):
+        raise ProbeError(f"shipped weights {filename} are missing from {os.path.dirname(path)}: "
+                         "reinstall probe")
+    return path
+
+
 def family_module(family):
     return importlib.import_module(FAMILIES[family])
 
@@ -95,6 +106,8 @@ def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False,
     else:
         name, spec = resolve(name)
     spec = dict(spec, config={**spec.get("config", {}), **config})
+    if checkpoint is None and not random_init and spec.get("file"):
+        checkpoint = shipped_weights(spec["file"])
     create = family_module(spec["family"]).create
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
