@@ -6,7 +6,7 @@ protocol: clean input conditioned on a small t, encoder output, global average
 pool, a linear classifier (here: standardisation = BatchNorm without affine, then
 logistic regression) fitted on train-split features and scored on the test split.
 
-    python scripts/ldae_sweep.py --out runs/sweep --latent-dims 2,4,8,16 --steps 300
+    python scripts/ldae_sweep.py --out runs/ldae-sweep --latent-dims 2,4,8,16 --steps 1200
 
 Runs already finished in --out are reused (and an interrupted one resumed), so the
 sweep can be extended or rerun cheaply.  Results go to OUT/results.json and are
@@ -35,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/ldae-sweep")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
     p.add_argument("--patch-size", type=int, default=7)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--depth", type=int, default=4)
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--no-random", action="store_true", help="skip the random-init baseline")
     p.add_argument("--no-pixels-baseline", action="store_true",
                    help="skip logistic regression on raw pixels (slow: 784-dim)")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=20)
@@ -61,6 +62,7 @@ def parse_args(argv=None):
 
 def train_command(args, name, variant):
     cmd = ["train", "ldae", "--data", args.data, "--image-size", str(args.image_size),
+           "--channels", str(args.channels),
            "--patch-size", str(args.patch_size), "--hidden-size", str(args.hidden_size),
            "--depth", str(args.depth), "--num-heads", str(args.num_heads),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr),
@@ -85,8 +87,8 @@ def ensure_trained(cmd, steps):
     return json.load(open(log_path))
 
 
-def image_tensor(data, split, size, limit):
-    ds = load_dataset(data, split, size, 1)
+def image_tensor(args, split, limit):
+    ds = load_dataset(args.data, split, args.image_size, args.channels)
     n = min(limit, len(ds))
     # A fixed, class-mixed subset: the first n of a seeded permutation.
     idx = np.random.default_rng(0).permutation(len(ds))[:n]
@@ -110,12 +112,34 @@ def linear_probe(train_x, train_y, test_x, test_y):
     return float(clf.score(test_x, test_y))
 
 
+def evaluate(args, run_dir, name, d, D, steps, log, cmd, train_x, train_y, test_x, test_y):
+    start = time.time()
+    model = probe.load_model("ldae", checkpoint=os.path.join(run_dir, "model.pt"),
+                             device=args.device)
+    row = dict(setting=name, d=d, D=D, steps=steps, final_loss=log.get("final_loss"),
+               train_wall_s=round(log.get("wall_time_s", 0.0), 1),
+               command="probe " + " ".join(cmd + ["--steps", str(steps)]))
+    for projected in (True, False):
+        if model.net.tokenizer is None and not projected:
+            continue
+        key = "acc_projected" if projected else "acc_raw"
+        row[key] = linear_probe(features(model, train_x, args.probe_t, projected), train_y,
+                                features(model, test_x, args.probe_t, projected), test_y)
+    if model.net.tokenizer is None:
+        row["acc_raw"] = row["acc_projected"]  # pixel noise: no projection
+    row["eval_s"] = round(time.time() - start, 1)
+    return row
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
+        from threadpoolctl import threadpool_limits  # scikit-learn's BLAS threads too
+
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    D = args.patch_size ** 2
+    D = args.channels * args.patch_size ** 2
     settings = [(f"latent-d{d}", ["--noise", "latent", "--latent-dim", str(d)], args.steps, d)
                 for d in map(int, args.latent_dims.split(","))]
     if not args.no_pixel:
@@ -124,8 +148,8 @@ def main(argv=None):
         first = settings[0][1]
         settings.append(("random-init", first, 0, settings[0][3]))
 
-    train_x, train_y = image_tensor(args.data, "train", args.image_size, args.probe_train)
-    test_x, test_y = image_tensor(args.data, "test", args.image_size, args.probe_test)
+    train_x, train_y = image_tensor(args, "train", args.probe_train)
+    test_x, test_y = image_tensor(args, "test", args.probe_test)
     pixels = None
     if not args.no_pixels_baseline:
         pixels = linear_probe(train_x.flatten(1).numpy(), train_y, test_x.flatten(1).numpy(),
@@ -135,22 +159,19 @@ def main(argv=None):
     results = []
     for name, variant, steps, d in settings:
         cmd = train_command(args, name, variant)
-        start = time.time()
         log = ensure_trained(cmd, steps)
-        model = probe.load_model("ldae", checkpoint=os.path.join(args.out, name, "model.pt"),
-                                 device=args.device)
-        row = dict(setting=name, d=d, D=D, steps=steps, final_loss=log.get("final_loss"),
-                   train_wall_s=round(log.get("wall_time_s", 0.0), 1),
-                   command="probe " + " ".join(cmd + ["--steps", str(steps)]))
-        for projected in (True, False):
-            if model.net.tokenizer is None and not projected:
-                continue
-            key = "acc_projected" if projected else "acc_raw"
-            row[key] = linear_probe(features(model, train_x, args.probe_t, projected), train_y,
-                                    features(model, test_x, args.probe_t, projected), test_y)
-        if model.net.tokenizer is None:
-            row["acc_raw"] = row["acc_projected"]  # pixel noise: no projection
-        row["eval_s"] = round(time.time() - start, 1)
+        run_dir = os.path.join(args.out, name)
+        key = dict(run=log["run_config"], step=log["step"], probe_t=args.probe_t,
+                   probe_train=args.probe_train,
+                   probe_test=args.probe_test, data=args.data, image_size=args.image_size)
+        cached = os.path.join(run_dir, "probe_result.json")
+        if os.path.exists(cached) and json.load(open(cached))["key"] == key:
+            row = json.load(open(cached))["row"]  # this checkpoint was probed already
+        else:
+            row = evaluate(args, run_dir, name, d, D, steps, log, cmd, train_x, train_y,
+                           test_x, test_y)
+            with open(cached, "w") as fh:
+                json.dump({"key": key, "row": row}, fh, indent=1)
         results.append(row)
         print(json.dumps(row), flush=True)
         with open(os.path.join(args.out, "results.json"), "w") as fh:

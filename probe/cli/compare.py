@@ -18,7 +18,8 @@ def register(sub):
                         "(default linear,mlp,cnn,attention)")
     p.add_argument("--t", default="all", help="timesteps, e.g. 10,100, or all (default)")
     p.add_argument("--blocks", default="all", help="block names, comma-separated, or all (default)")
-    p.add_argument("--out", default="compare", metavar="DIR", help="output folder (default ./compare)")
+    p.add_argument("--out", default="compare", metavar="DIR",
+                   help="output folder (default ./compare)")
     add_head_args(p)
     add_train_args(p)
     p.set_defaults(func=run)

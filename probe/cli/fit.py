@@ -12,7 +12,8 @@ def _ints(text):
     try:
         return tuple(int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
-        raise ProbeError(f"bad --hidden {text!r}: give layer widths, e.g. --hidden 512,256") from None
+        raise ProbeError(f"bad --hidden {text!r}: give layer widths, e.g. --hidden 512,256") \
+            from None
 
 
 def add_head_args(p):
@@ -33,18 +34,25 @@ def add_head_args(p):
 
 def add_train_args(p):
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, help="at most this many epochs (default 30)")
+    g.add_argument("--epochs", type=int,
+                   help="at most this many epochs (default 30; linear: 100, and at least 4000 "
+                        "steps on small sets)")
     g.add_argument("--batch-size", type=int, help="default 256")
-    g.add_argument("--optimizer", choices=["adamw", "sgd"], help="default adamw")
+    g.add_argument("--optimizer", choices=["adamw", "sgd"],
+                   help="default: sgd (momentum 0.9) for linear, adamw for the others")
     g.add_argument("--lr", type=float,
-                   help="peak learning rate (default: adamw 1e-2 linear, 1e-3 others; sgd 0.1 / 0.01)")
-    g.add_argument("--weight-decay", type=float, help="default: 0.05 adamw, 0 sgd")
-    g.add_argument("--warmup-epochs", type=float, help="linear warmup before the cosine (default 1)")
+                   help="peak learning rate (default 0.3 for linear; else 0.1 sgd, 1e-3 adamw)")
+    g.add_argument("--weight-decay", type=float, help="default: 0 sgd, 0.05 adamw")
+    g.add_argument("--warmup-epochs", type=float,
+                   help="linear warmup before the cosine (default 1)")
     g.add_argument("--patience", type=int,
-                   help="stop after this many epochs without a better validation top-1 (default 8)")
+                   help="early stopping: stop after this many epochs without a better "
+                        "validation top-1 or loss, keep the best epoch; 0 = off, keep the last "
+                        "(default: 0 for linear, a quarter of the epochs (at least 5) for others)")
     g.add_argument("--val-fraction", type=float,
                    help="validation split carved from train for early stopping (default 0.1)")
-    g.add_argument("--seed", type=int, help="seeds the split, the init and the batch order (default 0)")
+    g.add_argument("--seed", type=int,
+                   help="seeds the split, the init and the batch order (default 0)")
     g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
     g.add_argument("--memory-limit", type=float, dest="memory_limit_gb", metavar="GB",
                    help="features larger than this are streamed from the file (default 2)")
@@ -73,12 +81,14 @@ def register(sub):
     p = sub.add_parser("fit", help="train a probe head on cached features and evaluate it",
                        description="Train a head on one (t, block) of a feature file made by "
                                    "`probe extract`, evaluate it on a test file (or on a "
-                                   "validation split of train), print and save the metrics as JSON.")
+                                   "validation split of train), print and save the metrics "
+                                   "as JSON.")
     p.add_argument("features", metavar="FEATURES.h5", help="training features")
     p.add_argument("--head", default="linear", help=HEAD_CHOICES + " (default linear)")
     p.add_argument("--t", type=int, help="timestep (may be omitted if the file has one)")
     p.add_argument("--block", help="block name (may be omitted if the file has one)")
-    p.add_argument("--test", metavar="TEST.h5", help="test features from the same model and settings")
+    p.add_argument("--test", metavar="TEST.h5",
+                   help="test features from the same model and settings")
     p.add_argument("--out", metavar="RESULT.json",
                    help="where to save the JSON (default fit-HEAD-tT-BLOCK.json)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of a summary")
@@ -111,10 +121,11 @@ def run(args):
 def print_summary(s):
     print(f"{s['head']} head on t={s['t']}, {s['block']}: {s['input']}, {s['params']:,} parameters")
     if s["epochs_run"] is not None:
-        print(f"trained {s['epochs_run']} epochs on {s['num_train']} samples (best epoch "
-              f"{s['best_epoch']}, validation top-1 {_fmt(s['best_val_top1'])}) in "
-              f"{s['train_time_s']:.1f} s on {s['settings']['device']}"
-              f"{', streamed from the file' if s['streamed'] else ''}")
+        chosen = ("last epoch" if s["selected_epoch"] == s["epochs_run"]
+                  else f"epoch {s['selected_epoch']} kept by early stopping")
+        print(f"trained {s['epochs_run']} epochs on {s['num_train']} samples ({chosen}, "
+              f"validation top-1 {_fmt(s['val_top1'])}) in {s['train_time_s']:.1f} s on "
+              f"{s['settings']['device']}{', streamed from the file' if s['streamed'] else ''}")
     else:
         print(f"fit on {s['num_train']} samples in {s['train_time_s']:.1f} s")
     for note in s["notes"]:

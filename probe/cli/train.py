@@ -190,7 +190,11 @@ def run(args):
         torch.set_num_threads(args.threads)
     out = args.out or os.path.join("runs", args.family)
     epochs = None if args.steps is not None else (args.epochs if args.epochs is not None else 1)
-    loop.resolve_device(args.device)  # fail before any work
+    loop.check_options(epochs, args.steps, args.batch_size, args.lr, args.warmup,
+                       args.save_every, args.log_every)  # fail before any work
+    loop.resolve_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise ProbeError(f"--limit must be at least 1, not {args.limit}")
     if args.family == "adm":
         if args.channels not in (None, 3):
             raise ProbeError("ADM U-Nets take 3-channel images (grayscale is expanded): "

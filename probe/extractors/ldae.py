@@ -18,7 +18,6 @@ Checkpoints (written by ``probe train ldae``) hold only plain types, so they loa
      "meta": {...how it was trained...}}
 """
 import math
-import os
 from functools import partial
 
 import torch
@@ -371,9 +370,10 @@ def build(config, name="ldae", source=None):
 
 
 def read_checkpoint(path, trust_checkpoint=False):
-    """A checkpoint file -> (config, state dict, meta)."""
-    obj = load_file(path, trust_checkpoint)
-    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+    """A checkpoint file (or its loaded contents) -> (config, state dict, meta)."""
+    obj = path if isinstance(path, dict) else load_file(path, trust_checkpoint)
+    path = "the checkpoint" if isinstance(path, dict) else path
+    if not (isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj):
         raise ProbeError(f"{path} is not an l-DAE checkpoint (no 'format': '{FORMAT}' entry); "
                          "train one with `probe train ldae`")
     if obj.get("version", 0) > VERSION:
@@ -382,16 +382,10 @@ def read_checkpoint(path, trust_checkpoint=False):
     return dict(obj["config"]), state_dict_from(obj, path), dict(obj.get("meta") or {})
 
 
-def _weights_dir():
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
-
-
 def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
-    """Registry hook.  ``spec['file']`` (a shipped model, relative to probe/weights) is the
-    default checkpoint; the family itself has no default weights."""
+    """Registry hook (``load_model`` resolves a shipped model's file to ``checkpoint``).
+    The config comes from the checkpoint; ``spec['config']`` may only repeat it."""
     overrides = dict(spec.get("config") or {})
-    if checkpoint is None and not random_init and spec.get("file"):
-        checkpoint = os.path.join(_weights_dir(), spec["file"])
     if checkpoint is None:
         if not random_init:
             raise ProbeError("the ldae family has no released weights: pass a checkpoint from "
@@ -401,10 +395,11 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     clash = {k: v for k, v in overrides.items() if k in config and config[k] != v}
     if clash:
         k = next(iter(clash))
-        raise ProbeError(f"{checkpoint} was trained with {k}={config[k]!r}, not {clash[k]!r}: "
+        raise ProbeError(f"the checkpoint was trained with {k}={config[k]!r}, not {clash[k]!r}: "
                          "an l-DAE's config comes from its checkpoint, drop that option")
-    model = build({**config, **overrides}, name=name, source=str(checkpoint))
-    load_into(model.net, state, what=str(checkpoint), arch="the l-DAE its config describes")
+    source = "checkpoint contents" if isinstance(checkpoint, dict) else str(checkpoint)
+    model = build({**config, **overrides}, name=name, source=source)
+    load_into(model.net, state, what=source, arch="the l-DAE its config describes")
     return model
 
 

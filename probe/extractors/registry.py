@@ -56,6 +56,18 @@ MODELS = {
                    schedule="cosine", url=_ADM_URL.format("64x64_diffusion")),
 }
 
+# Trained by this project with `probe train` on the Fashion-MNIST train split (model cards
+# in probe/weights/MODEL_CARDS.md).
+MODELS.update({
+    "ldae-fmnist": dict(family="ldae", file="ldae-fmnist.pt", image_size=28,
+                        note="l-DAE, PCA latent d=4 of 49, trained here"),
+    "dae-pixel-fmnist": dict(family="ldae", file="dae-pixel-fmnist.pt", image_size=28,
+                             note="the same DAE with pixel noise, trained here"),
+    "dit-fmnist": dict(family="dit", file="dit-fmnist.pt", image_size=28, schedule="linear",
+                       config={"input_size": 28, "patch_size": 7, "in_channels": 1, "hidden_size": 128, "depth": 4, "num_heads": 2, "mlp_ratio": 4.0, "class_dropout_prob": 0.0, "num_classes": 0, "learn_sigma": False},
+                       note="small pixel-space DiT (DDPM), trained here"),
+})
+
 ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}
 
 

@@ -61,7 +61,9 @@ def count_params(module):
 
 def _size_knob(name, opts):
     """(option to scale, step): the width that comparable sizing searches over."""
-    return {"mlp": ("hidden", 1), "cnn": ("width", 1), "attention": ("dim", opts.get("num_heads", 1))}[name]
+    if name == "attention":  # the token width must split evenly over the heads
+        return "dim", opts.get("num_heads", 1)
+    return {"mlp": "hidden", "cnn": "width"}[name], 1
 
 
 def comparable_options(name, shape, num_classes, opts):

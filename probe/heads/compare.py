@@ -6,9 +6,9 @@ import os
 
 from ..errors import ProbeError
 from .build import ALL_HEADS, check_head
-from .fit import Setup, _open, resolve_grid, save_json, split_options, train_heads
+from .fit import Setup, opened, resolve_grid, save_json, split_options, train_heads
 
-COLUMNS = ["t", "block", "head", "params", "top1", "top5", "best_val_top1", "best_epoch",
+COLUMNS = ["t", "block", "head", "params", "top1", "top5", "val_top1", "selected_epoch",
            "epochs_run", "train_time_s", "keys_in_pass", "input"]
 
 
@@ -31,18 +31,18 @@ def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t=
     """
     heads = parse_heads(heads)
     head_opts, cfg = split_options(options)
-    tr = _open(train)
-    keys = resolve_grid(tr, t, blocks)
-    setup = Setup(tr, test, keys, cfg)
-    for h in heads:  # fail on a head/feature mismatch before any training
-        for k in keys:
-            setup.view(k, h)
-    results = []
-    for h in heads:
-        results += train_heads(setup, h, keys, head_opts, comparable_size, progress)
-    rows = [{c: r.summary[c] for c in COLUMNS} for r in results]
-    if out is not None:
-        write_report(out, rows, [r.summary for r in results], setup)
+    with opened(train) as tr:
+        keys = resolve_grid(tr, t, blocks)
+        with Setup(tr, test, keys, cfg) as setup:
+            for h in heads:  # fail on a head/feature mismatch before any training
+                for k in keys:
+                    setup.view(k, h)
+            results = []
+            for h in heads:
+                results += train_heads(setup, h, keys, head_opts, comparable_size, progress)
+            rows = [{c: r.summary[c] for c in COLUMNS} for r in results]
+            if out is not None:
+                write_report(out, rows, [r.summary for r in results], setup)
     return rows
 
 
@@ -70,7 +70,9 @@ def _count(n):
 
 def markdown_table(rows, setup):
     heads = list(dict.fromkeys(r["head"] for r in rows))
-    keys = list(dict.fromkeys((r["t"], r["block"]) for r in rows))
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    keys = sorted(dict.fromkeys((r["t"], r["block"]) for r in rows),
+                  key=lambda k: (blocks.index(k[1]), k[0]))
     cell = {(r["t"], r["block"], r["head"]): r for r in rows}
     where = (f"test file `{setup.test.path}`" if setup.test is not None
              else f"the validation split ({len(setup.val_rows)} samples of the train file)")
@@ -79,7 +81,8 @@ def markdown_table(rows, setup):
     lines.append("| block | t | " + " | ".join(heads) + " |")
     lines.append("|---|---|" + "---|" * len(heads))
     for t, b in keys:
-        cells = [f"{_pct(cell[t, b, h]['top1'])} ({_count(cell[t, b, h]['params'])})" for h in heads]
+        cells = [f"{_pct(cell[t, b, h]['top1'])} ({_count(cell[t, b, h]['params'])})"
+                 for h in heads]
         lines.append(f"| {b} | {t} | " + " | ".join(cells) + " |")
     lines += ["", "Best (t, block) per head:", ""]
     for h in heads:
@@ -114,7 +117,8 @@ def plot_accuracy_vs_t(rows, path):
                              sharey=True)
     for ax, b in zip(axes.flat, blocks):
         for h in heads:
-            pts = sorted((r["t"], 100 * r["top1"]) for r in rows if r["block"] == b and r["head"] == h)
+            pts = sorted((r["t"], 100 * r["top1"]) for r in rows
+                         if r["block"] == b and r["head"] == h)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=h)
         ax.set_title(b, fontsize=9)
         ax.set_xlabel("t")
@@ -141,21 +145,25 @@ def plot_heads(rows, path):
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(blocks) * max(1, len(heads) / 2)), 3.8))
     x = np.arange(len(blocks))
     for i, h in enumerate(heads):
-        best = [max((r for r in rows if r["block"] == b and r["head"] == h), key=lambda r: r["top1"])
-                for b in blocks]
+        best = [max((r for r in rows if r["block"] == b and r["head"] == h),
+                    key=lambda r: r["top1"]) for b in blocks]
         bars = ax.bar(x + (i - (len(heads) - 1) / 2) * width, [100 * r["top1"] for r in best],
                       width, label=h)
         for bar, r in zip(bars, best):
             ax.annotate(f"t{r['t']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x)
-    ax.set_xticklabels(blocks, rotation=30 if len(blocks) > 4 else 0, ha="right" if len(blocks) > 4 else "center", fontsize=8)
+    tilt = len(blocks) > 4
+    ax.set_xticklabels(blocks, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                       fontsize=8)
     ax.set_ylabel("best top-1 over t (%)")
-    ax.set_title("Heads side by side")
-    ax.legend(fontsize=8, ncol=len(heads))
+    ax.set_title("Heads side by side (label: the best t)")
     lo = min(100 * r["top1"] for r in rows)
-    ax.set_ylim(max(0, lo - 10), 100)
+    ax.set_ylim(max(0, lo - 10), 104)
+    ax.set_yticks([v for v in ax.get_yticks() if v <= 100])
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=len(heads), fontsize=8,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

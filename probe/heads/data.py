@@ -8,7 +8,8 @@ from the same rows at once, so heads on different keys share every batch.
 Shuffling: each epoch visits the training rows in an order drawn from (seed, epoch).
 In memory that is a full permutation.  Streamed, the file is read in contiguous blocks
 of rows (fast in HDF5; random single rows are ~100x slower): the blocks are shuffled and
-grouped into windows that fit the memory limit, and rows are shuffled within a window.
+grouped into windows that fit the memory limit (at least 16 blocks each: blocks shrink
+when little fits), and rows are shuffled within a window.
 When one window holds every row, the order is the in-memory one, so results do not
 depend on how the data were read.
 """
@@ -69,8 +70,11 @@ class FeatureSource:
         fits = self.row_bytes * self.num_rows <= memory_limit
         self.streamed = (not fits) if stream is None else bool(stream)
         if self.streamed:
-            per = max(1, int(memory_limit // max(self.row_bytes, 1)) // block_rows)
-            self.window_rows = per * block_rows
+            fit = max(1, int(memory_limit // max(self.row_bytes, 1)))
+            # at least 16 blocks per window, so a batch mixes rows from all over the file
+            # (files are often in class order) even when little fits in memory
+            self.block_rows = max(1, min(block_rows, fit // 16))
+            self.window_rows = max(1, fit // self.block_rows) * self.block_rows
         else:
             self.window_rows = self.num_rows
             self.arrays = {v: self._read_all(v) for v in self.views}
@@ -79,24 +83,31 @@ class FeatureSource:
     def nbytes(self):
         return self.row_bytes * self.num_rows
 
-    def _read_all(self, view):
+    def _read_range(self, view, a, b):
+        """Rows [a, b) of ``view``, read a few MB of stored data at a time (so pooling a
+        map never holds more than that many raw maps)."""
         key, kind = view
-        step = max(1, READ_BYTES // max(self.row_bytes, 1))
-        parts = [to_view(self.ff.dataset(key)[a:a + step], kind)
-                 for a in range(0, self.num_rows, step)]
-        return np.concatenate(parts) if parts else np.zeros((0,) + view_shape(self.ff.shape(key), kind), np.float32)
+        ds = self.ff.dataset(key)
+        raw = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+        step = max(1, READ_BYTES // raw)
+        parts = [to_view(ds[i:min(i + step, b)], kind) for i in range(a, b, step)]
+        if not parts:
+            return np.zeros((0,) + view_shape(ds.shape[1:], kind), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _read_all(self, view):
+        return self._read_range(view, 0, self.num_rows)
 
     def _read_rows(self, rows, views):
         """``{view: array}`` for sorted ``rows``, read as contiguous runs of blocks."""
         runs = np.split(rows, np.flatnonzero(np.diff(rows // self.block_rows) > 1) + 1)
         out = {}
         for view in views:
-            key, kind = view
             parts = []
             for run in runs:
                 a = run[0] // self.block_rows * self.block_rows
                 b = min((run[-1] // self.block_rows + 1) * self.block_rows, self.num_rows)
-                parts.append(to_view(self.ff.dataset(key)[a:b], kind)[run - a])
+                parts.append(self._read_range(view, a, b)[run - a])
             out[view] = np.concatenate(parts)
         return out
 

@@ -1,6 +1,6 @@
 """`probe.fit`: train one head on one (t, block) of a feature file and evaluate it.
 
-The same machinery (:func:`prepare`, :func:`train_heads`) runs the grids of
+The same machinery (:class:`Setup`, :func:`train_heads`) runs the grids of
 :mod:`probe.heads.compare`.
 """
 import contextlib
@@ -14,14 +14,15 @@ import torch
 from ..errors import ProbeError, suggest
 from ..store import FeatureFile, check_compatible, open_features, parse_key
 from .baselines import baseline_params, baseline_scores, make_baseline
-from .build import BASELINES, MAP, VEC, build_head, check_head, count_params, head_options, head_view
+from .build import (BASELINES, MAP, VEC, build_head, check_head, count_params, head_options,
+                    head_view)
 from .data import FeatureSource, view_shape
 from .linear import LinearGrid
 from .metrics import classification_metrics
 from .train import TrainConfig, Unit, head_seed, predict, single_unit, train_pass
 
 # what must match between a train and a test file (the key itself is checked separately)
-COMPATIBLE = ("model", "checkpoint_sha256", "pool", "add_noise", "ensemble")
+COMPATIBLE = ("model", "checkpoint_sha256", "weights_sha256", "pool", "add_noise", "ensemble")
 GB = 1 << 30
 
 
@@ -59,6 +60,17 @@ def _open(f):
     return f if isinstance(f, FeatureFile) else open_features(f)
 
 
+@contextlib.contextmanager
+def opened(f):
+    """An open FeatureFile for a path (closed after) or an open file (left open)."""
+    ff = _open(f)
+    try:
+        yield ff
+    finally:
+        if ff is not f:
+            ff.close()
+
+
 def split_rows(labels, val_fraction, seed):
     """(train rows, validation rows), sorted; stratified by class when every class can
     give a sample to each side.  Reproduce with sklearn's train_test_split(arange(N),
@@ -80,7 +92,8 @@ def resolve_key(ff, t=None, block=None):
     """The (t, block) to use: both given, or the only one that fits what is given."""
     if t is not None and block is not None:
         return ff._check((int(t), str(block)))
-    cands = [k for k in ff.keys if (t is None or k[0] == int(t)) and (block is None or k[1] == block)]
+    cands = [k for k in ff.keys
+             if (t is None or k[0] == int(t)) and (block is None or k[1] == block)]
     if len(cands) == 1:
         return cands[0]
     if not cands:
@@ -109,7 +122,8 @@ def resolve_grid(ff, t="all", blocks="all"):
             raise ProbeError(f"bad --t {bad[0]!r}: give timesteps as integers, e.g. --t 10,100")
         missing = [int(x) for x in ts if int(x) not in ff.timesteps]
         if missing:
-            raise ProbeError(f"{ff.path} has no features at t={missing[0]}; it has t in {ff.timesteps}")
+            raise ProbeError(f"{ff.path} has no features at t={missing[0]}; it has t in "
+                             f"{ff.timesteps}")
         ts = [int(x) for x in ts]
     for b in bs or []:
         if b not in ff.blocks:
@@ -131,6 +145,15 @@ class Setup:
         self.cfg = cfg.resolved()
         self.train = _open(train)
         self.test = None if test is None else _open(test)
+        self._opened = [ff for f, ff in ((train, self.train), (test, self.test))
+                        if ff is not None and ff is not f]
+        try:
+            self._setup(keys)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, keys):
         self.keys = [self.train._check(parse_key(k)) for k in keys]
         self.notes = []
         names = self.train.class_names
@@ -142,16 +165,29 @@ class Setup:
             self._check_test()
         self.train_rows, self.val_rows = split_rows(labels, self.cfg.val_fraction, self.cfg.seed)
         present = np.unique(labels[self.train_rows])
+        if not len(present):
+            raise ProbeError(f"{self.train.path} has no samples to train on")
         if len(present) < 2:
-            only = self.class_names[present[0]] if len(present) else "none"
-            raise ProbeError(f"{self.train.path} has a single class ({only}) to train on: a "
-                             "classifier needs at least two; extract features of more classes")
+            raise ProbeError(f"{self.train.path} has a single class "
+                             f"({self.class_names[present[0]]}) to train on: a classifier needs "
+                             "at least two; extract features of more classes")
         if self.test is None:
             if not len(self.val_rows):
                 raise ProbeError("nothing to evaluate on: pass a test file (--test) or a "
                                  "--val-fraction above 0")
             self.notes.append(f"no test file: evaluated on the validation split "
                               f"({len(self.val_rows)} samples held out of {self.train.path})")
+
+    def close(self):
+        """Close the files this setup opened (not those passed in open)."""
+        for ff in self._opened:
+            ff.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _check_test(self):
         tr, te = self.train, self.test
@@ -221,51 +257,75 @@ def _deterministic(device):
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
 
 
+# Linear probes per stacked grid on CPU, as widths summed: a batch of 256 rows of a grid
+# then spans ~4 MB and stays in cache through forward and backward; larger grids run
+# from main memory and end up slower than one probe at a time.  GPUs prefer one grid.
+CPU_GRID_WIDTH = 4096
+
+
+def _linear_grids(views, dims, num_classes, seed, device):
+    cap = CPU_GRID_WIDTH if torch.device(device).type == "cpu" else float("inf")
+    chunks = {}  # width -> list of member lists, each list within the cap
+    for i, d in enumerate(dims):
+        lists = chunks.setdefault(d, [[]])
+        if lists[-1] and (len(lists[-1]) + 1) * d > cap:
+            lists.append([])
+        lists[-1].append(i)
+    units = []
+    for members in (m for lists in chunks.values() for m in lists):
+        gens = [torch.Generator().manual_seed(head_seed(seed, views[i][0], "linear"))
+                for i in members]
+        grid = LinearGrid([dims[i] for i in members], num_classes, gens)
+        units.append((members, Unit(grid, [views[i] for i in members], lambda m, i: m.export(i))))
+    order = [i for members, _ in units for i in members]  # views, in the units' member order
+    infos = [({}, dims[i] * num_classes + num_classes) for i in order]
+    return [u for _, u in units], infos, order
+
+
 def _build_units(setup, head, views, options, comparable_size):
-    """The units that train ``head`` on every view, and each member's options and params."""
+    """(units, (options, params) per member, the view index of each member): the units
+    that train ``head`` on every view, their members in order."""
     n, seed = setup.num_classes, setup.cfg.seed
     shapes = [view_shape(setup.train.shape(k), kind) for k, kind in views]
     if head == "linear":
-        gens = [torch.Generator().manual_seed(head_seed(seed, k, head)) for k, _ in views]
-        grid = LinearGrid([s[0] for s in shapes], n, gens)
-        infos = [({}, s[0] * n + n) for s in shapes]
-        return [Unit(grid, views, lambda m, i: m.export(i), setup.cfg.lr_for(head))], infos
+        return _linear_grids(views, [s[0] for s in shapes], n, seed, setup.cfg.device)
     units, infos = [], []
     for view, shape in zip(views, shapes):
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
             torch.manual_seed(head_seed(seed, view[0], head))
             module, opts = build_head(head, shape, n, options, comparable_size)
-        units.append(single_unit(module, view, setup.cfg.lr_for(head)))
+        units.append(single_unit(module, view))
         infos.append((opts, count_params(module)))
-    return units, infos
+    return units, infos, list(range(len(views)))
 
 
 def train_heads(setup, head, keys, options=None, comparable_size=False, progress=True):
     """Train ``head`` on each of ``keys`` (neural heads: in one pass sharing batches) and
     evaluate; returns one :class:`FitResult` per key."""
     check_head(head)
-    cfg = setup.cfg
+    cfg = setup.cfg.for_head(head, len(setup.train_rows))
     views = [setup.view(k, head) for k in keys]
     if head in BASELINES:
         return [_fit_baseline(setup, head, view, options) for view in views]
     limit = cfg.memory_limit_gb * GB
     source = FeatureSource(setup.train, views, limit, cfg.stream)
-    units, infos = _build_units(setup, head, views, options, comparable_size)
+    units, infos, order = _build_units(setup, head, views, options, comparable_size)
     with _deterministic(cfg.device):
         desc = f"{head} x{len(keys)}" if len(keys) > 1 else f"{head} t{keys[0][0]}/{keys[0][1]}"
         states, elapsed = train_pass(units, source, setup.train_rows, setup.val_rows, cfg,
                                      progress=progress, desc=desc)
-        members = [s for st in states for s in st]
+        by_view = dict(zip(order, zip((s for st in states for s in st), infos)))
+        members, infos = zip(*(by_view[i] for i in range(len(views))))
         eval_src, rows = setup.eval_source(views)
         scores = predict([(v, s["head"]) for v, s in zip(views, members)], eval_src or source,
                          rows, cfg.batch_size, torch.device(cfg.device))
     results = []
     for view, s, (opts, params), sc in zip(views, members, infos, scores):
-        extra = dict(best_val_top1=s["best_val_top1"], best_val_loss=s["best_val_loss"],
-                     best_epoch=s["best_epoch"],
-                     epochs_run=s["epochs_run"], train_time_s=round(elapsed, 3),
+        extra = dict(val_top1=s["val_top1"], val_loss=s["val_loss"],
+                     selected_epoch=s["selected_epoch"], epochs_run=s["epochs_run"],
+                     train_time_s=round(elapsed, 3),
                      keys_in_pass=len(keys), streamed=source.streamed)
-        summary = _summary(setup, head, view, opts, params, comparable_size, sc, extra)
+        summary = _summary(setup, head, view, opts, params, comparable_size, sc, extra, cfg)
         results.append(FitResult(summary, sc, s["head"]))
     return results
 
@@ -279,7 +339,8 @@ def _fit_baseline(setup, head, view, options):
     source = FeatureSource(setup.train, [view], float("inf"), stream=False)
     if source.nbytes > limit:
         raise ProbeError(f"the {head} baseline needs the features in memory "
-                         f"({source.nbytes / GB:.1f} GB > --memory-limit {cfg.memory_limit_gb} GB): "
+                         f"({source.nbytes / GB:.1f} GB > --memory-limit "
+                         f"{cfg.memory_limit_gb} GB): "
                          "raise --memory-limit or use --head linear")
     x = source.arrays[view]
     model = make_baseline(head, opts, cfg.seed)
@@ -291,13 +352,13 @@ def _fit_baseline(setup, head, view, options):
     else:
         x_eval = FeatureSource(setup.test, [view], float("inf"), stream=False).arrays[view]
     scores = baseline_scores(model, x_eval, setup.num_classes)
-    extra = dict(best_val_top1=None, best_val_loss=None, best_epoch=None, epochs_run=None,
+    extra = dict(val_top1=None, val_loss=None, selected_epoch=None, epochs_run=None,
                  train_time_s=round(elapsed, 3), keys_in_pass=1, streamed=False)
-    summary = _summary(setup, head, view, opts, baseline_params(model), False, scores, extra)
+    summary = _summary(setup, head, view, opts, baseline_params(model), False, scores, extra, cfg)
     return FitResult(summary, scores, model)
 
 
-def _summary(setup, head, view, opts, params, comparable_size, scores, extra):
+def _summary(setup, head, view, opts, params, comparable_size, scores, extra, cfg):
     from .. import __version__
 
     (t, block), kind = view
@@ -320,12 +381,10 @@ def _summary(setup, head, view, opts, params, comparable_size, scores, extra):
     }
     out.update(classification_metrics(setup.eval_labels(), scores, setup.class_names))
     out.update(extra)
-    settings = setup.cfg.as_dict()
-    if head not in BASELINES:
-        settings["lr"] = setup.cfg.lr_for(head)
-    else:  # baselines do not use the optimiser settings
+    settings = cfg.as_dict()
+    if head in BASELINES:  # they do not use the optimiser settings
         settings = {k: settings[k] for k in ("val_fraction", "seed", "memory_limit_gb")}
-    out.update(settings=settings, seed=setup.cfg.seed,
+    out.update(settings=settings, seed=cfg.seed,
                features=setup.train.describe(), probe_version=__version__, notes=notes)
     return out
 
@@ -359,10 +418,10 @@ def fit(train, *, t=None, block=None, head="linear", test=None, out=None,
     """
     check_head(head)
     head_opts, cfg = split_options(options)
-    tr = _open(train)
-    key = resolve_key(tr, t, block)
-    setup = Setup(tr, test, [key], cfg)
-    result = train_heads(setup, head, [key], head_opts, comparable_size, progress)[0]
+    with opened(train) as tr:
+        key = resolve_key(tr, t, block)
+        with Setup(tr, test, [key], cfg) as setup:
+            result = train_heads(setup, head, [key], head_opts, comparable_size, progress)[0]
     if out is not None:
         result.save(out)
     return result

@@ -45,8 +45,10 @@ class LinearGrid(nn.Module):
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for g, (d, members) in enumerate(self.groups.items()):
             init = [init_linear(d, num_classes, generators[i]) for i in members]
-            self.weights.append(nn.Parameter(torch.stack([w.t() for w, _ in init])))  # (n, D, K)
-            self.biases.append(nn.Parameter(torch.stack([b[None] for _, b in init])))  # (n, 1, K)
+            # stored as (n, K, D) and (n, K, 1): logits come out as (n, K, B), the layout in
+            # which batched matmuls with few classes run fastest (forward and backward)
+            self.weights.append(nn.Parameter(torch.stack([w for w, _ in init])))
+            self.biases.append(nn.Parameter(torch.stack([b[:, None] for _, b in init])))
             self.register_buffer(f"mean{g}", torch.zeros(len(members), 1, d))
             self.register_buffer(f"var{g}", torch.ones(len(members), 1, d))
 
@@ -56,16 +58,22 @@ class LinearGrid(nn.Module):
             x = torch.stack([xs[i] for i in members])  # (n, B, D)
             mean, var = getattr(self, f"mean{g}"), getattr(self, f"var{g}")
             if self.training:
-                bmean, bvar = x.mean(1, keepdim=True), x.var(1, keepdim=True, unbiased=False)
+                # two passes (exact for features with large means); torch.var is slower here
+                bmean = x.mean(1, keepdim=True)
+                bvar = (x - bmean).square_().mean(1, keepdim=True)
                 with torch.no_grad():
                     n = x.shape[1]
                     mean.lerp_(bmean, self.momentum)
                     var.lerp_(bvar * n / max(n - 1, 1), self.momentum)
                 mean, var = bmean, bvar
-            logits = torch.baddbmm(self.biases[g], (x - mean) * torch.rsqrt(var + EPS),
-                                   self.weights[g])
+            # BatchNorm folded into the weights: the inputs need no gradient, so
+            # W ((x - m) * s) + b == (W s) x + (b - W (m s)), one pass over x
+            scale = torch.rsqrt(var + EPS)  # (n, 1, D)
+            w = self.weights[g] * scale
+            b = self.biases[g] - torch.bmm(self.weights[g], (mean * scale).transpose(1, 2))
+            logits = torch.baddbmm(b, w, x.transpose(1, 2))  # (n, K, B)
             for j, i in enumerate(members):
-                out[i] = logits[j]
+                out[i] = logits[j].t()
         return out
 
     def export(self, i):
@@ -77,8 +85,8 @@ class LinearGrid(nn.Module):
         with torch.no_grad():
             head.norm.running_mean.copy_(getattr(self, f"mean{g}")[j, 0])
             head.norm.running_var.copy_(getattr(self, f"var{g}")[j, 0])
-            head.fc.weight.copy_(self.weights[g][j].t())
-            head.fc.bias.copy_(self.biases[g][j, 0])
+            head.fc.weight.copy_(self.weights[g][j])
+            head.fc.bias.copy_(self.biases[g][j, :, 0])
         return head.to(self.weights[g].device).eval()
 
 

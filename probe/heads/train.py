@@ -20,20 +20,32 @@ from tqdm.auto import tqdm
 
 from ..errors import ProbeError
 
-# the linear probe is a convex problem on normalised inputs and takes a larger step
-DEFAULT_LR = {"adamw": {"linear": 1e-2, "other": 1e-3}, "sgd": {"linear": 0.1, "other": 0.01}}
-DEFAULT_WD = {"adamw": 0.05, "sgd": 0.0}
+# The linear probe is the MAE / l-DAE protocol: SGD with momentum on a convex problem,
+# the whole cosine schedule, the last epoch.  Its convergence depends on the number of
+# steps, not epochs: on small sets it trains for at least MIN_LINEAR_STEPS.  So it lands
+# within about a point of scikit-learn's logistic regression (benchmarks/
+# RESULTS_heads.md); AdamW, 30 epochs, a few hundred steps, or picking the epoch on a
+# small validation split all cost one to seven points on ill-conditioned features.
+# The other heads train as small networks do, with early stopping.
+HEAD_DEFAULTS = {"linear": dict(optimizer="sgd", lr=0.3, weight_decay=0.0, epochs=100,
+                                patience=0)}
+OTHER_DEFAULTS = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30, patience=None)
+OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=0.0),
+                      "adamw": dict(lr=1e-3, weight_decay=0.05)}
+MIN_LINEAR_STEPS = 4000
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = None                # None: 30; linear: 100, more on small sets (>= 4000 steps)
     batch_size: int = 256
-    optimizer: str = "adamw"          # adamw | sgd (momentum 0.9)
-    lr: float = None                  # None: adamw 1e-2 (linear) / 1e-3; sgd 0.1 (linear) / 0.01
-    weight_decay: float = None        # None: 0.05 (adamw), 0 (sgd); never on biases/norms/tokens
+    optimizer: str = None             # adamw | sgd (momentum 0.9); None: sgd for linear, else adamw
+    lr: float = None                  # None: 0.3 for linear (sgd); else 0.1 (sgd), 1e-3 (adamw)
+    weight_decay: float = None        # None: 0 (sgd), 0.05 (adamw); never on biases/norms/tokens
     warmup_epochs: float = 1.0        # linear warmup, then cosine to 0
-    patience: int = 8                 # epochs without a better validation top-1 before stopping
+    patience: int = None              # early stopping: epochs without a better validation
+                                      # top-1 or loss; 0: off (keep the last epoch);
+                                      # None: 0 for linear, else a quarter of the epochs (>= 5)
     val_fraction: float = 0.1         # carved from train, stratified, by `seed`
     seed: int = 0
     device: str = None                # None: cuda if available, else cpu
@@ -41,15 +53,13 @@ class TrainConfig:
     stream: bool = None               # None: decide by memory_limit_gb
 
     def resolved(self):
-        """A copy with defaults filled in and values checked."""
+        """A copy with values checked and the device chosen."""
         c = copy.copy(self)
-        if c.optimizer not in DEFAULT_LR:
+        if c.optimizer is not None and c.optimizer not in OPTIMIZER_DEFAULTS:
             raise ProbeError(f"unknown optimizer {c.optimizer!r}: use adamw or sgd")
-        c.lr = None if c.lr is None else float(c.lr)
-        c.weight_decay = DEFAULT_WD[c.optimizer] if c.weight_decay is None else float(c.weight_decay)
         c.device = str(resolve_device(c.device))
-        for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 1)):
-            if int(getattr(c, name)) < low:
+        for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 0)):
+            if getattr(c, name) is not None and int(getattr(c, name)) < low:
                 raise ProbeError(f"--{name.replace('_', '-')} must be at least {low}")
         if not 0 <= c.val_fraction < 1:
             raise ProbeError("--val-fraction must be in [0, 1)")
@@ -57,12 +67,26 @@ class TrainConfig:
             raise ProbeError("--memory-limit must be positive (GB)")
         return c
 
+    def for_head(self, head, num_train):
+        """A copy with the optimiser, learning rate, weight decay, epochs and patience
+        filled in for ``head`` trained on ``num_train`` samples."""
+        base = dict(HEAD_DEFAULTS.get(head, OTHER_DEFAULTS))
+        if head == "linear":
+            steps = max(1, math.ceil(num_train / self.batch_size))
+            base["epochs"] = max(base["epochs"], math.ceil(MIN_LINEAR_STEPS / steps))
+        c = copy.copy(self)
+        c.optimizer = c.optimizer or base["optimizer"]
+        opt = base if c.optimizer == base["optimizer"] else OPTIMIZER_DEFAULTS[c.optimizer]
+        c.lr = opt["lr"] if c.lr is None else float(c.lr)
+        c.weight_decay = opt["weight_decay"] if c.weight_decay is None else float(c.weight_decay)
+        c.epochs = base["epochs"] if c.epochs is None else int(c.epochs)
+        if c.patience is None:
+            c.patience = base["patience"] if base["patience"] is not None else max(5, c.epochs // 4)
+        c.patience = int(c.patience)
+        return c
+
     def as_dict(self):
         return asdict(self)
-
-    def lr_for(self, head):
-        table = DEFAULT_LR[self.optimizer]
-        return self.lr if self.lr is not None else table.get(head, table["other"])
 
 
 def resolve_device(device):
@@ -86,8 +110,8 @@ class Unit:
     """``module`` maps ``{view: tensor}`` to one logits tensor per member; ``views[i]`` is
     member i's input; ``snapshot(i)`` copies member i out as a standalone head."""
 
-    def __init__(self, module, views, snapshot, lr):
-        self.module, self.views, self._snapshot, self.lr = module, list(views), snapshot, lr
+    def __init__(self, module, views, snapshot):
+        self.module, self.views, self._snapshot = module, list(views), snapshot
 
     def __call__(self, batch):
         return self.module([batch[v] for v in self.views])
@@ -96,8 +120,8 @@ class Unit:
         return self._snapshot(self.module, i)
 
 
-def single_unit(head, view, lr):
-    return Unit(_Single(head), [view], lambda m, i: copy.deepcopy(m.head).eval(), lr)
+def single_unit(head, view):
+    return Unit(_Single(head), [view], lambda m, i: copy.deepcopy(m.head).eval())
 
 
 class _Single(torch.nn.Module):
@@ -109,25 +133,24 @@ class _Single(torch.nn.Module):
         return [self.head(xs[0])]
 
 
-def _param_groups(units, weight_decay):
-    groups = []
-    for u in units:
-        decay, no_decay = [], []
-        for name, p in u.module.named_parameters():
+def _param_groups(modules, weight_decay):
+    decay, no_decay = [], []
+    for m in modules:
+        for name, p in m.named_parameters():
             # biases, norm scales, CLS and position tokens are not shrunk (as timm/MAE)
             flat = p.ndim <= 1 or name.endswith("bias") or "biases" in name or "token" in name \
                 or "pos_embed" in name
             (no_decay if flat else decay).append(p)
-        groups += [{"params": decay, "weight_decay": weight_decay, "lr": u.lr},
-                   {"params": no_decay, "weight_decay": 0.0, "lr": u.lr}]
-    return [g for g in groups if g["params"]]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(units, cfg):
-    groups = _param_groups(units, cfg.weight_decay)
+def make_optimizer(modules, cfg):
+    """``cfg`` filled in by :meth:`TrainConfig.for_head`."""
+    groups = _param_groups(modules, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9)
-    return torch.optim.AdamW(groups)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def warmup_cosine(total_steps, warmup_steps):
@@ -175,18 +198,25 @@ def _val_top1(units, source, rows, batch_size, device):
 
 
 def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="train"):
-    """Train ``units`` together; returns, per unit, a list of per-member dicts with the
-    best head (``head``), ``best_val_top1``, ``best_epoch`` and ``epochs_run``, and the
-    wall time of the pass."""
+    """Train ``units`` together, sharing every batch (``cfg`` filled in by
+    :meth:`TrainConfig.for_head`).  Returns (per unit, a list of per-member dicts: the
+    chosen ``head``, its ``val_top1``, ``val_loss`` and ``selected_epoch``, and
+    ``epochs_run``; the wall time of the pass).
+
+    With ``cfg.patience`` > 0 each member keeps the epoch with the best validation top-1
+    (ties: lower loss) and stops once neither its top-1 nor its loss has improved for
+    ``patience`` epochs.  With 0 it trains the whole schedule and keeps the last epoch.
+    """
     device = torch.device(cfg.device)
     for u in units:
         u.module.to(device)
-    opt = make_optimizer(units, cfg)
+    opt = make_optimizer([u.module for u in units], cfg)
     steps = math.ceil(len(train_rows) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
-    state = [[dict(head=None, best_val_top1=-1.0, best_val_loss=math.inf, best_epoch=-1,
-                   epochs_run=0, stopped=False)
+    early = cfg.patience > 0 and len(val_rows) > 0
+    state = [[dict(head=None, val_top1=None, val_loss=None, selected_epoch=None, epochs_run=0,
+                   stopped=False, min_loss=math.inf, improved=0)
               for _ in u.views] for u in units]
     active = list(range(len(units)))
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
@@ -196,37 +226,53 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
         for j in active:
             units[j].module.train()
         for xs, y in source.epoch_batches(train_rows, cfg.batch_size, cfg.seed, epoch, views):
-            batch, y = _tensors(xs, device), torch.from_numpy(y).to(device)
-            # members' losses are independent: the sum gives each its own gradient
-            loss = sum(F.cross_entropy(z, y) for j in active for z in units[j](batch))
+            y = torch.from_numpy(y).to(device)
             opt.zero_grad(set_to_none=True)  # stopped units get no grad, so no update
-            loss.backward()
+            for j in active:
+                # forward and backward one unit at a time, while its inputs are in cache;
+                # units share no parameters, so each gets exactly its own loss's gradient
+                batch = _tensors({v: xs[v] for v in units[j].views}, device)
+                sum(F.cross_entropy(z, y) for z in units[j](batch)).backward()
             opt.step()
             sched.step()
-        if len(val_rows):
-            accs = _val_top1([units[j] for j in active], source, val_rows, cfg.batch_size, device)
-        for j, acc in zip(active, accs if len(val_rows) else [None] * len(active)):
-            for i, s in enumerate(state[j]):
-                if s["stopped"]:
-                    continue
-                s["epochs_run"] = epoch + 1
-                # better top-1, or the same top-1 with a lower loss (small validation sets
-                # saturate, and the first epoch to reach a top-1 is rarely the best)
-                if acc is None or (acc[i][0], -acc[i][1]) > (s["best_val_top1"], -s["best_val_loss"]):
-                    s.update(head=units[j].snapshot(i), best_epoch=epoch + 1,
-                             best_val_top1=None if acc is None else float(acc[i][0]),
-                             best_val_loss=None if acc is None else float(acc[i][1]))
-                elif epoch + 1 - s["best_epoch"] >= cfg.patience:
-                    s["stopped"] = True
+        for j in active:
+            for s in state[j]:
+                s["epochs_run"] = s["epochs_run"] if s["stopped"] else epoch + 1
+        last = epoch + 1 == cfg.epochs
+        if early or last:
+            vals = (_val_top1([units[j] for j in active], source, val_rows, cfg.batch_size, device)
+                    if len(val_rows) else [[(None, None)] * len(units[j].views) for j in active])
+            for j, val in zip(active, vals):
+                for i, (top1, loss) in enumerate(val):
+                    _update(state[j][i], units[j], i, epoch + 1, top1, loss, early, cfg.patience)
         active = [j for j in active if not all(s["stopped"] for s in state[j])]
-        if progress and len(val_rows):
-            best = [s["best_val_top1"] for st in state for s in st]
-            bar.set_postfix(val_top1=f"{max(best):.3f}", training=f"{len(active)}/{len(units)}")
+        if early and progress:
+            best = max(s["val_top1"] for st in state for s in st)
+            bar.set_postfix(val_top1=f"{best:.3f}", training=f"{len(active)}/{len(units)}")
         if not active:
             break
     bar.close()
     elapsed = time.perf_counter() - start
     for st in state:
         for s in st:
-            s.pop("stopped")
+            for k in ("stopped", "min_loss", "improved"):
+                s.pop(k)
     return state, elapsed
+
+
+def _update(s, unit, i, epoch, top1, loss, early, patience):
+    """Early-stopping bookkeeping of one member after an epoch's validation."""
+    if s["stopped"]:
+        return
+    if not early:  # the whole schedule: keep the last epoch
+        s.update(head=unit.snapshot(i), val_top1=top1, val_loss=loss, selected_epoch=epoch)
+        return
+    # keep the best top-1; among equal top-1s the lower loss (small validation sets
+    # saturate, and the first epoch to reach a top-1 is rarely the best)
+    if s["head"] is None or (top1, -loss) > (s["val_top1"], -s["val_loss"]):
+        s.update(head=unit.snapshot(i), val_top1=top1, val_loss=loss, selected_epoch=epoch,
+                 improved=epoch)
+    if loss < s["min_loss"]:  # a falling loss: the head is still converging
+        s.update(min_loss=loss, improved=epoch)
+    if epoch - s["improved"] >= patience:
+        s["stopped"] = True

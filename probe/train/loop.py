@@ -218,15 +218,8 @@ def prepare_out(out, resume, overwrite):
 
 
 # ---- the loop ----------------------------------------------------------------------------
-def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr=3e-4,
-          weight_decay=0.0, warmup=0, seed=0, device="cpu", state=None, save_every=0,
-          log_every=10, run_config=None, command=None, progress=True):
-    """Train ``objective.model`` on ``images`` (an :class:`Images`) and write ``out``.
-
-    Stops after ``epochs`` full epochs or ``steps`` optimizer steps in total (counting
-    the steps before a resume).  ``state``: a saved training state (:func:`prepare_out`)
-    to resume from.  Returns the log (also in ``out/log.json``).
-    """
+def check_options(epochs, steps, batch_size, lr, warmup=0, save_every=0, log_every=1):
+    """The training options a user can get wrong, checked before any work."""
     if (epochs is None) == (steps is None):
         raise ProbeError("give the length of training as --epochs or --steps (one of them)")
     length = epochs if epochs is not None else steps
@@ -236,6 +229,20 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
         raise ProbeError(f"--batch-size must be at least 1, not {batch_size}")
     if not lr > 0:
         raise ProbeError(f"--lr must be positive, not {lr}")
+    if warmup < 0 or save_every < 0 or log_every < 1:
+        raise ProbeError("--warmup and --save-every must be >= 0 and --log-every >= 1")
+
+
+def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr=3e-4,
+          weight_decay=0.0, warmup=0, seed=0, device="cpu", state=None, save_every=0,
+          log_every=10, run_config=None, command=None, progress=True):
+    """Train ``objective.model`` on ``images`` (an :class:`Images`) and write ``out``.
+
+    Stops after ``epochs`` full epochs or ``steps`` optimizer steps in total (counting
+    the steps before a resume).  ``state``: a saved training state (:func:`prepare_out`)
+    to resume from.  Returns the log (also in ``out/log.json``).
+    """
+    check_options(epochs, steps, batch_size, lr, warmup, save_every, log_every)
     device = resolve_device(device)
     n = len(images)
     per_epoch = math.ceil(n / batch_size)

@@ -46,6 +46,9 @@ def test_checkpoint_rebuilds_the_same_model(saved):
         torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
     noise = torch.randn_like(x)
     torch.testing.assert_close(loaded.q_sample(x, t, noise), model.q_sample(x, t, noise))
+    in_memory = probe.load_model("ldae", checkpoint=model.checkpoint())  # contents, no file
+    with torch.no_grad():
+        torch.testing.assert_close(in_memory(x, t), loaded(x, t), rtol=0, atol=0)
 
 
 def test_checkpoint_contents_load_weights_only(saved):

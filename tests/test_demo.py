@@ -1,0 +1,30 @@
+"""`probe demo` end to end on the shipped models (small --limit to keep CI fast)."""
+import csv
+import os
+
+from probe.cli import main
+from probe.demo import shipped_models
+from probe.store import open_features
+
+
+def test_demo_report_on_shipped_models(tmp_path, capsys):
+    models = shipped_models()
+    assert {"ldae-fmnist", "dae-pixel-fmnist", "dit-fmnist"} <= set(models)
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--limit", "120", "--epochs", "2", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    html = (out / "index.html").read_text()
+    for name in models:
+        assert f"## {name}" in report and f"<h2>{name}</h2>" in html
+        for png in ("linear/accuracy_vs_t.png", "heads/heads.png", "cka.png"):
+            assert (out / name / png).stat().st_size > 1000, png
+            assert f"{name}/{png}" in report
+        # the best key reported is the best row of the linear grid written alongside
+        with open(out / name / "linear" / "results.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        best = max(rows, key=lambda r: float(r["top1"]))
+        assert f"t={best['t']}, {best['block']}" in report
+        with open_features(str(out / "features" / f"{name}-test.h5")) as f:
+            assert len(f) == 120 and f.attrs["split"] == "test" and f.attrs["data"] == "demo"
+    assert report.count("![") == 3 * len(models) + len(models) * (len(models) - 1) // 2
+    assert "report:" in capsys.readouterr().out
