@@ -64,7 +64,7 @@ def run_demo(out="probe-demo", models=None, timesteps=None, max_blocks=5, limit=
         best = max(grid, key=lambda r: r["top1"])
         head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
                             blocks=best["block"], out=os.path.join(mdir, "heads"),
-                            progress=progress, epochs=epochs, comparable_size=True)
+                            progress=progress, epochs=epochs)
         within = cka_fn(paths["test"], across="all")
         heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
         within.to_csv(os.path.join(mdir, "cka.csv"))
@@ -110,7 +110,7 @@ def _write_report(out, sections, between, elapsed):
                f"at {s['best']['block']} ({_pct(s['best']['top1'])} %), the worst t={worst['t']} at "
                f"{worst['block']} ({_pct(worst['top1'])} %).", "",
                f"![heads]({d}/heads/heads.png)", "",
-               "Heads of comparable size on the best key: "
+               "Heads at their default sizes on the best key: "
                + ", ".join(f"{r['head']} {_pct(r['top1'])} % ({r['params']:,} params)" for r in heads)
                + ".", "",
                f"![cka]({d}/cka.png)", "",
