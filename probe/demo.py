@@ -32,7 +32,7 @@ def default_timesteps(model):
 
 
 def run_demo(out="probe-demo", models=None, timesteps=None, max_blocks=5, limit=None,
-             heads=("linear", "mlp", "cnn", "attention"), epochs=30, progress=True, log=print):
+             heads=("linear", "mlp", "cnn", "attention"), epochs=None, progress=True, log=print):
     """Run the study and write the report folder ``out``; returns the path of report.md."""
     from . import cka as cka_fn
     from . import extract, load_model

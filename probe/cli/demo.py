@@ -8,7 +8,7 @@ def register(sub):
     p.add_argument("--out", default="probe-demo", help="report folder (default probe-demo)")
     p.add_argument("--models", help="comma-separated model names (default: the shipped models)")
     p.add_argument("--limit", type=int, help="only the first N images of each split (quick look)")
-    p.add_argument("--epochs", type=int, default=30, help="head training epochs (default 30)")
+    p.add_argument("--epochs", type=int, help="head training epochs (default: each head's own)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
