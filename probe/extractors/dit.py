@@ -192,9 +192,6 @@ def _locate_weights(name, spec, checkpoint, random_init):
     random | file | url | state | folder | hub, the source, and a pipeline's own VAE."""
     if random_init:
         return dict(kind="random", source="random init")
-    if checkpoint is None and spec.get("file"):  # a model shipped in probe/weights
-        checkpoint = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights",
-                                  spec["file"])
     if checkpoint is None:
         if spec.get("url"):
             url = spec["url"]
