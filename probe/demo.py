@@ -6,10 +6,12 @@ across blocks and timesteps; then CKA between the models.  Everything lands in o
 report folder: ``report.md``, ``index.html`` and the PNG figures they show.
 """
 import html
+import json
 import os
 import time
 
 from .errors import ProbeError
+from .store import open_features
 
 
 def shipped_models():
@@ -31,80 +33,139 @@ def default_timesteps(model):
     return sorted({max(1, round(t_max * f)) for f in (0.01, 0.1, 0.3, 0.6)})
 
 
-def run_demo(out="probe-demo", models=None, timesteps=None, max_blocks=5, limit=None,
-             heads=("linear", "mlp", "cnn", "attention"), epochs=None, progress=True, log=print):
-    """Run the study and write the report folder ``out``; returns the path of report.md."""
-    from . import cka as cka_fn
-    from . import extract, load_model
-    from .cka.plot import heatmaps
-    from .heads.compare import compare
+def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blocks=5,
+             limit=None, heads=("linear", "mlp", "cnn", "attention"), epochs=None,
+             baselines=False, batch_size=64, overrides=None, progress=True, log=print):
+    """Run the study and write the report folder ``out``; returns the path of report.md.
 
-    models = models or shipped_models()
+    ``data``: the dataset spec (the bundled ``demo`` subset by default; ``fashion-mnist`` for
+    the full official split).  ``baselines``: also study each model at random init (same
+    architecture, untrained).  Each model's results are kept in ``out/NAME/section.json``;
+    a re-run with the same settings reuses them (and finished feature files), so a long
+    study can be stopped and continued, or extended with more models.  ``overrides``: per
+    model name, a dict of ``limit`` and/or ``timesteps`` replacing the common ones (for a
+    model too slow for the common budget; also applied to its baseline).
+    """
+    from . import cka as cka_fn
+
+    models = list(models or shipped_models())
     if not models:
         raise ProbeError("no shipped models are registered: reinstall probe")
-    os.makedirs(out, exist_ok=True)
-    feat_dir = os.path.join(out, "features")
-    os.makedirs(feat_dir, exist_ok=True)
+    entries = [(m, m, False, heads) for m in models]
+    if baselines:  # a baseline only needs its linear grid
+        entries += [(f"{m}-random-init", m, True, ("linear",)) for m in models]
+    os.makedirs(os.path.join(out, "features"), exist_ok=True)
     t0 = time.time()
     sections, files = [], {}
-    for name in models:
-        log(f"== {name}")
-        model = load_model(name)
-        ts = timesteps or default_timesteps(model)
-        blocks = _spread(model.block_names, max_blocks)
-        paths = {}
-        for split in ("train", "test"):
-            paths[split] = extract(model, "demo", split=split, t=ts, blocks=blocks, pool="avg2",
-                                   out=os.path.join(feat_dir, f"{name}-{split}.h5"),
-                                   limit=limit, batch_size=64, progress=progress, log=log)
-        files[name] = paths
-        mdir = os.path.join(out, name)
-        grid = compare(paths["train"], paths["test"], heads=["linear"], out=os.path.join(mdir, "linear"),
-                       progress=progress, epochs=epochs)
-        best = max(grid, key=lambda r: r["top1"])
-        head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
-                            blocks=best["block"], out=os.path.join(mdir, "heads"),
-                            progress=progress, epochs=epochs)
-        within = cka_fn(paths["test"], across="all")
-        heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
-        within.to_csv(os.path.join(mdir, "cka.csv"))
-        sections.append(dict(name=name, model=model, ts=ts, blocks=blocks, grid=grid, best=best,
-                             heads=head_rows, dir=name))
+    for label, name, random_init, model_heads in entries:
+        log(f"== {label}")
+        own = dict(limit=limit, timesteps=timesteps, **(overrides or {}).get(name, {}))
+        section = _study_model(out, label, name, random_init, data, own["timesteps"],
+                               max_blocks, own["limit"], model_heads, epochs, batch_size,
+                               progress, log)
+        files[label] = section["files"]
+        sections.append(section)
     between = []
     for i, a in enumerate(models):
         for b in models[i + 1:]:
+            from .cka.plot import heatmaps
+
             res = cka_fn(files[a]["test"], files[b]["test"], across="blocks")
             png = f"cka-{a}-vs-{b}.png"
             heatmaps(res, os.path.join(out, png))
             res.to_csv(os.path.join(out, png.replace(".png", ".csv")))
             between.append((a, b, png, float(res.matrix.max())))
-    report = _write_report(out, sections, between, time.time() - t0)
+    report = _write_report(out, sections, between, time.time() - t0, data)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
+
+
+def _study_model(out, label, name, random_init, data, timesteps, max_blocks, limit, heads,
+                 epochs, batch_size, progress, log):
+    """Features, linear grid, heads on the best key and CKA for one model; cached as JSON."""
+    from . import cka as cka_fn
+    from . import extract, load_model
+    from .cka.plot import heatmaps
+    from .extraction import weights_sha256
+    from .heads.compare import compare
+
+    model = load_model(name, random_init=random_init)
+    ts = list(timesteps or default_timesteps(model))
+    blocks = _spread(model.block_names, max_blocks)
+    settings = dict(name=name, random_init=random_init, weights_sha256=weights_sha256(model),
+                    data=data, ts=ts, blocks=blocks, limit=limit, heads=list(heads),
+                    epochs=epochs)
+    mdir = os.path.join(out, label)
+    cache = os.path.join(mdir, "section.json")
+    if os.path.exists(cache):
+        with open(cache) as fh:
+            section = json.load(fh)
+        if section.get("settings") == settings:
+            log(f"{label}: reusing {cache}")
+            return section
+    paths = {}
+    for split in ("train", "test"):
+        paths[split] = extract(model, data, split=split, t=ts, blocks=blocks, pool="avg2",
+                               out=os.path.join(out, "features", f"{label}-{split}.h5"),
+                               limit=limit, batch_size=batch_size, progress=progress, log=log)
+    grid = compare(paths["train"], paths["test"], heads=["linear"],
+                   out=os.path.join(mdir, "linear"), progress=progress, epochs=epochs)
+    best = max(grid, key=lambda r: r["top1"])
+    head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
+                        blocks=best["block"], out=os.path.join(mdir, "heads"),
+                        progress=progress, epochs=epochs)
+    within = cka_fn(paths["test"], across="all")
+    heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
+    within.to_csv(os.path.join(mdir, "cka.csv"))
+    with open_features(paths["train"]) as ftr, open_features(paths["test"]) as fte:
+        sizes = dict(train=len(ftr), test=len(fte))
+    section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,
+                             best=best, heads=head_rows, dir=label, files=paths, sizes=sizes))
+    with open(cache, "w") as fh:
+        json.dump(section, fh, indent=1)
+    return section
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    return obj
 
 
 def _pct(x):
     return f"{100 * x:.1f}"
 
 
-def _write_report(out, sections, between, elapsed):
+def _write_report(out, sections, between, elapsed, data="demo"):
+    sizes = sections[0]["sizes"]
+    what = ("the bundled balanced Fashion-MNIST subset" if data == "demo"
+            else f"`{data}`, its official train and test splits")
     md = ["# probe demo report", "",
-          "Real data: the bundled balanced Fashion-MNIST subset (2,000 train / 1,000 test "
-          "images). Features pooled to 2x2 maps (`--pool avg2`); linear and MLP heads see their "
+          f"Real data: {what} ({sizes['train']:,} train / {sizes['test']:,} test images). "
+          "Features pooled to 2x2 maps (`--pool avg2`); linear and MLP heads see their "
           "global average. Heads were trained on the train split and evaluated on the test split.",
           f"Total time: {elapsed / 60:.1f} min.", ""]
-    summary = ["| model | best (t, block) | " + " | ".join(r["head"] for r in sections[0]["heads"])
-               + " |", "|---|---|" + "---|" * len(sections[0]["heads"])]
+    names = list(dict.fromkeys(r["head"] for s in sections for r in s["heads"]))
+    summary = ["| model | best (t, block) | " + " | ".join(names) + " |",
+               "|---|---|" + "---|" * len(names)]
     for s in sections:
+        top1 = {r["head"]: _pct(r["top1"]) for r in s["heads"]}
         summary.append(f"| {s['name']} | t={s['best']['t']}, {s['best']['block']} | "
-                       + " | ".join(_pct(r["top1"]) for r in s["heads"]) + " |")
+                       + " | ".join(top1.get(h, "–") for h in names) + " |")
     md += ["## Summary: test top-1 (%) of each head on each model's best key", ""] + summary + [""]
     for s in sections:
         d = s["dir"]
         worst = min(s["grid"], key=lambda r: r["top1"])
         heads = sorted(s["heads"], key=lambda r: -r["top1"])
+        n = s["sizes"]
         md += [f"## {s['name']}", "",
-               f"Timesteps {s['ts']}, blocks {', '.join(s['blocks'])}.", "",
+               f"Timesteps {s['ts']}, blocks {', '.join(s['blocks'])}"
+               + (f"; {n['train']:,} train / {n['test']:,} test images" if n != sizes else "")
+               + ".", "",
                f"![accuracy vs t]({d}/linear/accuracy_vs_t.png)", "",
                f"Linear probe accuracy against t for each block: the best key is t={s['best']['t']} "
                f"at {s['best']['block']} ({_pct(s['best']['top1'])} %), the worst t={worst['t']} at "

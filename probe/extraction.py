@@ -314,7 +314,7 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          command=" ".join(["probe"] + sys.argv[1:]))
             _assemble(out, work, data, n_total, keys, dtype, attrs)
-            _summary(out, n_total, elapsed, log)
+            _summary(out, n_total, elapsed, log, world)
         if world > 1:
             torch.distributed.barrier()
     finally:
@@ -427,11 +427,12 @@ def _assemble(out, work, data, n_total, keys, dtype, attrs):
     work.remove()
 
 
-def _summary(out, n, elapsed, log):
+def _summary(out, n, elapsed, log, world=1):
     with store.open_features(out) as f:
         size = os.path.getsize(out)
         log(f"wrote {out} ({size / 2**20:.1f} MiB): {len(f)} images"
             + (f", {f.attrs.get('num_skipped')} skipped" if f.attrs.get("num_skipped") else "")
-            + f" in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} img/s)")
+            + f" in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} img/s"
+            + (f" on {world} ranks)" if world > 1 else ")"))
         for key in f.keys:
             log(f"  t={key[0]:<5} {key[1]:<24} {tuple(f.dataset(key).shape)} {f.dataset(key).dtype}")

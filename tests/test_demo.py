@@ -2,6 +2,8 @@
 import csv
 import os
 
+import numpy as np
+
 from probe.cli import main
 from probe.demo import shipped_models
 from probe.store import open_features
@@ -28,3 +30,23 @@ def test_demo_report_on_shipped_models(tmp_path, capsys):
             assert len(f) == 120 and f.attrs["split"] == "test" and f.attrs["data"] == "demo"
     assert report.count("![") == 3 * len(models) + len(models) * (len(models) - 1) // 2
     assert "report:" in capsys.readouterr().out
+
+
+def test_demo_with_random_init_baselines_and_reuse(tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["demo", "--out", str(out), "--models", "ldae-fmnist", "--baselines", "--limit", "60",
+            "--epochs", "1", "--quiet"]
+    assert main(args) == 0
+    report = (out / "report.md").read_text()
+    assert "## ldae-fmnist\n" in report and "## ldae-fmnist-random-init\n" in report
+    with open_features(str(out / "features" / "ldae-fmnist-test.h5")) as a, \
+            open_features(str(out / "features" / "ldae-fmnist-random-init-test.h5")) as b:
+        assert a.attrs["weights_sha256"] != b.attrs["weights_sha256"]
+        assert a.ids == b.ids
+        key = a.keys[0]
+        assert not np.allclose(a.load(key), b.load(key))
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+    strip = lambda text: [l for l in text.splitlines() if not l.startswith("Total time")]
+    assert strip((out / "report.md").read_text()) == strip(report)

@@ -15,6 +15,16 @@ def blocks(lang):
     return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
 
 
+LONG = "# about an hour; tests/"
+
+
+def test_long_readme_blocks_name_an_existing_test():
+    long = [b for b in blocks("bash") if b.startswith(LONG)]
+    for b in long:
+        test = b.splitlines()[0].split("tests/", 1)[1].split()[0]
+        assert os.path.exists(os.path.join(ROOT, "tests", test)), b
+
+
 def test_readme_has_the_two_setup_commands():
     setup = [b for b in blocks("bash") if "pip install" in b]
     assert len(setup) == 2
@@ -23,7 +33,9 @@ def test_readme_has_the_two_setup_commands():
 
 @pytest.mark.slow
 def test_readme_shell_and_python_blocks_run(tmp_path):
-    shell = [b for b in blocks("bash") if "pip install" not in b]
+    # Blocks that take an hour say so on their first line and name the test that runs
+    # them on a few images instead.
+    shell = [b for b in blocks("bash") if "pip install" not in b and not b.startswith(LONG)]
     assert shell
     env = dict(os.environ, MPLBACKEND="Agg")
     bin_dir = os.path.dirname(sys.executable)

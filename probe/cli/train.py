@@ -161,9 +161,10 @@ def _model_config(args, channels):
                              "supported here")
         return resolve_config({**cfg, **extra})
     from ..extractors.adm import resolve_flags
+    from ..extractors.adm_unet import check_attention_reached
 
     cfg = {**SMALL_ADM, "image_size": args.image_size, **extra}
-    resolve_flags(cfg)  # unknown or mistyped flags fail here, before any work
+    check_attention_reached(resolve_flags(cfg))  # bad flags fail here, before any work
     return cfg
 
 

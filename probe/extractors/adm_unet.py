@@ -293,6 +293,20 @@ def parse_attention_resolutions(attention_resolutions, image_size):
                          "of resolutions in pixels, e.g. '32,16,8'") from None
 
 
+def check_attention_reached(f):
+    """guided-diffusion silently ignores an attention resolution that no level of the U-Net
+    has (e.g. 2 for a 28 px, two-level net); refuse that when training a new model."""
+    size = f["image_size"]
+    levels = [2 ** i for i in range(len(parse_channel_mult(f["channel_mult"], size)))]
+    missing = [size // ds for ds in parse_attention_resolutions(f["attention_resolutions"], size)
+               if ds not in levels]
+    if missing:
+        raise ProbeError(
+            f"attention_resolutions={f['attention_resolutions']!r}: no level of this U-Net is "
+            f"{missing[0]} px (its levels are {', '.join(str(size // l) for l in levels)} px); "
+            "give resolutions in pixels from those, or '' for no attention")
+
+
 def unet_from_flags(f):
     """Build the U-Net from guided-diffusion's model flags (a complete, typed dict)."""
     size = f["image_size"]

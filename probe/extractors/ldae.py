@@ -386,6 +386,10 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     """Registry hook (``load_model`` resolves a shipped model's file to ``checkpoint``).
     The config comes from the checkpoint; ``spec['config']`` may only repeat it."""
     overrides = dict(spec.get("config") or {})
+    if random_init and spec.get("file"):
+        from .registry import shipped_weights
+
+        return _untrained_like(name, shipped_weights(spec["file"]), overrides)
     if checkpoint is None:
         if not random_init:
             raise ProbeError("the ldae family has no released weights: pass a checkpoint from "
@@ -400,6 +404,17 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     source = "checkpoint contents" if isinstance(checkpoint, dict) else str(checkpoint)
     model = build({**config, **overrides}, name=name, source=source)
     load_into(model.net, state, what=source, arch="the l-DAE its config describes")
+    return model
+
+
+def _untrained_like(name, checkpoint, overrides):
+    """The random-init baseline of a trained l-DAE: its architecture and its fitted PCA
+    tokenizer (part of the data pipeline, not learned by gradient), a fresh network."""
+    config, state, _ = read_checkpoint(checkpoint)
+    model = build({**config, **overrides}, name=name, source="random init")
+    if "tokenizer.mean" in state:
+        model.net.tokenizer.set_basis(state["tokenizer.mean"], state["tokenizer.components"],
+                                      state["tokenizer.variance"])
     return model
 
 

@@ -196,6 +196,20 @@ def _check_same_run(saved, now, out):
                          "--steps, --device and saving options may change) or use a new --out")
 
 
+def _remove_stale_tmp(out):
+    """Half-written checkpoints of a killed process (``FILE.tmp-PID``, PID gone)."""
+    for name in os.listdir(out):
+        stem, sep, pid = name.rpartition(".tmp-")
+        if not sep or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            os.remove(os.path.join(out, name))
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def prepare_out(out, resume, overwrite):
     """Check the output folder against --resume/--overwrite; returns the saved state."""
     if resume and overwrite:
@@ -203,6 +217,7 @@ def prepare_out(out, resume, overwrite):
     os.makedirs(out, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ProbeError(f"output folder {out} is not writable: choose another --out")
+    _remove_stale_tmp(out)
     state = load_state(out)
     if resume and state is None:
         raise ProbeError(f"--resume: no {STATE_FILE} in {out}, nothing to resume; drop --resume")

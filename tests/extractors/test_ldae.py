@@ -174,3 +174,18 @@ def test_bad_configs_are_one_line_errors(change, message):
     with pytest.raises(ProbeError, match=message) as err:
         ldae.validate_config(dict(TINY, **change))
     assert "\n" not in str(err.value)
+
+
+def test_random_init_of_a_shipped_ldae_keeps_its_architecture_and_tokenizer():
+    trained = probe.load_model("ldae-fmnist")
+    fresh = probe.load_model("ldae-fmnist", random_init=True)
+    again = probe.load_model("ldae-fmnist", random_init=True)
+    assert fresh.net.config == trained.net.config
+    tok_t, tok_f = trained.net.tokenizer, fresh.net.tokenizer
+    for buf in ("mean", "components", "variance"):
+        assert torch.equal(getattr(tok_t, buf), getattr(tok_f, buf))
+    # The fitted basis, not the identity placeholder of an unfitted tokenizer.
+    assert not torch.equal(tok_f.components, torch.eye(tok_f.components.shape[0]))
+    w_t, w_f = trained.net.blocks[0].attn.qkv.weight, fresh.net.blocks[0].attn.qkv.weight
+    assert not torch.allclose(w_t, w_f)
+    assert torch.equal(w_f, again.net.blocks[0].attn.qkv.weight)  # seeded

@@ -55,6 +55,11 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert "ldae|dit|adm" in capsys.readouterr().err
     assert main(["train", "adm", *TINY, "--config", "num_chanels=32", "--out", out]) == 2
     assert "did you mean num_channels" in capsys.readouterr().err
+    # 16 px with channel_mult 1,2 has levels of 16 and 8 px: attention "4" would be ignored
+    assert main(["train", "adm", *TINY, "--config", "channel_mult=1,2", "--config",
+                 "attention_resolutions=8,4", "--out", out]) == 2
+    assert "no level of this U-Net is 4 px (its levels are 16, 8 px)" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "model.pt"))
 
 
 def test_train_dit_and_adm_load_in_their_family_format(tmp_path):

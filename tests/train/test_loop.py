@@ -2,6 +2,8 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -138,3 +140,14 @@ def test_bad_training_options(images, tmp_path):
 def test_a_diverging_loss_stops_with_advice(images, tmp_path):
     with pytest.raises(ProbeError, match="lower --lr"):
         run(images, tmp_path, steps=3, lr=1e30)
+
+
+def test_half_written_checkpoints_of_dead_processes_are_cleared(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"train_state.pt.tmp-{dead.pid}"
+    live = tmp_path / f"model.pt.tmp-{os.getpid()}"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    assert loop.prepare_out(str(tmp_path), False, False) is None
+    assert not stale.exists() and live.exists()

@@ -1,0 +1,28 @@
+"""examples/findings.py on a few images: the table and verdicts follow the study's own results."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_findings_script_table_and_verdicts(tmp_path):
+    out = tmp_path / "findings"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "findings.py"),
+                        "--out", str(out), "--data", "demo", "--models",
+                        "ldae-fmnist,dae-pixel-fmnist", "--limit", "60", "--epochs", "1",
+                        "--quiet"], capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = (out / "findings.md").read_text()
+    sections = {m: json.load(open(out / m / "section.json"))
+                for m in ("ldae-fmnist", "dae-pixel-fmnist", "ldae-fmnist-random-init")}
+    ldae, pixel, rand = (sections[m]["best"]["top1"] for m in sections)
+    assert f"| `ldae-fmnist` | t={sections['ldae-fmnist']['best']['t']}, " in text
+    assert f"{100 * rand:.1f} |" in text
+    verdict = "holds" if ldae - pixel > 0.008 else ("tie" if abs(ldae - pixel) <= 0.008
+                                                     else "does not hold")
+    assert f"**Latent noise beats pixel noise** (l-DAE paper): {verdict}." in text
+    assert text.count("**An attention head beats a linear probe**") == 2
+    assert "**A middle latent dimension is best** (l-DAE paper): not measured" in text
