@@ -28,6 +28,11 @@ def _spread(items, k):
     return list(dict.fromkeys(items[round(i * step)] for i in range(k)))
 
 
+# The shipped U-Net costs some 50 times a shipped ViT per image (a 28 px U-Net is about
+# 1 GFLOP a pass): two timesteps keep the demo within minutes.
+DEFAULT_OVERRIDES = {"adm-fmnist": dict(timesteps=[10, 100])}
+
+
 def default_timesteps(model):
     t_max = model.num_timesteps
     return sorted({max(1, round(t_max * f)) for f in (0.01, 0.1, 0.3, 0.6)})
@@ -44,7 +49,8 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     a re-run with the same settings reuses them (and finished feature files), so a long
     study can be stopped and continued, or extended with more models.  ``overrides``: per
     model name, a dict of ``limit`` and/or ``timesteps`` replacing the common ones (for a
-    model too slow for the common budget; also applied to its baseline).
+    model too slow for the common budget; also applied to its baseline; default
+    ``DEFAULT_OVERRIDES``, ``{}`` for none).
     """
     from . import cka as cka_fn
 
@@ -59,7 +65,8 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     sections, files = [], {}
     for label, name, random_init, model_heads in entries:
         log(f"== {label}")
-        own = dict(limit=limit, timesteps=timesteps, **(overrides or {}).get(name, {}))
+        changes = (DEFAULT_OVERRIDES if overrides is None else overrides).get(name, {})
+        own = dict(dict(limit=limit, timesteps=timesteps), **changes)
         section = _study_model(out, label, name, random_init, data, own["timesteps"],
                                max_blocks, own["limit"], model_heads, epochs, batch_size,
                                progress, log)
@@ -70,7 +77,8 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
         for b in models[i + 1:]:
             from .cka.plot import heatmaps
 
-            res = cka_fn(files[a]["test"], files[b]["test"], across="blocks")
+            res = cka_fn(files[a]["test"], files[b]["test"], across="blocks",
+                         minibatch=_cka_minibatch(files[a]["test"]))
             png = f"cka-{a}-vs-{b}.png"
             heatmaps(res, os.path.join(out, png))
             res.to_csv(os.path.join(out, png.replace(".png", ".csv")))
@@ -97,10 +105,13 @@ def _study_model(out, label, name, random_init, data, timesteps, max_blocks, lim
                     epochs=epochs)
     mdir = os.path.join(out, label)
     cache = os.path.join(mdir, "section.json")
+    section = None
     if os.path.exists(cache):
         with open(cache) as fh:
             section = json.load(fh)
-        if section.get("settings") == settings:
+        if section.get("settings") != settings:
+            section = None
+        elif section.get("stage") == "done":
             log(f"{label}: reusing {cache}")
             return section
     paths = {}
@@ -108,22 +119,38 @@ def _study_model(out, label, name, random_init, data, timesteps, max_blocks, lim
         paths[split] = extract(model, data, split=split, t=ts, blocks=blocks, pool="avg2",
                                out=os.path.join(out, "features", f"{label}-{split}.h5"),
                                limit=limit, batch_size=batch_size, progress=progress, log=log)
-    grid = compare(paths["train"], paths["test"], heads=["linear"],
-                   out=os.path.join(mdir, "linear"), progress=progress, epochs=epochs)
-    best = max(grid, key=lambda r: r["top1"])
-    head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
-                        blocks=best["block"], out=os.path.join(mdir, "heads"),
-                        progress=progress, epochs=epochs)
-    within = cka_fn(paths["test"], across="all")
+    if section is None:  # the heads are the slow part: keep them before going on
+        grid = compare(paths["train"], paths["test"], heads=["linear"],
+                       out=os.path.join(mdir, "linear"), progress=progress, epochs=epochs)
+        best = max(grid, key=lambda r: r["top1"])
+        head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
+                            blocks=best["block"], out=os.path.join(mdir, "heads"),
+                            progress=progress, epochs=epochs)
+        with open_features(paths["train"]) as ftr, open_features(paths["test"]) as fte:
+            sizes = dict(train=len(ftr), test=len(fte))
+        section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,
+                                 best=best, heads=head_rows, dir=label, files=paths,
+                                 sizes=sizes, stage="heads"))
+        _save_json(section, cache)
+    within = cka_fn(paths["test"], across="all", minibatch=_cka_minibatch(paths["test"]))
     heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
     within.to_csv(os.path.join(mdir, "cka.csv"))
-    with open_features(paths["train"]) as ftr, open_features(paths["test"]) as fte:
-        sizes = dict(train=len(ftr), test=len(fte))
-    section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,
-                             best=best, heads=head_rows, dir=label, files=paths, sizes=sizes))
-    with open(cache, "w") as fh:
-        json.dump(section, fh, indent=1)
+    section["stage"] = "done"
+    _save_json(section, cache)
     return section
+
+
+def _cka_minibatch(path, full_batch_max=4096):
+    """Full-batch CKA holds a Gram matrix per key (n^2 each): past a few thousand samples
+    use the minibatch estimator instead."""
+    with open_features(path) as f:
+        return None if len(f) <= full_batch_max else 1024
+
+
+def _save_json(obj, path):
+    with open(f"{path}.tmp", "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(f"{path}.tmp", path)
 
 
 def _jsonable(obj):

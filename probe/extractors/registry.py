@@ -66,6 +66,9 @@ MODELS.update({
     "dit-fmnist": dict(family="dit", file="dit-fmnist.pt", image_size=28, schedule="linear",
                        config={"input_size": 28, "patch_size": 7, "in_channels": 1, "hidden_size": 128, "depth": 4, "num_heads": 2, "mlp_ratio": 4.0, "class_dropout_prob": 0.0, "num_classes": 0, "learn_sigma": False},
                        note="small pixel-space DiT (DDPM), trained here"),
+    "adm-fmnist": dict(family="adm", file="adm-fmnist.pt", image_size=28, schedule="linear",
+                       config={"image_size": 28, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "14", "num_heads": 4, "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True, "learn_sigma": False, "class_cond": False},
+                       note="small ADM U-Net (DDPM), trained here"),
 })
 
 ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}
