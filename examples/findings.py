@@ -15,8 +15,9 @@ import os
 
 from probe.demo import run_demo, shipped_models
 
-# A 28 px ADM U-Net costs about 1 GFLOP per image and forward pass, some 50 times a shipped
-# ViT: the full split at 4 timesteps would take about two hours per model on 2 CPU cores.
+# A 28 px ADM U-Net costs about 1 GFLOP per image and forward pass and runs about 30 times
+# slower than a shipped ViT: the full split at 4 timesteps would take about two hours per
+# model on 2 CPU cores.
 # It gets the model cards' budget instead: the first 10,000 train images, the whole test
 # split, two timesteps.
 OVERRIDES = {"adm-fmnist": dict(limit=10000, timesteps=[10, 100])}

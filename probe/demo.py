@@ -28,7 +28,7 @@ def _spread(items, k):
     return list(dict.fromkeys(items[round(i * step)] for i in range(k)))
 
 
-# The shipped U-Net costs some 50 times a shipped ViT per image (a 28 px U-Net is about
+# The shipped U-Net costs about 30 times a shipped ViT per image (a 28 px U-Net is about
 # 1 GFLOP a pass): two timesteps keep the demo within minutes.
 DEFAULT_OVERRIDES = {"adm-fmnist": dict(timesteps=[10, 100])}
 
