@@ -14,6 +14,7 @@ import json
 import os
 
 from probe.demo import run_demo, shipped_models
+from probe.heads.compare import compare
 
 # A 28 px ADM U-Net costs about 1 GFLOP per image and forward pass and runs about 30 times
 # slower than a shipped ViT: the full split at 4 timesteps would take about two hours per
@@ -49,17 +50,42 @@ def main(argv=None):
     for label in models + [f"{m}-random-init" for m in models]:
         with open(os.path.join(args.out, label, "section.json")) as fh:
             sections[label] = json.load(fh)
+    for m in models:
+        sections[m]["matched"] = matched_size_heads(args, sections[m])
     sweep = None
     if args.sweep:
         with open(args.sweep) as fh:
             sweep = json.load(fh)
-    lines = table(sections, models) + [""] + verdicts(sections, models, sweep)
+    lines = (table(sections, models) + ["", "At matched size (`--comparable-size`: every head "
+             "sized to about the linear head's parameter count), same key:", ""]
+             + matched_table(sections, models) + [""] + verdicts(sections, models, sweep))
     path = os.path.join(args.out, "findings.md")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"findings: {path}")
     return 0
+
+
+def matched_size_heads(args, section):
+    """The seed paper's fair comparison: every head on the best key, sized to about the
+    linear head's parameter count (`--comparable-size`).  Cached next to the section."""
+    path = os.path.join(args.out, section["dir"], "heads-matched.json")
+    key = dict(best=[section["best"]["t"], section["best"]["block"]], epochs=args.epochs,
+               settings=section["settings"])
+    if os.path.exists(path):
+        with open(path) as fh:
+            cached = json.load(fh)
+        if cached["key"] == key:
+            return cached["rows"]
+    rows = compare(section["files"]["train"], section["files"]["test"], t=section["best"]["t"],
+                   blocks=section["best"]["block"], comparable_size=True, epochs=args.epochs,
+                   out=os.path.join(args.out, section["dir"], "heads-matched"),
+                   progress=not args.quiet)
+    rows = [dict(head=r["head"], top1=float(r["top1"]), params=int(r["params"])) for r in rows]
+    with open(path, "w") as fh:
+        json.dump(dict(key=key, rows=rows), fh, indent=1)
+    return rows
 
 
 def head_top1(section, head):
@@ -86,7 +112,16 @@ def table(sections, models):
     return rows
 
 
-def compare(a, b):
+def matched_table(sections, models):
+    heads = [r["head"] for r in sections[models[0]]["matched"]]
+    rows = ["| model | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    for m in models:
+        cells = {r["head"]: f"{pct(r['top1'])} ({r['params']:,})" for r in sections[m]["matched"]}
+        rows.append(f"| `{m}` | " + " | ".join(cells.get(h, "–") for h in heads) + " |")
+    return rows
+
+
+def verdict(a, b):
     """'holds' if a beats b by more than a tie, 'tie' within it, else 'does not hold'."""
     if a - b > TIE:
         return "holds"
@@ -98,7 +133,7 @@ def verdicts(sections, models, sweep):
            f"within {100 * TIE:.1f} points is called a tie):", ""]
     if "ldae-fmnist" in sections and "dae-pixel-fmnist" in sections:
         a, b = sections["ldae-fmnist"], sections["dae-pixel-fmnist"]
-        v = compare(a["best"]["top1"], b["best"]["top1"])
+        v = verdict(a["best"]["top1"], b["best"]["top1"])
         out.append(f"- **Latent noise beats pixel noise** (l-DAE paper): {v}. Linear "
                    f"{pct(a['best']['top1'])} (latent) vs {pct(b['best']['top1'])} (pixel); "
                    "other heads: " + ", ".join(
@@ -131,13 +166,16 @@ def verdicts(sections, models, sweep):
     for m in models:
         s = sections[m]
         lin, att = head_top1(s, "linear"), head_top1(s, "attention")
-        if lin is not None and att is not None:
+        matched = {r["head"]: r["top1"] for r in s["matched"]}
+        m_lin, m_att = matched.get("linear"), matched.get("attention")
+        if None not in (lin, att, m_lin, m_att):
             out.append(f"- **An attention head beats a linear probe** (seed paper), `{m}`: "
-                       f"{compare(att, lin)} ({pct(att)} vs {pct(lin)}).")
+                       f"{verdict(att, lin)} ({pct(att)} vs {pct(lin)}) at default sizes; "
+                       f"{verdict(m_att, m_lin)} ({pct(m_att)} vs {pct(m_lin)}) at matched size.")
     for m in models:
         s, r = sections[m], sections[f"{m}-random-init"]
         out.append(f"- **Training helps** (both papers' premise), `{m}`: "
-                   f"{compare(s['best']['top1'], r['best']['top1'])} "
+                   f"{verdict(s['best']['top1'], r['best']['top1'])} "
                    f"({pct(s['best']['top1'])} trained vs {pct(r['best']['top1'])} at random init).")
     return out
 

@@ -26,3 +26,10 @@ def test_findings_script_table_and_verdicts(tmp_path):
     assert f"**Latent noise beats pixel noise** (l-DAE paper): {verdict}." in text
     assert text.count("**An attention head beats a linear probe**") == 2
     assert "**A middle latent dimension is best** (l-DAE paper): not measured" in text
+    # the matched-size heads: about the linear head's parameter count, reported per model
+    matched = json.load(open(out / "ldae-fmnist" / "heads-matched.json"))["rows"]
+    params = {r["head"]: r["params"] for r in matched}
+    assert set(params) == {"linear", "mlp", "cnn", "attention"}
+    assert all(0.3 < p / params["linear"] < 2 for p in params.values()), params
+    att = next(r["top1"] for r in matched if r["head"] == "attention")
+    assert f"({100 * att:.1f} vs" in text and "at matched size" in text
