@@ -15,6 +15,7 @@ import os
 
 from probe.demo import run_demo, shipped_models
 from probe.heads.compare import compare
+from probe.train.loop import atomic_json
 
 # A 28 px ADM U-Net costs about 1 GFLOP per image and forward pass and runs about 30 times
 # slower than a shipped ViT: the full split at 4 timesteps would take about two hours per
@@ -83,8 +84,7 @@ def matched_size_heads(args, section):
                    out=os.path.join(args.out, section["dir"], "heads-matched"),
                    progress=not args.quiet)
     rows = [dict(head=r["head"], top1=float(r["top1"]), params=int(r["params"])) for r in rows]
-    with open(path, "w") as fh:
-        json.dump(dict(key=key, rows=rows), fh, indent=1)
+    atomic_json(dict(key=key, rows=rows), path)  # a killed run leaves no half-written cache
     return rows
 
 

@@ -53,6 +53,7 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     ``DEFAULT_OVERRIDES``, ``{}`` for none).
     """
     from . import cka as cka_fn
+    from .cka.plot import heatmaps
 
     models = list(models or shipped_models())
     if not models:
@@ -75,8 +76,6 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     between = []
     for i, a in enumerate(models):
         for b in models[i + 1:]:
-            from .cka.plot import heatmaps
-
             res = cka_fn(files[a]["test"], files[b]["test"], across="blocks",
                          minibatch=_cka_minibatch(files[a]["test"]))
             png = f"cka-{a}-vs-{b}.png"
@@ -96,6 +95,7 @@ def _study_model(out, label, name, random_init, data, timesteps, max_blocks, lim
     from .cka.plot import heatmaps
     from .extraction import weights_sha256
     from .heads.compare import compare
+    from .train.loop import atomic_json
 
     model = load_model(name, random_init=random_init)
     ts = list(timesteps or default_timesteps(model))
@@ -131,12 +131,12 @@ def _study_model(out, label, name, random_init, data, timesteps, max_blocks, lim
         section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,
                                  best=best, heads=head_rows, dir=label, files=paths,
                                  sizes=sizes, stage="heads"))
-        _save_json(section, cache)
+        atomic_json(section, cache)
     within = cka_fn(paths["test"], across="all", minibatch=_cka_minibatch(paths["test"]))
     heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
     within.to_csv(os.path.join(mdir, "cka.csv"))
     section["stage"] = "done"
-    _save_json(section, cache)
+    atomic_json(section, cache)
     return section
 
 
@@ -146,11 +146,6 @@ def _cka_minibatch(path, full_batch_max=4096):
     with open_features(path) as f:
         return None if len(f) <= full_batch_max else 1024
 
-
-def _save_json(obj, path):
-    with open(f"{path}.tmp", "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(f"{path}.tmp", path)
 
 
 def _jsonable(obj):

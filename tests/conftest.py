@@ -16,3 +16,13 @@ def _quiet_threads():
     # Two cores shared by everything: oversubscription only slows tests down.
     torch.set_num_threads(min(2, torch.get_num_threads()))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny models (heads, training): on shared cores, intra-op threads only add
+    waiting.  Folders of such tests use it autouse in their conftest."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

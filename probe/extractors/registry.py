@@ -6,6 +6,7 @@ from.  ``load_model`` resolves a name or a family and hands off to the family's
 ``create``.
 """
 import importlib
+import os
 
 import torch
 
@@ -91,8 +92,6 @@ def resolve(name):
 
 def shipped_weights(filename):
     """Path of a checkpoint shipped inside the package (probe/weights/)."""
-    import os
-
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", filename)
     if not os.path.exists(path):
         raise ProbeError(f"shipped weights {filename} are missing from {os.path.dirname(path)}: "

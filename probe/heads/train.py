@@ -24,7 +24,7 @@ from ..errors import ProbeError
 # the whole cosine schedule, the last epoch.  Its convergence depends on the number of
 # steps, not epochs: on small sets it trains for at least MIN_LINEAR_STEPS.  So it lands
 # within about a point of scikit-learn's logistic regression (benchmarks/
-# RESULTS_heads.md); AdamW, 30 epochs, a few hundred steps, or picking the epoch on a
+# RESULTS.md, Heads); AdamW, 30 epochs, a few hundred steps, or picking the epoch on a
 # small validation split all cost one to seven points on ill-conditioned features.
 # The other heads train as small networks do, with early stopping.
 HEAD_DEFAULTS = {"linear": dict(optimizer="sgd", lr=0.3, weight_decay=0.0, epochs=100,

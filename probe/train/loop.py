@@ -199,7 +199,7 @@ def _check_same_run(saved, now, out):
 def _remove_stale_tmp(out):
     """Half-written checkpoints of a killed process (``FILE.tmp-PID``, PID gone)."""
     for name in os.listdir(out):
-        stem, sep, pid = name.rpartition(".tmp-")
+        _, sep, pid = name.rpartition(".tmp-")
         if not sep or not pid.isdigit():
             continue
         try:

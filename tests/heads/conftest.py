@@ -1,11 +1,6 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # The heads are tiny: on shared cores, intra-op threads only add waiting.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _tiny_models(one_thread):
+    """Every test here trains tiny models: one torch thread (see tests/conftest.py)."""
