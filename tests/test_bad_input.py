@@ -100,14 +100,14 @@ def test_bad_input(what, argv, message, files, tmp_path, capsys, monkeypatch):
         argv += ["--out", str(tmp_path / "out.h5"), "--quiet"]
     if argv[0] in ("fit", "compare", "train", "cka"):
         argv += ["--out", str(tmp_path / ("out.png" if argv[0] == "cka" else "out"))]
+    before = {p for p in tmp_path.rglob("*")}
     assert main(argv) == 2, what
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert err.startswith("probe: error:") and "Traceback" not in err
     assert re.search(message, err), err
-    left = [f for f in os.listdir(tmp_path) if f.endswith(".h5") or f.endswith(".json")
-            or f.endswith(".pt")]
-    assert not left, left
+    left = sorted(str(p) for p in set(tmp_path.rglob("*")) - before)
+    assert not left, left  # nothing at all: no output, no empty folder, no temporary file
 
 
 def test_debug_shows_the_traceback(files):

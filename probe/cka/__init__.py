@@ -47,6 +47,7 @@ def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="
 
     ``keys``/``keys_b``: which keys ('tT/BLOCK', 'tT' for all blocks at T, 'BLOCK' for a
     block at all t); default all (``keys_b`` defaults to ``keys``, else all of ``b``).
+    With one file, ``keys_b`` picks other columns of the same file (a rectangular grid).
     ``across``: 'blocks' (a panel per t), 'timesteps' (a panel per block) or 'all'.
     ``minibatch``: None for the full-batch estimator, else the batch size of the minibatch
     estimator.  ``unbiased``: HSIC estimator (default: biased for full batch, unbiased for
@@ -63,7 +64,8 @@ def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="
         fb = None if b is None else _open(b, opened)
         rows = grid.select_keys(fa, keys)
         if fb is None:
-            cols = rows
+            # keys_b within one file gives a rectangular grid, e.g. t=10 blocks against t=300
+            cols = rows if keys_b is None else grid.select_keys(fa, keys_b)
         elif keys_b is not None:
             cols = grid.select_keys(fb, keys_b)
         else:
@@ -77,7 +79,10 @@ def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="
         result = CKAResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
                            (fa.path, fb.path if fb is not None else None), len(fa))
         result.across = _layout(result, across)
-        src_b = grid.FileSource(fb, cols) if fb is not None else None
+        if fb is not None:
+            src_b = grid.FileSource(fb, cols)
+        else:
+            src_b = None if cols == rows else grid.FileSource(fa, cols)
         matrix, dead_a, dead_b, sizes = grid.run(
             grid.FileSource(fa, rows), src_b, est, minibatch, shuffle, seed, rows_b, progress)
     finally:

@@ -50,6 +50,13 @@ def main(argv=None):
             raise
         print(f"probe: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # files the user named that cannot be read or written: their problem to fix, not a bug
+        if debug:
+            raise
+        print(f"probe: error: {e} (check the path and its permissions; --debug shows the traceback)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("probe: interrupted", file=sys.stderr)
         return 130

@@ -57,15 +57,13 @@ def _comma(values):
 
 def run(args):
     from ..cka import cka
-    from ..cka.plot import default_line_blocks, heatmaps, line_plot
 
     stem, ext = os.path.splitext(args.out)
     if ext.lower() not in FORMATS:
         raise ProbeError(f"--out {args.out}: the plot needs one of the extensions {', '.join(FORMATS)}")
+    if os.path.isdir(args.out):
+        raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/cka.png")
     folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise ProbeError(f"cannot write to {folder}: choose another --out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = cka(args.a, args.b, keys=_comma(args.keys), keys_b=_comma(args.keys_b),
@@ -74,18 +72,13 @@ def run(args):
                      seed=args.seed, device=args.device, dtype=args.dtype, progress=True)
     for w in caught:
         print(f"probe: warning: {w.message}")
-    written = [result.to_csv(stem + ".csv"), result.to_json(stem + ".json"),
-               heatmaps(result, args.out)]
-    several_t = len({t for t, _ in result.rows}) > 1
-    asked = args.line_blocks is not None or args.line_ref is not None
-    if several_t or asked:
-        blocks = _comma(args.line_blocks) or default_line_blocks(result)
-        try:
-            written.append(line_plot(result, f"{stem}_line{ext}", blocks, args.line_ref))
-        except ProbeError as e:
-            if asked:
-                raise
-            print(f"probe: no line plot ({e})")
+    drawn = {i for panel in result.panels() for i in panel.rows}
+    undrawn = [lab for i, lab in enumerate(result.row_labels) if i not in drawn]
+    if undrawn:
+        print(f"probe: note: no heatmap panel for {', '.join(undrawn)} (nothing to pair them with "
+              f"across {result.across}); they are in the CSV, and --across all draws every key")
+    line_blocks = _line_blocks(args, result)
+    written = _write_outputs(result, folder, stem, ext, line_blocks, args.line_ref)
     e, m = result.estimator, result.matrix
     batches = f"minibatch {e['minibatch']} ({e['batches']} batches)" if e["batches"] > 1 else "full batch"
     print(f"CKA over {result.num_samples} samples ({e['kernel']}, "
@@ -93,3 +86,63 @@ def run(args):
           f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}")
     print("wrote " + ", ".join(written))
     return 0
+
+
+def _line_blocks(args, result):
+    """The blocks of the CKA-against-t plot, or None for no plot.  Options the user gave are
+    checked here, before anything is written, so a bad one leaves no output behind."""
+    from ..cka.plot import default_line_blocks
+
+    several_t = len({t for t, _ in result.rows}) > 1
+    asked = args.line_blocks is not None or args.line_ref is not None
+    if not (several_t or asked):
+        return None
+    blocks = _comma(args.line_blocks) or default_line_blocks(result)
+    try:
+        result.line(blocks, args.line_ref)
+    except ProbeError as e:
+        if asked:
+            raise
+        print(f"probe: no line plot ({e})")
+        return None
+    return blocks
+
+
+def _write_outputs(result, folder, stem, ext, line_blocks, line_ref):
+    """CSV, JSON, heatmap and line plot, all or nothing: each is written under a temporary
+    name and renamed only once every one of them has been written."""
+    from ..cka.plot import heatmaps, line_plot
+
+    made_folder = not os.path.isdir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ProbeError(f"cannot create the folder {folder} ({e.strerror}): choose another --out") from None
+    if not os.access(folder, os.W_OK):
+        raise ProbeError(f"cannot write to {folder}: choose another --out")
+    line_path = f"{stem}_line{ext}"
+    finals = [stem + ".csv", stem + ".json", stem + ext] + ([line_path] if line_blocks else [])
+    tmp = {f: os.path.join(os.path.dirname(os.path.abspath(f)),
+                           f".{os.path.basename(f)}.tmp-{os.getpid()}{os.path.splitext(f)[1]}")
+           for f in finals}
+    try:
+        result.to_csv(tmp[finals[0]])
+        result.to_json(tmp[finals[1]])
+        heatmaps(result, tmp[finals[2]])
+        if line_blocks:
+            line_plot(result, tmp[line_path], line_blocks, line_ref)
+        for f in finals:
+            os.replace(tmp[f], f)
+    except BaseException as e:
+        for f in finals:
+            if os.path.exists(tmp[f]):
+                os.remove(tmp[f])
+        if made_folder and not os.listdir(folder):
+            os.rmdir(folder)
+        if isinstance(e, OSError):
+            raise ProbeError(f"cannot write the CKA outputs next to {stem + ext} ({e.strerror}): "
+                             "choose another --out") from None
+        raise
+    if not line_blocks and os.path.exists(line_path):
+        os.remove(line_path)  # a line plot from an earlier run would not match this matrix
+    return finals

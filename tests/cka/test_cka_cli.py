@@ -1,5 +1,6 @@
 """`probe cka` end to end on small written files."""
 import csv
+import importlib
 import json
 
 import numpy as np
@@ -79,10 +80,64 @@ def test_line_plot_options(tmp_path, files):
     (["--out", "x.txt"], "needs one of the extensions"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, files, capsys, extra, message):
-    argv = ["cka", files[0], "--out", str(tmp_path / "e.png"), *extra]
+    out = tmp_path / "out" / "e.png"
+    argv = ["cka", files[0], "--out", str(out), *extra]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    # options are checked before anything is written: no CSV, JSON or plot, not even a folder
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_folder"])
+def test_unwritable_out_is_one_line(tmp_path, files, capsys, where):
+    if where == "under_a_file":
+        out = f"{files[0]}/x.png"  # a folder path through an existing file
+    else:
+        out = tmp_path / "taken.png"
+        out.mkdir()
+    assert main(["cka", files[0], "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe: error:") and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["a.h5", "b.h5"] + (["taken.png"] if where == "is_a_folder" else []))
+
+
+def test_failed_write_leaves_no_partial_outputs(tmp_path, files, monkeypatch, capsys):
+    plot = importlib.import_module("probe.cka.plot")  # probe.cka is also the function
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plot, "line_plot", broken)
+    out = tmp_path / "p" / "cka.png"
+    assert main(["cka", files[0], "--out", str(out)]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # the CSV, JSON and heatmap were not left behind
+
+
+def test_rerun_without_line_plot_removes_the_old_one(tmp_path, files):
+    out = tmp_path / "c.png"
+    assert main(["cka", files[0], "--out", str(out)]) == 0
+    assert (tmp_path / "c_line.png").exists()
+    assert main(["cka", files[0], "--keys", "t20", "--out", str(out)]) == 0  # one t: no line plot
+    assert not (tmp_path / "c_line.png").exists()
+
+
+def test_keys_b_within_one_file_is_a_rectangular_grid(tmp_path, files):
+    from probe.store import open_features
+    from cka.test_cka_core import np_cka
+
+    res = probe.cka(files[0], keys="t20", keys_b="t200")
+    assert res.row_labels == ["t20/enc", "t20/mid", "t20/dec"]
+    assert res.col_labels == ["t200/enc", "t200/mid", "t200/dec"]
+    with open_features(files[0]) as f:
+        want = [[np_cka(f.load(r).reshape(48, -1), f.load(c).reshape(48, -1)) for c in res.cols]
+                for r in res.rows]
+    np.testing.assert_allclose(res.matrix, want, atol=1e-6)
+    out = tmp_path / "r.png"
+    assert main(["cka", files[0], "--keys", "t20", "--keys-b", "t200", "--out", str(out)]) == 0
+    assert read_csv(tmp_path / "r.csv")[0] == res.col_labels
 
 
 def test_missing_file(tmp_path, capsys):
