@@ -127,3 +127,17 @@ def test_disk_full_during_a_run_stops_cleanly(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "No space left" in err and "resume" in err
     assert not out.exists() and not os.listdir(f"{out}.partial/parts")
+
+
+def test_unexpected_file_system_error_is_one_line(tmp_path, monkeypatch, capsys):
+    import probe.cli.info as info
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "x.h5"))
+
+    monkeypatch.setattr(info, "run", denied)
+    assert main(["info", str(tmp_path / "x.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Permission denied" in err and "Traceback" not in err
+    with pytest.raises(PermissionError):
+        main(["--debug", "info", str(tmp_path / "x.h5")])

@@ -52,3 +52,10 @@ def test_readme_shell_and_python_blocks_run(tmp_path):
             exec(compile(block, "README.md", "exec"), namespace)
     finally:
         os.chdir(cwd)
+
+
+def test_ci_runs_the_readme_test_command():
+    setup = [b for b in blocks("bash") if "pip install" in b][1]
+    command = setup.strip().split("&&")[-1].strip()
+    with open(os.path.join(ROOT, ".ci", "run")) as fh:
+        assert command in [line.strip() for line in fh]

@@ -8,9 +8,15 @@ def add_model_args(p):
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
     g.add_argument("--random-init", action="store_true", help="untrained weights (a baseline)")
+    p.add_argument("--vae", help="latent models: VAE hub id or local folder, or 'random'")
+    add_arch_args(p)
+
+
+def add_arch_args(p):
+    """Flags that say how to read a checkpoint and build a family's architecture (shared
+    by `probe extract` and `probe blocks`)."""
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow checkpoints that need arbitrary unpickling (runs their code)")
-    p.add_argument("--vae", help="latent models: VAE hub id or local folder, or 'random'")
     p.add_argument("--config", action="append", default=[], metavar="KEY=VALUE|FILE.json",
                    help="architecture flags for a family, one KEY=VALUE or a JSON file of them")
     p.add_argument("--model-flags", metavar="'--image_size 256 ...'",
@@ -18,9 +24,9 @@ def add_model_args(p):
 
 
 def model_kwargs(args):
-    kw = dict(checkpoint=args.checkpoint, random_init=args.random_init,
+    kw = dict(checkpoint=args.checkpoint, random_init=getattr(args, "random_init", False),
               trust_checkpoint=args.trust_checkpoint)
-    if args.vae:
+    if getattr(args, "vae", None):
         kw["vae"] = None if args.vae == "none" else args.vae
     if args.model_flags:
         from ..extractors.adm import parse_flags

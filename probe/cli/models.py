@@ -8,9 +8,15 @@ def register(sub):
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=run_models)
     p = sub.add_parser("blocks", help="list a model's blocks: names, ids, output shapes")
-    p.add_argument("model", help="registry name, or a family with --checkpoint")
+    from .extract import add_arch_args
+
+    p.add_argument("model", help="registry name, or a family (adm, dit, ldae) with --checkpoint "
+                                 "or its flags")
     p.add_argument("--checkpoint", help="read the architecture from this checkpoint")
-    p.add_argument("--image-size", type=int, help="input side in pixels (pixel-space models)")
+    p.add_argument("--image-size", type=int,
+                   help="input side in pixels for the U-Nets (ADM), to see the shapes at "
+                        "another resolution")
+    add_arch_args(p)
     p.set_defaults(func=run_blocks)
 
 
@@ -32,26 +38,35 @@ def run_models(args):
     return 0
 
 
-def _meta_model(name, checkpoint):
+def _meta_model(name, checkpoint, trust_checkpoint=False, config=None):
     from ..extractors.registry import FAMILIES, load_model, resolve
 
+    config = dict(config or {})
     family = name if name in FAMILIES else resolve(name)[1]["family"]
-    kw = {"vae": None} if family == "dit" else {}  # block shapes do not depend on the VAE
+    if family == "dit":
+        config.setdefault("vae", None)  # block shapes do not depend on the VAE
     if checkpoint:
-        return load_model(name, checkpoint=checkpoint, **kw)
-    if name in FAMILIES:
-        raise ProbeError(f"`probe blocks {name}` needs --checkpoint (or use a registry name)")
-    canonical, spec = resolve(name)
-    if spec.get("file"):  # shipped small models: load the real thing
-        return load_model(canonical)
+        return load_model(name, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **config)
+    if name in FAMILIES and not {k for k in config if k != "vae"}:
+        raise ProbeError(f"`probe blocks {name}` needs --checkpoint, or the architecture as "
+                         "--model-flags/--config (or use a registry name, see `probe models`)")
+    if name not in FAMILIES:
+        name, spec = resolve(name)
+        if spec.get("file") and not config.keys() - {"vae"}:  # shipped small models: the real thing
+            return load_model(name)
     with torch.device("meta"):  # the architecture only: no memory, no weights
-        return load_model(canonical, random_init=True, **kw)
+        return load_model(name, random_init=True, **config)
 
 
 def run_blocks(args):
     from ..extractors.hooks import capture, run_until_stop
 
-    model = _meta_model(args.model, args.checkpoint)
+    from .extract import model_kwargs
+
+    kw = model_kwargs(args)
+    checkpoint, trust = kw.pop("checkpoint"), kw.pop("trust_checkpoint")
+    kw.pop("random_init")
+    model = _meta_model(args.model, checkpoint, trust, kw)
     device = next(model.parameters()).device
     c, h, w = model.input_shape
     if args.image_size:

@@ -9,6 +9,7 @@ Subclasses provide ``_forward(x, t, y)`` (the network's own call) and
 everything else — block ids, hooks, early exit, the null class — lives here.
 """
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -58,7 +59,8 @@ class Extractor(nn.Module):
                 if item == "all":
                     out.extend(names)
                     continue
-                if isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+                if isinstance(item, numbers.Integral) and not isinstance(item, bool) or (
+                        isinstance(item, str) and item.isdigit()):
                     i = int(item)
                     if not 1 <= i <= len(names):
                         raise ProbeError(
@@ -70,7 +72,11 @@ class Extractor(nn.Module):
                 else:
                     raise ProbeError(
                         f"unknown block {item!r} for {self.name}{suggest(item, names)}; valid: "
-                        f"{_short_list(names)} or ids 1..{len(names)}")
+                        f"{_short_list(names)}, or ids 1..{len(names)} (`probe blocks "
+                        f"{self.name}` shows them all with their shapes)")
+        if not out:
+            raise ProbeError(f"no blocks requested for {self.name}: give names, ids or 'all' "
+                             f"(`probe blocks {self.name}` lists them)")
         seen = set()
         return [n for n in out if not (n in seen or seen.add(n))]
 
@@ -179,7 +185,17 @@ class Extractor(nn.Module):
         }
 
 
-def _short_list(names, k=6):
-    if len(names) <= 2 * k:
-        return ", ".join(names)
-    return ", ".join(names[:k]) + ", ..., " + ", ".join(names[-k:])
+def _short_list(names):
+    """Every name, with runs of numbered ones folded: 'input_blocks.0..11, middle_block'."""
+    out, i = [], 0
+    while i < len(names):
+        prefix, _, num = names[i].rpartition(".")
+        j = i
+        while (num.isdigit() and j + 1 < len(names)
+               and names[j + 1] == f"{prefix}.{int(num) + j + 1 - i}"):
+            j += 1
+        out.append(names[i] if j - i < 2 else f"{names[i]}..{names[j].rpartition('.')[2]}")
+        if j - i == 1:
+            out.append(names[j])
+        i = j + 1
+    return ", ".join(out)

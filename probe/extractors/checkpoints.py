@@ -5,7 +5,9 @@ arbitrary code to load is refused unless the user trusts it explicitly.
 """
 import hashlib
 import os
+import sys
 import pickle
+import warnings
 
 import torch
 
@@ -35,16 +37,41 @@ def load_file(path, trust_checkpoint=False):
     if not os.access(path, os.R_OK):
         raise ProbeError(f"checkpoint is not readable: {path} (check its permissions)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as e:
-        if trust_checkpoint:
-            raise ProbeError(f"cannot read checkpoint {path}: {_first_line(e)}") from e
-        raise ProbeError(
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line advice; ours is one line
+            return torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
+    except MemoryError:
+        raise
+    except Exception as e:  # the unpickler raises KeyError, IndexError ... on junk
+        raise _unreadable(path, e, trust_checkpoint) from e
+
+
+def _unreadable(path, e, trusted):
+    """Why a file did not load, and what to do: only a real pickle that refers to code is
+    sent to --trust-checkpoint; a broken or wrong file is named as such."""
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return ProbeError(f"{path} is a git-lfs pointer, not the weights: fetch the file itself "
+                          "(git lfs pull) and try again")
+    if head.lstrip().startswith(b"<"):
+        return ProbeError(f"{path} is an HTML page, not a checkpoint (a failed download?): "
+                          "download the weights again")
+    if not trusted and "Unsupported global" in str(e):
+        return ProbeError(
             f"{path} needs arbitrary unpickling to load, which can run code: pass "
-            "--trust-checkpoint (API: trust_checkpoint=True) only if you trust its source") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ProbeError(f"cannot read checkpoint {path}: {_first_line(e)} "
-                         "(is it a complete PyTorch checkpoint?)") from e
+            "--trust-checkpoint (API: trust_checkpoint=True) only if you trust its source")
+    if not trusted and head.startswith(b"\x80") and isinstance(e, pickle.UnpicklingError):
+        return ProbeError(
+            f"{path} is a plain pickle that weights-only loading cannot read: pass "
+            "--trust-checkpoint (API: trust_checkpoint=True) only if you trust its source")
+    zip_or_pickle = head.startswith(b"PK") or head.startswith(b"\x80")
+    what = "is damaged or incomplete" if zip_or_pickle else "is not a PyTorch checkpoint"
+    detail = _first_line(e)
+    if detail.startswith("Weights only load failed") or isinstance(e, (KeyError, IndexError)):
+        detail = f"it starts with {head[:12]!r}"  # torch's text is about trusting, not damage
+    return ProbeError(f"cannot read checkpoint {path}: it {what} ({detail.split('. ')[0]}); "
+                      "download or save it again")
 
 
 def state_dict_from(obj, path="checkpoint"):
@@ -83,8 +110,10 @@ def load_into(module, state_dict, what="checkpoint", arch="the architecture"):
 def fetch_url(url, filename=None):
     """Download (or reuse from the torch hub cache) a released checkpoint file."""
     try:
+        # the progress bar only where someone watches: in logs its lines would break the
+        # one-line error that follows a failed download
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", file_name=filename,
-                                                  progress=True, weights_only=True)
+                                                  progress=sys.stderr.isatty(), weights_only=True)
     except Exception as e:  # no network, proxy, 404 ...
         raise no_weights_error(url, e) from e
 

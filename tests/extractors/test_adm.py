@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import probe
+from probe.cli import main
 from probe.errors import ProbeError
 from probe.extractors import registry
 from probe.extractors.adm import create, parse_flags
@@ -150,6 +151,52 @@ def test_pickled_checkpoint_needs_trust(tmp_path):
     model = probe.load_model("adm", checkpoint=str(path), trust_checkpoint=True, **config(name))
     assert all(torch.equal(v, state[k]) for k, v in model.net.state_dict().items())
     assert model.source == str(path)
+
+
+def _junk(kind, path):
+    good = torch.load(ckpt("adm_tiny_uncond"), weights_only=True)
+    if kind == "pickled_class":
+        torch.save({"model": good, "args": argparse.Namespace(lr=1e-4)}, path)
+    elif kind == "plain_pickle":
+        import pickle
+
+        with open(path, "wb") as fh:
+            pickle.dump({"w": np.zeros(3)}, fh, protocol=4)
+    elif kind == "truncated":
+        torch.save(good, path)
+        path.write_bytes(path.read_bytes()[:4096])
+    else:
+        path.write_bytes({
+            "text": b"hello world\n",
+            "html": b"<!DOCTYPE html><html><body>404 Not Found</body></html>",
+            "lfs": b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
+            "json": b'{"a": 1}', "zeros": bytes(10),
+            "random": np.random.default_rng(0).bytes(300)}[kind])
+
+
+@pytest.mark.parametrize("kind, message, trust", [
+    ("pickled_class", "needs arbitrary unpickling", True),
+    ("plain_pickle", "plain pickle", True),
+    ("truncated", "damaged or incomplete", False),
+    ("text", "not a PyTorch checkpoint", False),
+    ("html", "HTML page", False),
+    ("lfs", "git-lfs pointer", False),
+    ("json", "not a PyTorch checkpoint", False),
+    ("zeros", "not a PyTorch checkpoint", False),
+    ("random", "not a PyTorch checkpoint", False),
+])
+def test_unreadable_checkpoints_say_what_they_are(tmp_path, capsys, kind, message, trust):
+    path = tmp_path / "weights.pt"
+    _junk(kind, path)
+    argv = ["blocks", "adm", "--checkpoint", str(path),
+            "--config", str(REF / "adm" / "adm_tiny_uncond.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    # only a file that really is a pickle needing code is sent to --trust-checkpoint
+    assert ("--trust-checkpoint" in err) == trust
+    if kind == "pickled_class":
+        assert main(argv + ["--trust-checkpoint"]) == 0
 
 
 def test_missing_checkpoint_and_family_without_weights():

@@ -1,7 +1,9 @@
 import json
+import math
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +63,124 @@ def test_probe_blocks_matches_the_released_manifest(capsys):
     hidden = json.load(open(os.path.join(REFERENCE, "manifests", "DiT-XL-2-256x256.json")))[
         "state_dict"]["blocks.27.attn.proj.weight"][0]
     assert f"blocks.27            (256, {hidden})" in out
+
+
+# ---- schedules, VAE and aliases of the registry entries ---------------------------------------
+
+def _linear_abar():
+    # DDPM's linear schedule (Ho et al. 2020), as DiT and guided-diffusion define it
+    return np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+
+
+def _cosine_abar():
+    # guided-diffusion's cosine schedule (Nichol & Dhariwal 2021), betas clipped at 0.999
+    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    return np.cumprod([1 - min(1 - f(i + 1) / f(i), 0.999) for i in range(1000)])
+
+
+# adm-64 is the one released model trained with the cosine schedule (guided-diffusion README)
+@pytest.mark.parametrize("name", [n for n in MODELS if not MODELS[n].get("file")])
+def test_each_released_entry_has_its_schedule(name):
+    with torch.device("meta"):
+        model = probe.load_model(name, random_init=True, **({"vae": None} if "dit" in name else {}))
+    want = _cosine_abar() if name == "adm-64" else _linear_abar()
+    np.testing.assert_allclose(model.schedule.alphas_cumprod.double().numpy(), want, rtol=1e-5,
+                               atol=1e-9)
+
+
+def test_dit_q_sample_is_the_ddpm_forward_process():
+    model = probe.load_model("dit-fmnist")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 1, 28, 28, generator=g), torch.randn(3, 1, 28, 28, generator=g)
+    t = torch.tensor([0, 100, 999])
+    abar = torch.tensor(_linear_abar()[[0, 100, 999]], dtype=torch.float32).view(3, 1, 1, 1)
+    torch.testing.assert_close(model.q_sample(x0, t, noise),
+                               abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+
+
+def test_released_dits_carry_the_sd_vae(monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from probe.extractors import dit
+
+    asked = []
+
+    def offline(source, subfolder=None):
+        asked.append(source)
+        raise ProbeError(f"could not load the VAE {source}")
+
+    monkeypatch.setattr(dit, "load_vae", offline)
+    with torch.device("meta"), pytest.raises(ProbeError, match="sd-vae-ft-ema"):
+        probe.load_model("dit-xl-2", random_init=True)
+    assert asked == ["stabilityai/sd-vae-ft-ema"]
+    monkeypatch.undo()
+    with torch.device("meta"):
+        model = probe.load_model("dit-xl-2", random_init=True, vae="random")
+    # DiT's sample.py: latents = vae.encode(x).latent_dist.sample() * 0.18215, 8x downsampling
+    assert isinstance(model.vae, AutoencoderKL) and model.vae_scale == 0.18215
+    assert model.vae.config.latent_channels == 4 and model.input_shape == (4, 32, 32)
+    assert model.image_size == 256
+
+
+@pytest.mark.parametrize("alias, hidden, depth", [("dit-b", 768, 12), ("dit-l", 1024, 24),
+                                                  ("dit-xl", 1152, 28)])
+def test_aliases_build_the_paper_sizes(alias, hidden, depth):
+    # DiT paper, Table 1: B 768/12, L 1024/24, XL 1152/28
+    with torch.device("meta"):
+        model = probe.load_model(alias, random_init=True, vae=None)
+    assert model.name == ALIASES[alias] and len(model.block_names) == depth
+    assert model.net.state_dict()["blocks.0.attn.qkv.weight"].shape == (3 * hidden, hidden)
+    if alias != "dit-xl":
+        with pytest.raises(ProbeError, match="no released weights"):
+            probe.load_model(alias, vae=None)
+
+
+def _unfold(listing):
+    names = []
+    for part in listing.split(", "):
+        if ".." in part:
+            first, last = part.split("..")
+            prefix, _, lo = first.rpartition(".")
+            names += [f"{prefix}.{i}" for i in range(int(lo), int(last) + 1)]
+        else:
+            names.append(part)
+    return names
+
+
+def test_unknown_block_lists_every_valid_block():
+    with torch.device("meta"):
+        model = probe.load_model("adm-256", random_init=True)
+    with pytest.raises(ProbeError) as err:
+        model.resolve_blocks("midle_block")
+    msg = str(err.value)
+    assert "did you mean middle_block" in msg and "probe blocks adm-256" in msg and "\n" not in msg
+    listing = msg.split("valid: ")[1].split(", or ids")[0]
+    assert _unfold(listing) == model.block_names
+    assert "ids 1..37" in msg
+    with pytest.raises(ProbeError, match="no blocks requested"):
+        model.resolve_blocks([])
+    assert model.resolve_blocks([np.int64(24)]) == ["output_blocks.4"]
+
+
+def test_probe_blocks_at_another_image_size(capsys):
+    def shapes(argv):
+        assert main(argv) == 0
+        return {m.group(1): eval(m.group(2)) for m in
+                re.finditer(r"^\s*\d+\s+(\S+)\s+(\(.*\))$", capsys.readouterr().out, re.M)}
+
+    at64, at128 = shapes(["blocks", "adm-64"]), shapes(["blocks", "adm-64", "--image-size", "128"])
+    assert at64.keys() == at128.keys()
+    for name, (c, h, w) in at64.items():  # a fully convolutional net: maps scale with the input
+        assert at128[name] == (c, 2 * h, 2 * w)
+
+
+def test_probe_blocks_of_a_family_checkpoint_matches_the_reference(capsys):
+    ref = os.path.join(REFERENCE, "adm")
+    io = torch.load(os.path.join(ref, "adm_tiny_uncond.io.pt"), weights_only=True)
+    assert main(["blocks", "adm", "--checkpoint", os.path.join(ref, "adm_tiny_uncond.pt"),
+                 "--config", os.path.join(ref, "adm_tiny_uncond.json")]) == 0
+    rows = {m.group(1): m.group(2) for m in
+            re.finditer(r"^\s*\d+\s+(\S+)\s+(\(.*\))$", capsys.readouterr().out, re.M)}
+    assert rows == {k: str(tuple(v.shape[1:])) for k, v in io["features"].items()}
+    assert main(["blocks", "adm"]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err
