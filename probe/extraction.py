@@ -98,8 +98,12 @@ class _Workdir:
             return None
 
     def start(self, settings, rank=0):
-        os.makedirs(self.parts, exist_ok=True)
-        if rank == 0 and self.settings() is None:
+        try:
+            os.makedirs(self.parts, exist_ok=True)
+        except OSError as e:  # e.g. a folder the kernel owns (/proc, /sys) or a read-only mount
+            raise ProbeError(f"cannot create {self.path} ({e.strerror}): choose another --out "
+                             "in a folder you can write to") from None
+        if rank == 0 and self.settings() != settings:  # new, or resumed with --skip-bad
             _atomic_write(self.settings_file, json.dumps(settings, indent=1, sort_keys=True).encode())
         self._lock = open(os.path.join(self.path, f"lock.{rank}"), "w")
         try:
@@ -109,6 +113,22 @@ class _Workdir:
             self._lock = None
             raise ProbeError(f"another `probe extract` is writing {self.path[:-8]} right now: wait "
                              "for it to finish, or choose another --out") from None
+
+    def busy(self):
+        """Whether a live `probe extract` holds one of this run's locks (a dead one's lock is
+        released by the kernel, so a killed run is never mistaken for a live one)."""
+        for path in glob.glob(os.path.join(self.path, "lock.*")):
+            try:
+                fh = open(path, "a")
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            finally:
+                fh.close()
+        return False
 
     def release(self):
         if self._lock is not None:
@@ -182,6 +202,9 @@ def _check_out(out, settings, overwrite, work):
         raise ProbeError(f"output folder {d} does not exist: create it or choose another --out")
     if not os.access(d, os.W_OK):
         raise ProbeError(f"output folder {d} is not writable: choose another --out")
+    if work.busy():  # checked before --overwrite deletes anything of a live run
+        raise ProbeError(f"another `probe extract` is writing {out} right now: wait for it to "
+                         "finish, or choose another --out")
     if overwrite:
         if os.path.exists(out):
             os.remove(out)
@@ -196,6 +219,10 @@ def _check_out(out, settings, overwrite, work):
                          "to replace it, or choose another --out")
     if work.exists():
         old = work.settings()
+        if old is not None and not old.get("skip_bad") and settings["skip_bad"]:
+            # the advice given when a bad image stops a run: its parts hold no bad image, so
+            # they stay valid with --skip-bad turned on
+            old = dict(old, skip_bad=True)
         if old is not None and old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ProbeError(f"{work.path} holds an unfinished run with different settings "
@@ -260,7 +287,7 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
     model = model.to(device).eval()
     for tt in ts:
         model.schedule.check_t(tt)
-    names = model.resolve_blocks(blocks)
+    names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
         data = load_dataset(data, split, model.image_size, model.image_channels)
     n_total = len(data) if limit is None else min(int(limit), len(data))
@@ -278,7 +305,8 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
         "noise_seed": int(noise_seed), "ensemble": int(ensemble), "add_noise": bool(add_noise),
         "class_label": class_label, "data": data.spec, "split": data.split,
         "num_samples": n_total, "image_size": model.image_size,
-        "transform": data.describe_transform(), "skip_bad": bool(skip_bad),
+        "transform": f"{data.describe_transform()}; model input: {model.input_pipeline}",
+        "skip_bad": bool(skip_bad),
     }
     rank, world = _dist_info()
     work = _Workdir(out)
@@ -317,6 +345,10 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
             _summary(out, n_total, elapsed, log, world)
         if world > 1:
             torch.distributed.barrier()
+    except BaseException:
+        if state == "new" and world == 1 and not work.part_files():
+            work.remove()  # failed before any image was done: leave nothing behind
+        raise
     finally:
         work.release()
     return out

@@ -32,15 +32,9 @@ def apply_pool(feature, pool):
         return fmap.mean(dim=(2, 3))
     if pool == "none":
         return fmap
-    return F.adaptive_avg_pool2d(fmap, int(pool[3:]))
-
-
-def pooled_shape(map_shape, pool):
-    """Per-sample shape after pooling a (C, H, W) map."""
-    c = map_shape[0]
-    if pool == "mean":
-        return (c,)
-    if pool == "none":
-        return tuple(map_shape)
-    k = int(pool[3:])
-    return (c, k, k)
+    k, (h, w) = int(pool[3:]), fmap.shape[2:]
+    if k > min(h, w):
+        # adaptive pooling would copy values up to K x K: a larger map with nothing new in it
+        raise ProbeError(f"--pool {pool} is larger than a {h}x{w} block map: use avgK with K at "
+                         f"most {min(h, w)}, or none")
+    return F.adaptive_avg_pool2d(fmap, k)

@@ -38,10 +38,14 @@ def files(tmp_path_factory):
     empty = d / "empty"
     os.makedirs(empty / "cls")
     (empty / "cls" / "readme.txt").write_text("not an image")
+    split_tree = d / "splits"
+    for split in ("train", "val"):
+        os.makedirs(split_tree / split / "cls")
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(split_tree / split / "cls" / "a.png")
     wrong_ckpt = reference_checkpoint("adm", "adm_tiny_cond_neworder")
     return dict(good=good, single=single, other=other_model, trunc=str(trunc),
                 foreign=str(foreign), incomplete=str(incomplete), empty=str(empty),
-                wrong_ckpt=wrong_ckpt, dir=str(d))
+                wrong_ckpt=wrong_ckpt, dir=str(d), split_tree=str(split_tree))
 
 
 CASES = [
@@ -59,6 +63,14 @@ CASES = [
     ("extract: folder with no images", ["extract"] + ADM + ["--data", "imagefolder:{empty}"], "no image files"),
     ("extract: unknown dataset", ["extract"] + ADM + ["--data", "cifar10"], "unknown dataset"),
     ("extract: unwritable output", ["extract"] + ADM + ["--out", "/proc/x/f.h5"], "does not exist|not writable"),
+    ("extract: output in a folder nobody can create files in",
+     ["extract"] + ADM + ["--limit", "2", "--out", "/proc/f.h5"], "cannot create /proc/f.h5.partial"),
+    ("extract: image folder without the asked split",
+     ["extract"] + ADM + ["--data", "imagefolder:{split_tree}", "--split", "test"],
+     r"no test/ folder .* has train/, val/"),
+    ("extract: avgK larger than the block's map",
+     ["extract"] + ADM + ["--blocks", "middle_block", "--pool", "avg9", "--limit", "2"],
+     "larger than a 8x8 block map"),
     ("extract: unknown flag", ["extract"] + ADM + ["--frobnicate"], "unrecognized arguments"),
     # info
     ("info: missing file", ["info", "/no/such.h5"], "not found"),

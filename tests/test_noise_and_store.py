@@ -5,7 +5,7 @@ import torch
 
 from probe.errors import ProbeError
 from probe.noise import per_sample_noise
-from probe.pooling import apply_pool, parse_pool, pooled_shape
+from probe.pooling import apply_pool, parse_pool
 from probe.store import open_features, parse_key, write_features
 
 
@@ -20,12 +20,21 @@ def test_noise_depends_only_on_seed_id_t_draw():
     assert abs(big.mean().item()) < 0.02 and abs(big.std().item() - 1) < 0.02
 
 
-def test_pooling_shapes_and_tokens():
-    tokens = torch.randn(2, 16, 8)  # (B, N, D) on a 4x4 grid
-    fmap = tokens.transpose(1, 2).reshape(2, 8, 4, 4)
-    assert torch.allclose(apply_pool(tokens, "mean"), tokens.mean(1))
-    assert torch.equal(apply_pool(tokens, "none"), fmap)
-    assert apply_pool(tokens, "avg2").shape == (2, 8, 2, 2) == (2, *pooled_shape((8, 4, 4), "avg2"))
+def test_tokens_lie_on_their_grid_and_pooling_matches_numpy():
+    # DiT patchifies row-major: token k is the patch at row k // w, column k % w
+    tokens = torch.zeros(1, 16, 3)
+    tokens[0, 3, 0] = 1.0    # top-right patch of a 4x4 grid
+    tokens[0, 13, 1] = 2.0   # bottom row, second column
+    fmap = apply_pool(tokens, "none")
+    assert fmap.shape == (1, 3, 4, 4)
+    assert fmap[0, 0, 0, 3] == 1.0 and fmap[0, 1, 3, 1] == 2.0 and fmap.abs().sum() == 3.0
+    x = torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(0))
+    grid = x.numpy().reshape(2, 4, 4, 8)                       # (B, row, col, D)
+    np.testing.assert_allclose(apply_pool(x, "mean").numpy(), grid.mean(axis=(1, 2)), atol=1e-6)
+    quads = grid.reshape(2, 2, 2, 2, 2, 8).mean(axis=(2, 4))   # 2x2 blocks of 2x2 patches
+    np.testing.assert_allclose(apply_pool(x, "avg2").numpy(), quads.transpose(0, 3, 1, 2), atol=1e-6)
+    with pytest.raises(ProbeError, match="larger than a 4x4 block map"):
+        apply_pool(x, "avg5")
     for bad in ("max", "avg0", "avg", "mean2"):
         with pytest.raises(ProbeError, match="bad --pool"):
             parse_pool(bad)
@@ -57,3 +66,17 @@ def test_store_roundtrip_and_refusals(tmp_path):
         open_features(str(trunc))
     with pytest.raises(ProbeError, match="bad feature key"):
         parse_key("100/b.0")
+
+
+def test_dit_tokens_map_to_where_their_patch_is_in_the_image():
+    import probe
+
+    model = probe.load_model("dit-fmnist")  # 28 px, patch 7: a 4x4 grid
+    blank = torch.zeros(1, 1, 28, 28)
+    marked = blank.clone()
+    marked[..., 0:7, 21:28] = 1.0                 # the top-right patch of the image
+    with torch.no_grad():
+        a = model.net.x_embedder(model.prepare(blank))
+        b = model.net.x_embedder(model.prepare(marked))
+    changed = (apply_pool(b, "none") - apply_pool(a, "none")).abs().sum(dim=1)[0]  # (4, 4)
+    assert changed[0, 3] > 0 and changed.count_nonzero() == 1

@@ -6,6 +6,7 @@ one line on stderr and exit code 2; ``--debug`` shows the traceback.
 """
 import argparse
 import importlib
+import os
 import sys
 
 from ..errors import ProbeError
@@ -50,6 +51,10 @@ def main(argv=None):
             raise
         print(f"probe: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`probe info f.h5 | head`): not an error of ours
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except OSError as e:
         # files the user named that cannot be read or written: their problem to fix, not a bug
         if debug:

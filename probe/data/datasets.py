@@ -151,12 +151,24 @@ def _require_dir(path, what):
         raise ProbeError(f"{what}: folder {path} not found")
 
 
+FOLDER_SPLITS = ("train", "val", "test")
+
+
 def imagefolder(root, split, keep=None, spec=None, **kw):
     """ROOT/CLASS/IMAGE, or ROOT/SPLIT/CLASS/IMAGE when ROOT has a folder for the split.
     ``keep``: an ordered list of class folder names to use (others are ignored)."""
     spec = spec or f"imagefolder:{root}"
-    _require_dir(root, spec)
-    base = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
+    if not os.path.isdir(root):
+        raise ProbeError(f"{spec}: folder {root} not found (expected ROOT/CLASS/IMAGE files, or "
+                         "ROOT/train/CLASS/IMAGE and ROOT/test/CLASS/IMAGE)")
+    splits = [s for s in FOLDER_SPLITS if os.path.isdir(os.path.join(root, s))]
+    if splits and split not in splits:
+        raise ProbeError(f"{spec}: no {split}/ folder in {root}, which has "
+                         f"{', '.join(s + '/' for s in splits)}: choose --split "
+                         f"{' or '.join(splits)}")
+    # a flat ROOT/CLASS tree has no splits: every --split reads the same images, which
+    # `probe fit` flags when a train and a test file share ids
+    base = os.path.join(root, split) if splits else root
     classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
     if keep is not None:
         classes = [c for c in keep if c in set(classes)]

@@ -149,6 +149,14 @@ class Extractor(nn.Module):
         return x
 
     @property
+    def input_pipeline(self):
+        """What :meth:`prepare` does, in words (recorded with the features)."""
+        if self.vae is not None:
+            return (f"to [-1,1], VAE posterior mean x {self.vae_scale} "
+                    f"({self.config.get('vae') or 'VAE'})")
+        return "to [-1,1]"
+
+    @property
     def input_shape(self):
         """Shape (C, H, W) of one network input (after :meth:`prepare`)."""
         c = self.config.get("in_channels", self.image_channels)

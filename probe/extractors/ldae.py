@@ -337,6 +337,12 @@ class LDAEExtractor(Extractor):
         """Images in [0, 1] -> [-1, 1], with nothing removed (the training target)."""
         return images * 2.0 - 1.0
 
+    @property
+    def input_pipeline(self):
+        tok = self.net.tokenizer
+        return "to [-1,1]" + (", kept to its first d PCA components per patch (the l-DAE "
+                              "tokenizer)" if tok is not None else "")
+
     @torch.no_grad()
     def prepare(self, images):
         """Images in [0, 1] -> the clean network input: [-1, 1], and for latent noise the

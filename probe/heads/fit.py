@@ -203,6 +203,11 @@ class Setup:
         _check_labels(te, np.asarray(te.labels), self.num_classes)
         if os.path.abspath(tr.path) == os.path.abspath(te.path):
             self.notes.append("the test file is the train file: accuracy is not held-out")
+        elif tr.attrs.get("data") == te.attrs.get("data") and (
+                shared := len(set(tr.ids) & set(te.ids))):
+            # e.g. a flat image folder read as both splits
+            self.notes.append(f"{shared} of the {len(te)} test images are also in the train file "
+                              "(same dataset, same ids): accuracy is not held-out")
         elif tr.attrs.get("split") == "test" or te.attrs.get("split") == "train":
             self.notes.append(f"train file split is {tr.attrs.get('split')!r}, test file split is "
                               f"{te.attrs.get('split')!r}: check the files are not swapped")
