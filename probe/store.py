@@ -75,9 +75,9 @@ def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs)
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["complete"] = False
-    f.attrs["num_samples"] = int(num_samples)
     for k, v in attrs.items():
         f.attrs[k] = _attr_value(v)
+    f.attrs["num_samples"] = int(num_samples)  # the rows stored, whatever the settings asked
     f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
     f.create_dataset("ids", data=np.asarray([str(i) for i in ids], dtype=object), dtype=_STR)
     f.create_dataset("class_names", data=np.asarray(list(class_names), dtype=object), dtype=_STR)

@@ -37,6 +37,7 @@ def _extract(out, data, **kw):
 
 def _read(path):
     with open_features(str(path)) as f:
+        assert f.attrs["num_samples"] == len(f.ids)  # rows, not images read
         return {k: f.load(k) for k in f.keys}, list(f.ids), f.attrs["num_skipped"]
 
 
