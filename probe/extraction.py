@@ -259,7 +259,7 @@ def _on_rank0(fn, rank, world):
 def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train", pool="mean",
             dtype="float32", noise_seed=0, ensemble=1, add_noise=True, class_label=None,
             batch_size=32, num_workers=0, device=None, overwrite=False, skip_bad=False,
-            limit=None, stack_t=False, progress=True, log=print, **model_kwargs):
+            limit=None, stack_t=False, progress=True, log=print, command=None, **model_kwargs):
     """Extract features of ``blocks`` at timesteps ``t`` for every image of ``data`` into
     the HDF5 file ``out`` (see :mod:`probe.store`).  Returns the path.
 
@@ -340,9 +340,9 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
                          checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                          schedule=model.schedule.describe(), settings=settings,
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                         command=" ".join(["probe"] + sys.argv[1:]))
+                         command=command or "probe.extract() from Python")
             _assemble(out, work, data, n_total, keys, dtype, attrs)
-            _summary(out, n_total, elapsed, log, world)
+            _summary(out, left * world, elapsed, log, world)
         if world > 1:
             torch.distributed.barrier()
     except BaseException:
@@ -460,6 +460,7 @@ def _assemble(out, work, data, n_total, keys, dtype, attrs):
 
 
 def _summary(out, n, elapsed, log, world=1):
+    """``n``: images extracted by this session (a resumed run did the rest before)."""
     with store.open_features(out) as f:
         size = os.path.getsize(out)
         log(f"wrote {out} ({size / 2**20:.1f} MiB): {len(f)} images"

@@ -62,7 +62,10 @@ def _read_attr(v):
     return v
 
 
-def chunk_rows(shape, itemsize, target_bytes=1 << 20):
+CHUNK_BYTES = 1 << 20
+
+
+def chunk_rows(shape, itemsize, target_bytes=CHUNK_BYTES):
     """Rows per chunk so that a chunk is about 1 MiB (HDF5 likes 10 KiB - 1 MiB)."""
     row = int(np.prod(shape[1:])) * itemsize if len(shape) > 1 else itemsize
     return int(max(1, min(shape[0], target_bytes // max(row, 1))))
@@ -71,7 +74,9 @@ def chunk_rows(shape, itemsize, target_bytes=1 << 20):
 def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs):
     """Create a feature file with empty datasets; ``shapes`` maps (t, block) -> per-sample
     shape.  The file is marked incomplete until :func:`mark_complete`."""
-    f = h5py.File(path, "w")
+    # HDF5 keeps up to 8 MiB of chunks per dataset by default: with many (t, block) keys the
+    # merge would hold gigabytes.  One chunk (about 1 MiB, see chunk_rows) is all it needs.
+    f = h5py.File(path, "w", rdcc_nbytes=CHUNK_BYTES)
     f.attrs["format"] = FORMAT
     f.attrs["format_version"] = FORMAT_VERSION
     f.attrs["complete"] = False

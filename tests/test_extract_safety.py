@@ -129,6 +129,7 @@ def test_blocks_are_stored_in_forward_order(tmp_path):
     _extract(tmp_path / "f.h5", "demo", blocks="blocks.3,blocks.0", limit=4)
     with open_features(str(tmp_path / "f.h5")) as f:
         assert [b for _, b in f.keys] == ["blocks.0", "blocks.3"]
+        assert f.attrs["command"] == "probe.extract() from Python"  # not the host's argv
 
 
 def test_info_into_a_closed_pipe_is_quiet(tmp_path):

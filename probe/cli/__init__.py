@@ -7,6 +7,7 @@ one line on stderr and exit code 2; ``--debug`` shows the traceback.
 import argparse
 import importlib
 import os
+import shlex
 import sys
 
 from ..errors import ProbeError
@@ -42,6 +43,7 @@ def main(argv=None):
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = shlex.join(["probe", *argv])  # recorded with what it makes
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2

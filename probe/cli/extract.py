@@ -117,4 +117,5 @@ def _extract(extract, args, label, device):
             ensemble=args.ensemble, add_noise=not args.no_noise, class_label=label,
             batch_size=args.batch_size, num_workers=args.num_workers, device=device,
             overwrite=args.overwrite, skip_bad=args.skip_bad, limit=args.limit,
-            stack_t=args.stack_t, progress=not args.quiet, **model_kwargs(args))
+            stack_t=args.stack_t, progress=not args.quiet, command=args.command_line,
+            **model_kwargs(args))
