@@ -43,8 +43,10 @@ def _read(path):
 
 def test_second_writer_refuses_even_with_overwrite(tmp_path, capsys):
     out = tmp_path / "f.h5"
-    argv = ["extract", "--model", "adm-fmnist", "--t", "10", "--blocks", "all", "--limit", "2000",
-            "--batch-size", "4", "--quiet", "--out", str(out)]
+    # six timesteps of the U-Net over 2000 images: over a minute here, so the first run is
+    # still going while the second is tried, even on a much faster machine
+    argv = ["extract", "--model", "adm-fmnist", "--t", "10,100,300,500,700,900", "--blocks", "all",
+            "--limit", "2000", "--batch-size", "4", "--quiet", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.Popen([sys.executable, "-m", "probe", *argv], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
