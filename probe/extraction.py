@@ -105,29 +105,18 @@ class _Workdir:
                              "in a folder you can write to") from None
         if rank == 0 and self.settings() != settings:  # new, or resumed with --skip-bad
             _atomic_write(self.settings_file, json.dumps(settings, indent=1, sort_keys=True).encode())
-        self._lock = open(os.path.join(self.path, f"lock.{rank}"), "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock.close()
-            self._lock = None
-            raise ProbeError(f"another `probe extract` is writing {self.path[:-8]} right now: wait "
-                             "for it to finish, or choose another --out") from None
+        self._lock = _try_lock(os.path.join(self.path, f"lock.{rank}"))
+        if self._lock is None:
+            raise _another_writer(self.path[:-len(".partial")])
 
     def busy(self):
         """Whether a live `probe extract` holds one of this run's locks (a dead one's lock is
         released by the kernel, so a killed run is never mistaken for a live one)."""
         for path in glob.glob(os.path.join(self.path, "lock.*")):
-            try:
-                fh = open(path, "a")
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            fh = _try_lock(path)
+            if fh is None:
                 return True
-            finally:
-                fh.close()
+            fh.close()
         return False
 
     def release(self):
@@ -156,6 +145,22 @@ class _Workdir:
     def remove(self):
         self.release()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _try_lock(path):
+    """The open lock file, held exclusively, or None if another process holds it."""
+    fh = open(path, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _another_writer(out):
+    return ProbeError(f"another `probe extract` is writing {out} right now: wait for it to "
+                      "finish, or choose another --out")
 
 
 def _npz_bytes(**arrays):
@@ -203,8 +208,7 @@ def _check_out(out, settings, overwrite, work):
     if not os.access(d, os.W_OK):
         raise ProbeError(f"output folder {d} is not writable: choose another --out")
     if work.busy():  # checked before --overwrite deletes anything of a live run
-        raise ProbeError(f"another `probe extract` is writing {out} right now: wait for it to "
-                         "finish, or choose another --out")
+        raise _another_writer(out)
     if overwrite:
         if os.path.exists(out):
             os.remove(out)
@@ -342,7 +346,7 @@ def extract(model, data="demo", t=100, blocks="all", out=None, *, split="train",
                          created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                          command=command or "probe.extract() from Python")
             _assemble(out, work, data, n_total, keys, dtype, attrs)
-            _summary(out, left * world, elapsed, log, world)
+            _summary(out, left * world, elapsed, log, world)  # ranks hold equal shards, +-1 batch
         if world > 1:
             torch.distributed.barrier()
     except BaseException:

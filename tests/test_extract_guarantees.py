@@ -3,7 +3,7 @@
 Noise is recomputed from the derivation documented in probe/noise.py (blake2b of
 "seed|id|t|draw"), the DDPM forward process from its formula, block outputs by running the
 model by hand, hashes with hashlib, sample order/ids/labels from the bundled npz itself,
-and memory with getrusage in child processes.  Models: the shipped ``dit-fmnist`` (and
+and peak memory (VmHWM) in child processes.  Models: the shipped ``dit-fmnist`` (and
 ``ldae-fmnist``), small enough for one CPU core.
 """
 import hashlib

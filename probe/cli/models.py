@@ -47,12 +47,13 @@ def _meta_model(name, checkpoint, trust_checkpoint=False, config=None):
         config.setdefault("vae", None)  # block shapes do not depend on the VAE
     if checkpoint:
         return load_model(name, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **config)
-    if name in FAMILIES and not {k for k in config if k != "vae"}:
+    arch_flags = config.keys() - {"vae"}
+    if name in FAMILIES and not arch_flags:
         raise ProbeError(f"`probe blocks {name}` needs --checkpoint, or the architecture as "
                          "--model-flags/--config (or use a registry name, see `probe models`)")
     if name not in FAMILIES:
         name, spec = resolve(name)
-        if spec.get("file") and not config.keys() - {"vae"}:  # shipped small models: the real thing
+        if spec.get("file") and not arch_flags:  # shipped small models: the real thing
             return load_model(name)
     with torch.device("meta"):  # the architecture only: no memory, no weights
         return load_model(name, random_init=True, **config)

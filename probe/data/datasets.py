@@ -146,11 +146,6 @@ def _list_images(folder):
     return sorted(out)
 
 
-def _require_dir(path, what):
-    if not os.path.isdir(path):
-        raise ProbeError(f"{what}: folder {path} not found")
-
-
 FOLDER_SPLITS = ("train", "val", "test")
 
 

@@ -5,8 +5,8 @@ arbitrary code to load is refused unless the user trusts it explicitly.
 """
 import hashlib
 import os
-import sys
 import pickle
+import sys
 import warnings
 
 import torch
