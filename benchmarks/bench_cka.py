@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from probe.cka import cka
+from probe.measures import cka
 from probe.store import open_features, write_features
 
 

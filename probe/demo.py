@@ -11,6 +11,7 @@ import os
 import time
 
 from .errors import ProbeError
+from .selection import parse_t
 from .store import open_features
 
 
@@ -38,22 +39,27 @@ def default_timesteps(model):
     return sorted({max(1, round(t_max * f)) for f in (0.01, 0.1, 0.3, 0.6)})
 
 
-def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blocks=5,
+def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, max_blocks=5,
              limit=None, heads=("linear", "mlp", "cnn", "attention"), epochs=None,
-             baselines=False, batch_size=64, overrides=None, progress=True, log=print):
+             baselines=False, batch_size=64, seed=0, device=None, overwrite=False,
+             overrides=None, progress=True, log=print, timesteps=None):
     """Run the study and write the report folder ``out``; returns the path of report.md.
 
     ``data``: the dataset spec (the bundled ``demo`` subset by default; ``fashion-mnist`` for
-    the full official split).  ``baselines``: also study each model at random init (same
-    architecture, untrained).  Each model's results are kept in ``out/NAME/section.json``;
-    a re-run with the same settings reuses them (and finished feature files), so a long
-    study can be stopped and continued, or extended with more models.  ``overrides``: per
-    model name, a dict of ``limit`` and/or ``timesteps`` replacing the common ones (for a
-    model too slow for the common budget; also applied to its baseline; default
-    ``DEFAULT_OVERRIDES``, ``{}`` for none).
+    the full official split).  ``t``/``blocks``: which features, in the grammar of
+    :mod:`probe.selection` (default: four timesteps spread over the schedule and
+    ``max_blocks`` blocks spread over the network; ``timesteps`` is the old name of ``t``).
+    ``baselines``: also study each model at random init (same architecture, untrained).
+    ``seed`` seeds the noise and the heads.  Each model's results are kept in
+    ``out/NAME/section.json``; a re-run with the same settings reuses them (and finished
+    feature files), so a long study can be stopped and continued, or extended with more
+    models; ``overwrite`` recomputes everything.  ``overrides``: per model name, a dict of
+    ``limit`` and/or ``timesteps`` replacing the common ones (for a model too slow for the
+    common budget; also applied to its baseline; default ``DEFAULT_OVERRIDES``, ``{}`` for
+    none).
     """
-    from . import cka as cka_fn
-    from .cka.plot import heatmaps
+    from .measures import cka as cka_fn
+    from .measures.plot import heatmaps
 
     models = list(models or shipped_models())
     if not models:
@@ -64,13 +70,16 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     os.makedirs(os.path.join(out, "features"), exist_ok=True)
     t0 = time.time()
     sections, files = [], {}
+    ts = parse_t(timesteps if t is None else t)
     for label, name, random_init, model_heads in entries:
         log(f"== {label}")
-        changes = (DEFAULT_OVERRIDES if overrides is None else overrides).get(name, {})
-        own = dict(dict(limit=limit, timesteps=timesteps), **changes)
-        section = _study_model(out, label, name, random_init, data, own["timesteps"],
-                               max_blocks, own["limit"], model_heads, epochs, batch_size,
-                               progress, log)
+        changes = (DEFAULT_OVERRIDES if overrides is None or t is not None else overrides
+                   ).get(name, {})
+        plan = dict(dict(limit=limit, timesteps=ts), **changes)
+        plan.update(data=data, blocks=blocks, max_blocks=max_blocks, heads=model_heads,
+                    epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                    overwrite=overwrite, progress=progress)
+        section = _study_model(out, label, name, random_init, plan, log)
         files[label] = section["files"]
         sections.append(section)
     between = []
@@ -87,26 +96,29 @@ def run_demo(out="probe-demo", models=None, data="demo", timesteps=None, max_blo
     return report
 
 
-def _study_model(out, label, name, random_init, data, timesteps, max_blocks, limit, heads,
-                 epochs, batch_size, progress, log):
-    """Features, linear grid, heads on the best key and CKA for one model; cached as JSON."""
-    from . import cka as cka_fn
+def _study_model(out, label, name, random_init, plan, log):
+    """Features, linear grid, heads on the best key and CKA for one model; cached as JSON.
+    ``plan``: the settings of :func:`run_demo` for this model."""
+    from .measures import cka as cka_fn
     from . import extract, load_model
-    from .cka.plot import heatmaps
+    from .measures.plot import heatmaps
     from .extraction import weights_sha256
     from .heads.compare import compare
-    from .train.loop import atomic_json
+    from .files import atomic_json
 
-    model = load_model(name, random_init=random_init)
-    ts = list(timesteps or default_timesteps(model))
-    blocks = _spread(model.block_names, max_blocks)
+    model = load_model(name, random_init=random_init, device=plan["device"])
+    ts = list(plan["timesteps"] or default_timesteps(model))
+    blocks = (_spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
+              sorted(model.resolve_blocks(plan["blocks"]), key=model.block_names.index))
+    heads, epochs, limit, progress = plan["heads"], plan["epochs"], plan["limit"], plan["progress"]
+    train = dict(progress=progress, epochs=epochs, seed=plan["seed"], device=plan["device"])
     settings = dict(name=name, random_init=random_init, weights_sha256=weights_sha256(model),
-                    data=data, ts=ts, blocks=blocks, limit=limit, heads=list(heads),
-                    epochs=epochs)
+                    data=plan["data"], ts=ts, blocks=blocks, limit=limit, heads=list(heads),
+                    epochs=epochs, seed=plan["seed"])
     mdir = os.path.join(out, label)
     cache = os.path.join(mdir, "section.json")
     section = None
-    if os.path.exists(cache):
+    if os.path.exists(cache) and not plan["overwrite"]:
         with open(cache) as fh:
             section = json.load(fh)
         if section.get("settings") != settings:
@@ -116,16 +128,17 @@ def _study_model(out, label, name, random_init, data, timesteps, max_blocks, lim
             return section
     paths = {}
     for split in ("train", "test"):
-        paths[split] = extract(model, data, split=split, t=ts, blocks=blocks, pool="avg2",
+        paths[split] = extract(model, plan["data"], split=split, t=ts, blocks=blocks, pool="avg2",
                                out=os.path.join(out, "features", f"{label}-{split}.h5"),
-                               limit=limit, batch_size=batch_size, progress=progress, log=log)
+                               limit=limit, batch_size=plan["batch_size"], progress=progress,
+                               noise_seed=plan["seed"], device=plan["device"],
+                               overwrite=plan["overwrite"], log=log)
     if section is None:  # the heads are the slow part: keep them before going on
         grid = compare(paths["train"], paths["test"], heads=["linear"],
-                       out=os.path.join(mdir, "linear"), progress=progress, epochs=epochs)
+                       out=os.path.join(mdir, "linear"), **train)
         best = max(grid, key=lambda r: r["top1"])
         head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
-                            blocks=best["block"], out=os.path.join(mdir, "heads"),
-                            progress=progress, epochs=epochs)
+                            blocks=best["block"], out=os.path.join(mdir, "heads"), **train)
         with open_features(paths["train"]) as ftr, open_features(paths["test"]) as fte:
             sizes = dict(train=len(ftr), test=len(fte))
         section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .errors import ProbeError
+from .device import resolve_device
 
 
 def launched():
@@ -21,10 +21,9 @@ def setup(device=None):
     if not launched():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    # Only the device type is the user's choice: each rank takes the GPU of its local rank.
+    use_cuda = resolve_device(device).type == "cuda"
     if use_cuda:
-        if not torch.cuda.is_available():
-            raise ProbeError("--device cuda was asked for but no GPU is visible to this rank")
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     else:

@@ -12,31 +12,27 @@ Layout (readable with plain h5py)::
 Non-scalar attributes (model description, the command, ...) are stored as JSON
 strings.  A file whose ``complete`` attribute is not true is never read.
 """
+from __future__ import annotations
+
+import contextlib
 import json
 import os
+from typing import Any, Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from .errors import ProbeError
+from .files import atomic_path
+from .selection import Catalog, Key, Spec, parse_key
 
 FORMAT = "probe-features"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 
 
-def key_name(t, block):
+def key_name(t: int, block: str) -> str:
     return f"t{int(t)}/{block}"
-
-
-def parse_key(key):
-    """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4')."""
-    if isinstance(key, tuple):
-        return int(key[0]), str(key[1])
-    t, _, block = str(key).partition("/")
-    if not t.startswith("t") or not t[1:].isdigit() or not block:
-        raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4")
-    return int(t[1:]), block
 
 
 def _attr_value(v):
@@ -111,16 +107,16 @@ def write_features(path, features, *, labels, ids=None, class_names=None, attrs=
     if class_names is None:
         class_names = [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
     keys = [parse_key(k) for k in features]
-    base = {"timesteps": sorted({t for t, _ in keys}),
-            "blocks": list(dict.fromkeys(b for _, b in keys))}
-    tmp = f"{path}.tmp"
-    with create(tmp, num_samples=n, shapes={k: np.shape(v)[1:] for k, v in zip(keys, features.values())},
-                dtype=dtype, labels=labels, ids=ids, class_names=class_names,
-                attrs={**base, **(attrs or {})}) as f:
+    blocks = list(dict.fromkeys(b for _, b in keys))
+    # without a model, the blocks given (in the order given) are the model's list
+    base = {"timesteps": sorted({t for t, _ in keys}), "blocks": blocks, "model_blocks": blocks}
+    with atomic_path(path) as tmp, create(
+            tmp, num_samples=n, shapes={k: np.shape(v)[1:] for k, v in zip(keys, features.values())},
+            dtype=dtype, labels=labels, ids=ids, class_names=class_names,
+            attrs={**base, **(attrs or {})}) as f:
         for k, v in zip(keys, features.values()):
             f[f"features/{key_name(*k)}"][...] = np.asarray(v, dtype=dtype)
         mark_complete(f)
-    os.replace(tmp, path)
     return path
 
 
@@ -132,7 +128,7 @@ class FeatureFile:
     h5py dataset for streaming.
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike, require_complete: bool = True):
         self.path = str(path)
         if not os.path.exists(self.path):
             raise ProbeError(f"feature file not found: {self.path}")
@@ -148,7 +144,8 @@ class FeatureFile:
             self.close()
             raise ProbeError(f"{self.path} is an HDF5 file but not a probe feature file "
                              "(made by another tool?): make one with `probe extract`")
-        if not bool(a.get("complete", False)):
+        self.complete = bool(a.get("complete", False))
+        if require_complete and not self.complete:
             self.close()
             raise ProbeError(f"{self.path} is incomplete (the run that made it stopped early): "
                              "re-run the same `probe extract` command to finish it")
@@ -167,6 +164,7 @@ class FeatureFile:
             self.close()
             raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
         self.keys = sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
+        self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path)
 
     # context manager
     def __enter__(self):
@@ -175,67 +173,89 @@ class FeatureFile:
     def __exit__(self, *exc):
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         try:
             self.h5.close()
         except Exception:
             pass
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.labels)
 
     @property
-    def num_samples(self):
+    def num_samples(self) -> int:
         return len(self.labels)
 
     @property
-    def timesteps(self):
+    def timesteps(self) -> list[int]:
         return sorted({t for t, _ in self.keys})
 
     @property
-    def blocks(self):
+    def blocks(self) -> list[str]:
         return list(dict.fromkeys(b for _, b in self.keys))
 
-    def _check(self, key):
-        key = parse_key(key)
-        if key not in self.keys:
-            raise ProbeError(
-                f"{self.path} has no features for t={key[0]}, block {key[1]}; it has t in "
-                f"{self.timesteps} and blocks {', '.join(self.blocks)} (see `probe info`)")
-        return key
+    @property
+    def model_blocks(self) -> list[str] | None:
+        """The model's full block list, in forward order, that block ids count in (None
+        for files written before it was recorded)."""
+        return self.catalog.model_blocks
 
-    def dataset(self, key):
-        return self.h5[f"features/{key_name(*self._check(key))}"]
+    def select(self, t: Spec = "all", blocks: Spec = "all", keys: Spec = None) -> list[Key]:
+        """The (t, block) keys named by ``t`` x ``blocks`` or by ``keys``, in file order
+        (grammar: :mod:`probe.selection`; blocks by name or 1-based id)."""
+        return self.catalog.select(t, blocks, keys)
 
-    def shape(self, key):
+    def key(self, key: str | Key) -> Key:
+        """One key, 'tT/BLOCK' or (t, block) with BLOCK a name or id, checked to exist."""
+        return self.catalog.key(key)
+
+    def dataset(self, key: str | Key) -> h5py.Dataset:
+        return self.h5[f"features/{key_name(*self.key(key))}"]
+
+    def shape(self, key: str | Key) -> tuple[int, ...]:
         """Per-sample shape: (D,) pooled, (C, H, W) spatial."""
         return tuple(self.dataset(key).shape[1:])
 
-    def is_spatial(self, key):
+    def is_spatial(self, key: str | Key) -> bool:
         return len(self.shape(key)) == 3
 
-    def load(self, key, rows=None):
+    def load(self, key: str | Key, rows: Any = None) -> np.ndarray:
         ds = self.dataset(key)
         return ds[...] if rows is None else ds[rows]
 
-    def iter_batches(self, keys, batch_size):
+    def iter_batches(self, keys: Sequence[str | Key], batch_size: int
+                     ) -> Iterator[tuple[int, int, dict[Key, np.ndarray]]]:
         """Yield (start, stop, {key: array}) over all samples, ``batch_size`` rows at a time;
         memory stays bounded by one batch of every key."""
-        keys = [self._check(k) for k in keys]
-        dsets = {k: self.dataset(k) for k in keys}
+        dsets = {key: self.dataset(key) for key in (self.key(k) for k in keys)}
         for start in range(0, len(self), batch_size):
             stop = min(start + batch_size, len(self))
             yield start, stop, {k: d[start:stop] for k, d in dsets.items()}
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """The settings that make two files comparable (model, pooling, dtype, ...)."""
         a = self.attrs
         return {k: a.get(k) for k in ("model", "checkpoint_sha256", "pool", "timesteps",
                                       "noise_seed", "ensemble", "add_noise")}
 
 
-def open_features(path):
-    return FeatureFile(path)
+def open_features(path: str | os.PathLike, require_complete: bool = True) -> FeatureFile:
+    """Open a feature file for reading.  ``require_complete=False`` also opens one whose run
+    stopped before the end (to inspect it: its features are not to be trusted)."""
+    return FeatureFile(path, require_complete)
+
+
+@contextlib.contextmanager
+def opened(f: str | os.PathLike | FeatureFile) -> Iterator[FeatureFile]:
+    """An open FeatureFile for a path (closed after) or an open FeatureFile (left open)."""
+    if isinstance(f, FeatureFile):
+        yield f
+        return
+    ff = open_features(f)
+    try:
+        yield ff
+    finally:
+        ff.close()
 
 
 def check_compatible(train, test, what=("model", "checkpoint_sha256", "pool", "add_noise")):

@@ -2,7 +2,6 @@
 import json
 import os
 
-import torch
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 REFERENCE = os.path.join(FIXTURES, "reference")

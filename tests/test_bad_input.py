@@ -10,7 +10,7 @@ from PIL import Image
 from probe.cli import main
 from probe.errors import ProbeError
 from probe.store import write_features
-from refdata import reference_checkpoint, reference_config
+from refdata import reference_checkpoint
 
 ADM = ["--model", "adm", "--checkpoint", reference_checkpoint("adm", "adm_tiny_uncond"),
        "--config", reference_checkpoint("adm", "adm_tiny_uncond")[:-3] + ".json"]
@@ -56,7 +56,8 @@ CASES = [
     ("extract: unknown model", ["extract", "--model", "dit-xxl"], "unknown model"),
     ("extract: bad --t", ["extract"] + ADM + ["--t", "1e3"], "bad --t"),
     ("extract: --t out of range", ["extract"] + ADM + ["--t", "-5"], "outside the schedule"),
-    ("extract: bad --blocks", ["extract"] + ADM + ["--blocks", "middle"], "unknown block"),
+    ("extract: bad --blocks", ["extract"] + ADM + ["--blocks", "middle"],
+     "has no block .middle. \\(did you mean middle_block\\?\\); it has input_blocks"),
     ("extract: bad --pool", ["extract"] + ADM + ["--pool", "avg-2"], "bad --pool"),
     ("extract: negative batch size", ["extract"] + ADM + ["--batch-size", "-4"], "batch-size"),
     ("extract: zero-length dataset", ["extract"] + ADM + ["--limit", "0"], "zero images"),

@@ -1,6 +1,5 @@
 """`probe demo` end to end on the shipped models (small --limit to keep CI fast)."""
 import csv
-import os
 
 import numpy as np
 
@@ -50,3 +49,23 @@ def test_demo_with_random_init_baselines_and_reuse(tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing") == 2
     strip = lambda text: [l for l in text.splitlines() if not l.startswith("Total time")]
     assert strip((out / "report.md").read_text()) == strip(report)
+
+
+def test_demo_selects_features_with_the_shared_grammar(tmp_path, capsys):
+    import probe
+
+    names = probe.load_model("ldae-fmnist").block_names
+    out = tmp_path / "report"
+    args = ["demo", "--out", str(out), "--models", "ldae-fmnist", "--limit", "40",
+            "--epochs", "1", "--quiet", "--t", "10", "--blocks", "2"]
+    assert main(args) == 0
+    with open_features(str(out / "features" / "ldae-fmnist-test.h5")) as f:
+        assert f.keys == [(10, names[1])]  # block id 2 of the model
+    capsys.readouterr()
+    # other features into the same folder: the finished file is not silently replaced
+    assert main(args[:-1] + ["3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args[:-1] + ["3", "--overwrite"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    with open_features(str(out / "features" / "ldae-fmnist-test.h5")) as f:
+        assert f.keys == [(10, names[2])]

@@ -100,11 +100,11 @@ def test_clean_input_mode_and_float16(tiny_adm, tmp_path):
 
 
 def test_resume_after_interruption_matches(tiny_adm, reference_file, tmp_path, monkeypatch):
-    from probe import extraction as ex
+    from probe.extraction.workdir import Workdir
 
     out = tmp_path / "resumed.h5"
     calls = {"n": 0}
-    real = ex._Workdir.write_part
+    real = Workdir.write_part
 
     def dying(self, *a):
         if calls["n"] == 2:
@@ -112,13 +112,13 @@ def test_resume_after_interruption_matches(tiny_adm, reference_file, tmp_path, m
         calls["n"] += 1
         return real(self, *a)
 
-    monkeypatch.setattr(ex._Workdir, "write_part", dying)
+    monkeypatch.setattr(Workdir, "write_part", dying)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_adm, out)
     assert not out.exists() and len(os.listdir(f"{out}.partial/parts")) == 2
     with pytest.raises(ProbeError, match="incomplete|not found"):
         open_features(str(out))
-    monkeypatch.setattr(ex._Workdir, "write_part", real)
+    monkeypatch.setattr(Workdir, "write_part", real)
     run(tiny_adm, out, batch_size=3)  # a different batch size must not matter
     ref, ids, _ = read_all(reference_file)
     got, ids2, _ = read_all(out)
@@ -178,7 +178,7 @@ CLI = ["extract", "--model", "adm", "--checkpoint", reference_checkpoint("adm", 
     (["--pool", "max"], "bad --pool"),
     (["--t", "1000"], "outside the schedule"),
     (["--t", "ten"], "bad --t"),
-    (["--blocks", "output_blocks.99"], "unknown block"),
+    (["--blocks", "output_blocks.99"], "has no block 'output_blocks.99'"),
     (["--blocks", "40"], "out of range"),
     (["--batch-size", "-1"], "batch-size"),
     (["--out", "/proc/nope/f.h5"], "does not exist|not writable"),
@@ -193,7 +193,7 @@ def test_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
     import re
 
     assert re.search(message, err), err
-    assert not out.exists() and not os.path.exists(f"{out}.tmp")
+    assert os.listdir(tmp_path) == []  # no output, run folder or temporary file
 
 
 def test_cli_extract_and_info(tmp_path, capsys):

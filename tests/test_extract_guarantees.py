@@ -286,6 +286,7 @@ def test_root_attributes_match_independent_sources(tmp_path, capsys):
         assert created.tzinfo is not None
         assert start - timedelta(seconds=1) <= created <= end
         assert a["timesteps"] == [5, 900] and a["blocks"] == blocks
+        assert a["model_blocks"] == model.block_names  # what block ids count in
         assert a["pool"] == "none" and a["dtype"] == "float32"
         assert a["noise_seed"] == 7 and a["ensemble"] == 2 and a["add_noise"] is True
         assert a["class_label"] is None

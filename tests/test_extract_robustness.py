@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from probe.store import open_features
-from refdata import reference_checkpoint, reference_config
+from refdata import reference_checkpoint
 
 FLAGS = ["--model", "adm", "--checkpoint", reference_checkpoint("adm", "adm_tiny_uncond"),
          "--config", os.path.join(os.path.dirname(reference_checkpoint("adm", "adm_tiny_uncond")),
@@ -46,6 +46,11 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+def temporary_files(folder):
+    """Files being written in ``folder`` under a temporary name (probe.files.temp_name)."""
+    return [n for n in os.listdir(folder) if ".tmp-" in n]
+
+
 def _kill_when(p, ready, rng):
     """SIGKILL ``p`` a random few ms after ``ready()`` turns true; False if it finished first."""
     while p.poll() is None:
@@ -65,10 +70,10 @@ def test_sigkill_at_random_moments_then_resume(uninterrupted, tmp_path):
     rng = random.Random(1234)
     # Kill points follow the run's own progress rather than wall-clock time, so they land
     # mid-run on a fast machine as on a slow one: after the first part, at random part counts
-    # (12 batches in all), and while the parts are merged into OUT.tmp.
+    # (12 batches in all), and while the parts are merged into a temporary file next to OUT.
     targets = [1, rng.randint(2, 6), rng.randint(7, 11)]
     kill_points = [lambda k=k: n_parts() >= k for k in targets]
-    kill_points.append(lambda: os.path.exists(f"{out}.tmp"))
+    kill_points.append(lambda: bool(temporary_files(tmp_path)))
     kills = 0
     for ready in kill_points:
         p = subprocess.Popen([sys.executable, "-m", "probe", "extract", *FLAGS, "--limit", "48",
@@ -84,7 +89,7 @@ def test_sigkill_at_random_moments_then_resume(uninterrupted, tmp_path):
     assert kills >= 2
     r = cli(["--limit", "48", "--batch-size", "4", "--out", str(out)])
     assert r.returncode == 0, r.stderr
-    assert not os.path.exists(f"{out}.partial") and not os.path.exists(f"{out}.tmp")
+    assert not os.path.exists(f"{out}.partial") and not temporary_files(tmp_path)
     assert_same(out, uninterrupted)
 
 

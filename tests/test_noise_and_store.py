@@ -49,7 +49,7 @@ def test_store_roundtrip_and_refusals(tmp_path):
         assert f.keys == [(10, "b.0"), (10, "b.1")] and f.is_spatial((10, "b.1"))
         np.testing.assert_allclose(f.load("t10/b.0"), feats[(10, "b.0")].astype(np.float32))
         assert f.ids == list("abcdef") and f.attrs["pool"] == "none"
-        with pytest.raises(ProbeError, match="no features for t=20"):
+        with pytest.raises(ProbeError, match="no features at t=20"):
             f.load((20, "b.0"))
     with h5py.File(path, "r+") as h:
         h.attrs["complete"] = False

@@ -23,18 +23,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser():
     parser = _Parser(prog="probe", description="Probe what diffusion models know about images.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    from .. import __version__
+    from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"probe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"probe.cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"probe.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+    for name in SUBCOMMANDS:  # every one ships: a missing module is a broken install
+        importlib.import_module(f"probe.cli.{name}").register(sub)
     return parser
 
 
@@ -47,6 +41,10 @@ def main(argv=None):
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
+        if getattr(args, "threads", None) is not None:
+            from ..device import set_threads
+
+            set_threads(args.threads)
         return args.func(args) or 0
     except ProbeError as e:
         if debug:

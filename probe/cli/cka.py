@@ -3,13 +3,14 @@ import os
 import warnings
 
 from ..errors import ProbeError
+from .common import add_run_flags, add_selection, refuse_existing, selection
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def register(subparsers):
-    from ..cka.core import KERNELS
-    from ..cka.result import ACROSS
+    from ..measures.core import KERNELS
+    from ..measures.result import ACROSS
 
     p = subparsers.add_parser(
         "cka", help="CKA across blocks, timesteps and models, with heatmaps",
@@ -18,9 +19,8 @@ def register(subparsers):
                     "and JSON next to the heatmap, and a line plot of CKA against t.")
     p.add_argument("a", metavar="A.h5", help="feature file (rows)")
     p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
-    p.add_argument("--keys", nargs="+", metavar="KEY",
-                   help="keys of A: tT/BLOCK, tT (all blocks at T) or BLOCK (all t); default all")
-    p.add_argument("--keys-b", nargs="+", metavar="KEY", help="keys of B (default: --keys, else all)")
+    add_selection(p, what=" of A (the rows)")
+    add_selection(p, suffix="-b", what=" of B (the columns; default: A's selection, in B)")
     p.add_argument("--across", choices=ACROSS,
                    help="heatmap panels: one per t (blocks), one per block (timesteps), or one "
                         "of all keys; default blocks (timesteps when there is one block)")
@@ -29,7 +29,6 @@ def register(subparsers):
                         "batches); default: one full batch")
     p.add_argument("--no-shuffle", action="store_true",
                    help="minibatches in file order instead of random samples of the file")
-    p.add_argument("--seed", type=int, default=0, help="seed of the minibatch shuffle (default 0)")
     p.add_argument("--kernel", choices=KERNELS, default="linear")
     p.add_argument("--sigma", type=float, default=1.0,
                    help="RBF bandwidth as a fraction of the median pairwise distance (default 1)")
@@ -38,7 +37,6 @@ def register(subparsers):
                      help="unbiased HSIC (default with --minibatch)")
     est.add_argument("--biased", dest="unbiased", action="store_const", const=False,
                      help="biased HSIC of Kornblith et al. 2019 (default for a full batch)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="precision of the feature product X X^T; the rest is float64")
     p.add_argument("--line-blocks", nargs="+", metavar="BLOCK",
@@ -48,6 +46,8 @@ def register(subparsers):
                         "at T; default the smallest t), same (same key in B) or tT/BLOCK")
     p.add_argument("--out", default="cka.png", metavar="FILE.png",
                    help="heatmap path; the CSV, JSON and line plot go next to it (default cka.png)")
+    add_run_flags(p, seed_what="the minibatch shuffle", device_default="cpu",
+                  overwrite="the outputs (heatmap, CSV, JSON, line plot)")
     p.set_defaults(func=run)
 
 
@@ -55,8 +55,12 @@ def _comma(values):
     return None if values is None else [w for v in values for w in v.split(",") if w]
 
 
+def _outputs(stem, ext):
+    return [stem + ".csv", stem + ".json", stem + ext, f"{stem}_line{ext}"]
+
+
 def run(args):
-    from ..cka import cka
+    from ..measures import cka
 
     stem, ext = os.path.splitext(args.out)
     if ext.lower() not in FORMATS:
@@ -64,12 +68,16 @@ def run(args):
     if os.path.isdir(args.out):
         raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/cka.png")
     folder = os.path.dirname(os.path.abspath(args.out))
+    refuse_existing(_outputs(stem, ext), args.overwrite)
+    t, blocks, keys = selection(args)
+    t_b, blocks_b, keys_b = selection(args, "_b")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = cka(args.a, args.b, keys=_comma(args.keys), keys_b=_comma(args.keys_b),
-                     across=args.across, minibatch=args.minibatch, kernel=args.kernel,
-                     sigma=args.sigma, unbiased=args.unbiased, shuffle=not args.no_shuffle,
-                     seed=args.seed, device=args.device, dtype=args.dtype, progress=True)
+        result = cka(args.a, args.b, t=t, blocks=blocks, keys=keys, t_b=t_b, blocks_b=blocks_b,
+                     keys_b=keys_b, across=args.across, minibatch=args.minibatch,
+                     kernel=args.kernel, sigma=args.sigma, unbiased=args.unbiased,
+                     shuffle=not args.no_shuffle, seed=args.seed, device=args.device,
+                     dtype=args.dtype, progress=not args.quiet)
     for w in caught:
         print(f"probe: warning: {w.message}")
     drawn = {i for panel in result.panels() for i in panel.rows}
@@ -91,7 +99,7 @@ def run(args):
 def _line_blocks(args, result):
     """The blocks of the CKA-against-t plot, or None for no plot.  Options the user gave are
     checked here, before anything is written, so a bad one leaves no output behind."""
-    from ..cka.plot import default_line_blocks
+    from ..measures.plot import default_line_blocks
 
     several_t = len({t for t, _ in result.rows}) > 1
     asked = args.line_blocks is not None or args.line_ref is not None
@@ -111,7 +119,10 @@ def _line_blocks(args, result):
 def _write_outputs(result, folder, stem, ext, line_blocks, line_ref):
     """CSV, JSON, heatmap and line plot, all or nothing: each is written under a temporary
     name and renamed only once every one of them has been written."""
-    from ..cka.plot import heatmaps, line_plot
+    import contextlib
+
+    from ..files import atomic_path
+    from ..measures.plot import heatmaps, line_plot
 
     made_folder = not os.path.isdir(folder)
     try:
@@ -122,21 +133,16 @@ def _write_outputs(result, folder, stem, ext, line_blocks, line_ref):
         raise ProbeError(f"cannot write to {folder}: choose another --out")
     line_path = f"{stem}_line{ext}"
     finals = [stem + ".csv", stem + ".json", stem + ext] + ([line_path] if line_blocks else [])
-    tmp = {f: os.path.join(os.path.dirname(os.path.abspath(f)),
-                           f".{os.path.basename(f)}.tmp-{os.getpid()}{os.path.splitext(f)[1]}")
-           for f in finals}
     try:
-        result.to_csv(tmp[finals[0]])
-        result.to_json(tmp[finals[1]])
-        heatmaps(result, tmp[finals[2]])
-        if line_blocks:
-            line_plot(result, tmp[line_path], line_blocks, line_ref)
-        for f in finals:
-            os.replace(tmp[f], f)
+        # each temporary file is renamed when the stack closes without error, removed otherwise
+        with contextlib.ExitStack() as stack:
+            tmp = {f: stack.enter_context(atomic_path(f)) for f in finals}
+            result.to_csv(tmp[finals[0]])
+            result.to_json(tmp[finals[1]])
+            heatmaps(result, tmp[finals[2]])
+            if line_blocks:
+                line_plot(result, tmp[line_path], line_blocks, line_ref)
     except BaseException as e:
-        for f in finals:
-            if os.path.exists(tmp[f]):
-                os.remove(tmp[f])
         if made_folder and not os.listdir(folder):
             os.rmdir(folder)
         if isinstance(e, OSError):

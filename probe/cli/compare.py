@@ -1,7 +1,10 @@
 """`probe compare`: a grid of heads over (t, block) keys -> CSV, markdown table, plots."""
 import os
 
+from .common import add_overwrite, add_selection, refuse_existing, selection
 from .fit import add_head_args, add_train_args, options
+
+OUTPUTS = ("results.csv", "results.md", "results.json", "accuracy_vs_t.png", "heads.png")
 
 
 def register(sub):
@@ -16,10 +19,10 @@ def register(sub):
     p.add_argument("--heads", default="linear,mlp,cnn,attention",
                    help="comma list of linear, mlp, cnn, attention, logreg, knn "
                         "(default linear,mlp,cnn,attention)")
-    p.add_argument("--t", default="all", help="timesteps, e.g. 10,100, or all (default)")
-    p.add_argument("--blocks", default="all", help="block names, comma-separated, or all (default)")
+    add_selection(p)
     p.add_argument("--out", default="compare", metavar="DIR",
                    help="output folder (default ./compare)")
+    add_overwrite(p, "the results in --out")
     add_head_args(p)
     add_train_args(p)
     p.set_defaults(func=run)
@@ -28,11 +31,12 @@ def register(sub):
 def run(args):
     from ..heads.compare import compare
 
-    rows = compare(args.train, args.test, heads=args.heads, t=args.t, blocks=args.blocks,
+    refuse_existing([os.path.join(args.out, f) for f in OUTPUTS], args.overwrite)
+    t, blocks, keys = selection(args)
+    rows = compare(args.train, args.test, heads=args.heads, t=t, blocks=blocks, keys=keys,
                    out=args.out, comparable_size=args.comparable_size,
-                   progress=not args.no_progress, **options(args))
+                   progress=not args.quiet, **options(args))
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read(), end="")
-    print(f"{len(rows)} results in {args.out}/: results.csv, results.md, results.json, "
-          "accuracy_vs_t.png, heads.png")
+    print(f"{len(rows)} results in {args.out}/: {', '.join(OUTPUTS)}")
     return 0

@@ -1,4 +1,5 @@
 """`probe demo`: the study on the bundled data and the shipped models, as a report."""
+from .common import add_run_flags, add_selection, selection
 
 
 def register(sub):
@@ -14,7 +15,12 @@ def register(sub):
     p.add_argument("--baselines", action="store_true",
                    help="also study each model at random init (same architecture, untrained)")
     p.add_argument("--epochs", type=int, help="head training epochs (default: each head's own)")
-    p.add_argument("--quiet", action="store_true")
+    add_selection(p, t_default="four spread over the schedule", keys=False,
+                  what=" (default: t spread over the schedule, 5 blocks spread over the network)")
+    add_run_flags(p, seed_what="the noise and the heads",
+                  overwrite="the report and its cached features and results (without it, a "
+                            "re-run reuses what matches)", batch_size=64,
+                  batch_what="images per extraction batch")
     p.set_defaults(func=run)
 
 
@@ -22,5 +28,8 @@ def run(args):
     from ..demo import run_demo
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
-    run_demo(args.out, models=models, data=args.data, limit=args.limit, epochs=args.epochs,
-             baselines=args.baselines, progress=not args.quiet)
+    t, blocks, _ = selection(args)
+    run_demo(args.out, models=models, data=args.data, t=t, blocks=blocks, limit=args.limit,
+             epochs=args.epochs, baselines=args.baselines, batch_size=args.batch_size,
+             seed=args.seed, device=args.device, overwrite=args.overwrite,
+             progress=not args.quiet)

@@ -4,6 +4,8 @@ import re
 import sys
 
 from ..errors import ProbeError
+from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, \
+    add_selection, add_threads, refuse_existing, selection
 
 HEAD_CHOICES = "linear | mlp | cnn | attention | logreg | knn"
 
@@ -37,7 +39,7 @@ def add_train_args(p):
     g.add_argument("--epochs", type=int,
                    help="at most this many epochs (default 30; linear: 100, and at least 4000 "
                         "steps on small sets)")
-    g.add_argument("--batch-size", type=int, help="default 256")
+    add_batch_size(g, None, "training batch size (default 256)")
     g.add_argument("--optimizer", choices=["adamw", "sgd"],
                    help="default: sgd (momentum 0.9) for linear, adamw for the others")
     g.add_argument("--lr", type=float,
@@ -51,9 +53,9 @@ def add_train_args(p):
                         "(default: 0 for linear, a quarter of the epochs (at least 5) for others)")
     g.add_argument("--val-fraction", type=float,
                    help="validation split carved from train for early stopping (default 0.1)")
-    g.add_argument("--seed", type=int,
-                   help="seeds the split, the init and the batch order (default 0)")
-    g.add_argument("--device", help="cpu | cuda | cuda:N (default: cuda if available)")
+    add_seed(g, "the validation split, the init and the batch order")
+    add_device(g)
+    add_threads(g)
     g.add_argument("--memory-limit", type=float, dest="memory_limit_gb", metavar="GB",
                    help="features larger than this are streamed from the file (default 2)")
     m = g.add_mutually_exclusive_group()
@@ -61,7 +63,7 @@ def add_train_args(p):
                    help="always stream features from the file")
     m.add_argument("--in-memory", dest="stream", action="store_const", const=False,
                    help="always load features into memory")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet(g)
 
 
 HEAD_KEYS = ("hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C")
@@ -85,12 +87,13 @@ def register(sub):
                                    "as JSON.")
     p.add_argument("features", metavar="FEATURES.h5", help="training features")
     p.add_argument("--head", default="linear", help=HEAD_CHOICES + " (default linear)")
-    p.add_argument("--t", type=int, help="timestep (may be omitted if the file has one)")
-    p.add_argument("--block", help="block name (may be omitted if the file has one)")
+    add_selection(p, what=" (one key: --t and --blocks may be omitted where the file "
+                          "leaves one choice)")
     p.add_argument("--test", metavar="TEST.h5",
                    help="test features from the same model and settings")
     p.add_argument("--out", metavar="RESULT.json",
                    help="where to save the JSON (default fit-HEAD-tT-BLOCK.json)")
+    add_overwrite(p, "--out")
     p.add_argument("--json", action="store_true", help="print the JSON instead of a summary")
     add_head_args(p)
     add_train_args(p)
@@ -104,11 +107,17 @@ def default_out(head, t, block):
 def run(args):
     from ..heads.fit import fit
 
-    result = fit(args.features, t=args.t, block=args.block, head=args.head, test=args.test,
-                 comparable_size=args.comparable_size, progress=not args.no_progress,
+    from ..store import open_features
+
+    t, blocks, keys = selection(args)
+    with open_features(args.features) as f:  # the key, to check the output before training
+        key = f.catalog.one(t, blocks, keys)
+    out = args.out or default_out(args.head, *key)
+    refuse_existing([out], args.overwrite)
+    result = fit(args.features, t=key[0], blocks=key[1], head=args.head, test=args.test,
+                 comparable_size=args.comparable_size, progress=not args.quiet,
                  **options(args))
     s = result.summary
-    out = args.out or default_out(s["head"], s["t"], s["block"])
     result.save(out)
     if args.json:
         print(json.dumps(s, indent=1))

@@ -3,18 +3,22 @@ import json
 import os
 
 from ..errors import ProbeError
+from .common import add_selection, selection
+
+HIDDEN = ("format", "complete", "settings")
 
 
 def register(sub):
-    p = sub.add_parser("info", help="print how a feature file was made and what it holds")
+    p = sub.add_parser("info", help="print how a feature file was made and what it holds",
+                       description="Print a feature file's settings and its (t, block) keys with "
+                                   "their block ids; --t/--blocks/--keys list only those keys.")
     p.add_argument("file")
+    add_selection(p, what=" to list")
     p.set_defaults(func=run)
 
 
 def run(args):
-    import h5py
-
-    from ..store import FORMAT, _read_attr
+    from ..store import open_features
 
     path = args.file
     if not os.path.exists(path):
@@ -25,25 +29,35 @@ def run(args):
                   "re-run the same `probe extract` command to finish it")
             return 0
         raise ProbeError(f"file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError:
-        raise ProbeError(f"{path} is not a readable HDF5 file (truncated or corrupt?)") from None
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise ProbeError(f"{path} is not a probe feature file (made by another tool?)")
+    with open_features(path, require_complete=False) as f:
+        keys = f.select(*selection(args))
         print(f"{path}  ({os.path.getsize(path) / 2**20:.1f} MiB)")
-        print(f"  status: {'complete' if f.attrs.get('complete') else 'INCOMPLETE'}")
+        print(f"  status: {'complete' if f.complete else 'INCOMPLETE'}")
         for k in sorted(f.attrs):
-            if k in ("format", "complete", "settings"):
-                continue
-            v = _read_attr(f.attrs[k])
-            text = json.dumps(v) if isinstance(v, (dict, list)) else str(v)
-            print(f"  {k}: {text}")
+            if k not in HIDDEN:
+                print(f"  {k}: {_text(f, k)}")
         print("  features:")
-        for tname in f.get("features", {}):
-            for block, ds in f["features"][tname].items():
-                print(f"    {tname}/{block}: {ds.shape} {ds.dtype}")
-        names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][...]]
+        for t, block in keys:
+            ds = f.dataset((t, block))
+            print(f"    t{t}/{block}: {ds.shape} {ds.dtype}{_id(f, block)}")
+        names = f.class_names
         print(f"  classes ({len(names)}): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     return 0
+
+
+def _id(f, block):
+    if f.model_blocks and block in f.model_blocks:
+        return f"  (block {f.model_blocks.index(block) + 1})"
+    return ""
+
+
+def _text(f, k):
+    """An attribute as text; block lists with the ids that --blocks takes."""
+    from ..selection import block_list
+
+    v = f.attrs[k]
+    if k == "model_blocks" and v:
+        return block_list(v)
+    if k == "blocks" and f.model_blocks:
+        return ", ".join(f"{b} ({f.model_blocks.index(b) + 1})" for b in v if b in f.model_blocks)
+    return json.dumps(v) if isinstance(v, (dict, list)) else v

@@ -1,7 +1,4 @@
 """`probe models` (the zoo) and `probe blocks NAME` (block names, ids and shapes)."""
-import torch
-
-from ..errors import ProbeError
 
 
 def register(sub):
@@ -38,52 +35,21 @@ def run_models(args):
     return 0
 
 
-def _meta_model(name, checkpoint, trust_checkpoint=False, config=None):
-    from ..extractors.registry import FAMILIES, load_model, resolve
-
-    config = dict(config or {})
-    family = name if name in FAMILIES else resolve(name)[1]["family"]
-    if family == "dit":
-        config.setdefault("vae", None)  # block shapes do not depend on the VAE
-    if checkpoint:
-        return load_model(name, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint, **config)
-    arch_flags = config.keys() - {"vae"}
-    if name in FAMILIES and not arch_flags:
-        raise ProbeError(f"`probe blocks {name}` needs --checkpoint, or the architecture as "
-                         "--model-flags/--config (or use a registry name, see `probe models`)")
-    if name not in FAMILIES:
-        name, spec = resolve(name)
-        if spec.get("file") and not arch_flags:  # shipped small models: the real thing
-            return load_model(name)
-    with torch.device("meta"):  # the architecture only: no memory, no weights
-        return load_model(name, random_init=True, **config)
-
-
 def run_blocks(args):
-    from ..extractors.hooks import capture, run_until_stop
+    from ..extractors.registry import load_architecture
 
     from .extract import model_kwargs
 
     kw = model_kwargs(args)
     checkpoint, trust = kw.pop("checkpoint"), kw.pop("trust_checkpoint")
     kw.pop("random_init")
-    model = _meta_model(args.model, checkpoint, trust, kw)
-    device = next(model.parameters()).device
+    model = load_architecture(args.model, checkpoint, trust, **kw)
+    shapes = model.block_shapes(args.image_size)
     c, h, w = model.input_shape
     if args.image_size:
-        if model.vae is not None or model.family != "adm":
-            raise ProbeError("--image-size applies to convolutional pixel-space models (adm)")
         h = w = args.image_size
-    x = torch.zeros(1, c, h, w, device=device)
-    names = model.block_names
-    mods = model._block_modules()
-    y = None
-    if model.num_classes is not None and model.null_class is None:
-        y = torch.zeros(1, dtype=torch.long, device=device)
-    with torch.no_grad(), capture(mods) as out:
-        run_until_stop(model.forward, x, torch.zeros(1, dtype=torch.long, device=device), y)
-    print(f"{model.name}: {len(names)} blocks, input {(c, h, w)}")
+    print(f"{model.name}: {len(shapes)} blocks, input {(c, h, w)}")
     print(f"{'id':>4}  {'block':<20} output shape (C, H, W) or (tokens, D)")
-    for i, n in enumerate(names, 1):
-        print(f"{i:>4}  {n:<20} {tuple(out[n].shape[1:])}")
+    for i, name, shape in shapes:
+        print(f"{i:>4}  {name:<20} {shape}")
     return 0

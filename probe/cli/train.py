@@ -1,9 +1,9 @@
 """`probe train ldae|dit|adm`: train a model on a dataset and write a loadable checkpoint."""
-import json
 import math
 import os
 
 from ..errors import ProbeError
+from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_threads
 
 # Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
 SMALL_DIT = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3, class_dropout_prob=0.0,
@@ -85,23 +85,23 @@ def _common(q, lr):
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="passes over the data (default 1)")
     length.add_argument("--steps", type=int, help="optimizer steps in total, instead of epochs")
-    g.add_argument("--batch-size", type=int, default=128)
+    add_batch_size(g, 128, "images per optimizer step")
     g.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup", type=int, default=0, help="linear warmup steps (default 0)")
-    g.add_argument("--seed", type=int, default=0, help="seeds init, data order, noise, PCA")
+    add_seed(g, "the init, the data order, the noise and the PCA")
     g.add_argument("--config", action="append", default=[], metavar="KEY=VALUE|FILE.json",
                    help="model arguments by their original names, e.g. --config depth=8")
     g = q.add_argument_group("run")
     g.add_argument("--out", help="output folder (default runs/FAMILY)")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_device(g)
+    add_threads(g)
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    g.add_argument("--overwrite", action="store_true", help="replace the run saved in --out")
+    add_overwrite(g, "the run saved in --out")
     g.add_argument("--save-every", type=int, default=0,
                    help="also checkpoint every N steps (default: every epoch only)")
     g.add_argument("--log-every", type=int, default=10, help="loss curve resolution in steps")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(g)
 
 
 def _arch(q, d):
@@ -116,28 +116,10 @@ def _no_family(args):
     raise ProbeError("say what to train: probe train ldae|dit|adm (see `probe train --help`)")
 
 
-def _config_items(items):
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep and item.endswith(".json"):
-            try:
-                with open(item) as fh:
-                    out.update(json.load(fh))
-            except (OSError, ValueError) as e:
-                raise ProbeError(f"cannot read --config file {item}: {e}") from e
-            continue
-        if not sep or not key.strip():
-            raise ProbeError(f"bad --config {item!r}: use KEY=VALUE or a .json file")
-        try:
-            out[key.strip()] = json.loads(value.strip())
-        except ValueError:
-            out[key.strip()] = value.strip()
-    return out
-
-
 def _model_config(args, channels):
-    extra = _config_items(args.config)
+    from ..extractors.config import parse_config_items
+
+    extra = parse_config_items(args.config)
     if args.family == "ldae":
         cfg = dict(image_size=args.image_size, in_channels=channels,
                    patch_size=args.patch_size, hidden_size=args.hidden_size, depth=args.depth,
@@ -182,13 +164,9 @@ def _build(args, cfg, images, resume):
 
 
 def run(args):
-    import torch
-
     from ..data import load_dataset
     from ..train import loop
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = args.out or os.path.join("runs", args.family)
     epochs = None if args.steps is not None else (args.epochs if args.epochs is not None else 1)
     loop.check_options(epochs, args.steps, args.batch_size, args.lr, args.warmup,

@@ -16,6 +16,7 @@ from ..errors import ProbeError, suggest
 from . import checkpoints
 from .adm_unet import unet_from_flags
 from .base import Extractor
+from .config import coerce
 from .schedules import DDPMSchedule
 
 # guided-diffusion's script defaults (model_and_diffusion_defaults), i.e. what a
@@ -35,6 +36,7 @@ DEFAULTS = {**MODEL_FLAGS, **DIFFUSION_FLAGS}
 
 class ADMExtractor(Extractor):
     family = "adm"
+    any_image_size = True
 
     def __init__(self, net, *, rescale_timesteps=False, **kwargs):
         super().__init__(net, **kwargs)
@@ -95,39 +97,7 @@ def resolve_flags(config):
         k = unknown[0]
         raise ProbeError(f"unknown ADM flag {k!r}{suggest(k, DEFAULTS)}; ADM takes "
                          f"guided-diffusion's model and diffusion flags: {', '.join(DEFAULTS)}")
-    return {k: _coerce(k, config.get(k, d), d) for k, d in DEFAULTS.items()}
-
-
-def _coerce(key, value, default):
-    try:
-        if isinstance(default, bool):
-            return _to_bool(value)
-        if isinstance(default, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(value, (tuple, list)):
-            return ",".join(str(v) for v in value)
-        return str(value)
-    except (TypeError, ValueError):
-        kind = {bool: "True or False", int: "an integer", float: "a number"}.get(
-            type(default), "a string")
-        raise ProbeError(f"ADM flag {key}={value!r} should be {kind}") from None
-
-
-def _to_bool(value):
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "t", "yes", "y", "1"):
-        return True
-    if text in ("false", "f", "no", "n", "0"):
-        return False
-    raise ValueError(value)
+    return {k: coerce(k, config.get(k, d), d, "ADM flag") for k, d in DEFAULTS.items()}
 
 
 def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):

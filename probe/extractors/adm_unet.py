@@ -7,13 +7,12 @@ use is here: 2-D images, learned (convolutional) resampling, no gradient
 checkpointing and no float16 torso (``use_fp16``/``use_checkpoint`` only saved
 memory during training, they do not change the weights).
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ProbeError
+from .embeddings import timestep_embedding
 
 NUM_CLASSES = 1000
 
@@ -24,16 +23,6 @@ _DEFAULT_MULT = {
     128: (1, 1, 2, 3, 4),
     64: (1, 2, 3, 4),
 }
-
-
-def timestep_embedding(t, dim, max_period=10000):
-    """Sinusoidal embedding of (possibly fractional) timesteps, cosines first."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period)
-                      * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
 
 
 def _zeroed(module):

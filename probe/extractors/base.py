@@ -9,17 +9,27 @@ Subclasses provide ``_forward(x, t, y)`` (the network's own call) and
 everything else — block ids, hooks, early exit, the null class — lives here.
 """
 import math
-import numbers
+from collections.abc import Sequence
+from typing import Any, TypeAlias, Union
 
 import torch
 from torch import nn
 
-from ..errors import ProbeError, suggest
+from ..errors import ProbeError
+from ..selection import resolve_blocks
 from .hooks import capture, run_until_stop
+from .schedules import Schedule
+
+# Timesteps as callers give them: one for the whole batch, or one per input.
+Timesteps: TypeAlias = Union[int, float, Sequence[int], torch.Tensor]
+# Class labels: one for the whole batch, one per input, or None (the null class).
+Labels: TypeAlias = Union[int, Sequence[int], torch.Tensor, None]
 
 
 class Extractor(nn.Module):
     family = "base"
+    any_image_size = False  # a convolutional pixel-space net that runs at other sizes
+    schedule: Schedule
 
     def __init__(self, net, *, name, schedule, image_size, image_channels=3,
                  num_classes=None, null_class=None, vae=None, vae_scale=0.18215,
@@ -42,52 +52,44 @@ class Extractor(nn.Module):
         raise NotImplementedError
 
     @property
-    def block_names(self):
+    def block_names(self) -> list[str]:
         return list(self._block_modules().keys())
 
     def resolve_blocks(self, blocks):
-        """Names, 1-based ids in forward order, 'all', or a comma list of these -> names."""
-        names = self.block_names
-        if blocks is None or blocks == "all":
-            return names
-        if isinstance(blocks, (str, int)):
-            blocks = [blocks]
-        out = []
-        for b in blocks:
-            for item in (str(b).split(",") if isinstance(b, str) else [b]):
-                item = item.strip() if isinstance(item, str) else item
-                if item == "all":
-                    out.extend(names)
-                    continue
-                if isinstance(item, numbers.Integral) and not isinstance(item, bool) or (
-                        isinstance(item, str) and item.isdigit()):
-                    i = int(item)
-                    if not 1 <= i <= len(names):
-                        raise ProbeError(
-                            f"block id {i} is out of range: {self.name} has blocks 1..{len(names)}"
-                            f" (see `probe blocks {self.name}`)")
-                    out.append(names[i - 1])
-                elif item in names:
-                    out.append(item)
-                else:
-                    raise ProbeError(
-                        f"unknown block {item!r} for {self.name}{suggest(item, names)}; valid: "
-                        f"{_short_list(names)}, or ids 1..{len(names)} (`probe blocks "
-                        f"{self.name}` shows them all with their shapes)")
-        if not out:
-            raise ProbeError(f"no blocks requested for {self.name}: give names, ids or 'all' "
-                             f"(`probe blocks {self.name}` lists them)")
-        seen = set()
-        return [n for n in out if not (n in seen or seen.add(n))]
+        """Names, 1-based ids in forward order, 'all', or a comma list of these -> names
+        (the grammar of :mod:`probe.selection`)."""
+        return resolve_blocks(blocks, self.block_names, self.name,
+                              f"`probe blocks {self.name}` shows them with their shapes")
 
-    def block_id(self, name):
+    def block_id(self, name: str) -> int:
         return self.block_names.index(name) + 1
+
+    @torch.no_grad()
+    def block_shapes(self, image_size: int | None = None) -> list[tuple[int, str, tuple]]:
+        """``(id, name, output shape)`` of every block for one input, from a pass of zeros
+        at t = 0; on the meta device (see ``registry.load_architecture``) it costs nothing.
+        ``image_size``: another input side, for nets that take any (ADM U-Nets)."""
+        c, h, w = self.input_shape
+        if image_size is not None:
+            if not self.any_image_size or self.vae is not None:
+                raise ProbeError("--image-size (API image_size=...) applies to convolutional "
+                                 f"pixel-space models (adm), not to {self.name}")
+            h = w = image_size
+        device = next(self.parameters()).device
+        x = torch.zeros(1, c, h, w, device=device)
+        t = torch.zeros(1, dtype=torch.long, device=device)
+        y = None
+        if self.num_classes is not None and self.null_class is None:
+            y = torch.zeros(1, dtype=torch.long, device=device)  # shapes do not depend on it
+        with capture(self._block_modules()) as out:
+            run_until_stop(self.forward, x, t, y)
+        return [(i, n, tuple(out[n].shape[1:])) for i, n in enumerate(self.block_names, 1)]
 
     # ---- running the network --------------------------------------------------
     def _forward(self, x, t, y):
         raise NotImplementedError
 
-    def labels(self, y, batch, device):
+    def labels(self, y: Labels, batch: int, device: torch.device) -> torch.Tensor | None:
         """The class labels to feed: y if given, else the null class; never the true labels
         silently.  Class-conditional models without a null class need an explicit y."""
         if self.num_classes is None:
@@ -101,19 +103,21 @@ class Extractor(nn.Module):
         y = torch.as_tensor(y, device=device).long()
         return y.expand(batch) if y.dim() == 0 else y
 
-    def _timesteps(self, t, batch, device):
+    def _timesteps(self, t: Timesteps, batch: int, device: torch.device) -> torch.Tensor:
         if not (torch.is_tensor(t) and t.is_meta):  # shape-only runs carry no values
             self.schedule.check_t(t.cpu() if torch.is_tensor(t) else t)
         t = torch.as_tensor(t, device=device)
         t = t.long() if not t.is_floating_point() else t
         return t.expand(batch) if t.dim() == 0 else t
 
-    def forward(self, x, t, y=None):
+    def forward(self, x: torch.Tensor, t: Timesteps, y: Labels = None) -> torch.Tensor:
         """The network's full output for input x (already in model space) at timestep t."""
         t = self._timesteps(t, x.shape[0], x.device)
         return self._forward(x, t, self.labels(y, x.shape[0], x.device))
 
-    def forward_intermediates(self, x, t, blocks, y=None, stop_early=True):
+    def forward_intermediates(self, x: torch.Tensor, t: Timesteps, blocks: Any,
+                              y: Labels = None,
+                              stop_early: bool = True) -> dict[str, torch.Tensor]:
         """Raw outputs of the requested blocks, as ``{name: tensor}`` in forward order.
 
         No noise is added here: x is the network input.  With ``stop_early`` the pass
@@ -129,17 +133,17 @@ class Extractor(nn.Module):
 
     # ---- the diffusion process ----------------------------------------------------
     @property
-    def num_timesteps(self):
+    def num_timesteps(self) -> int:
         return self.schedule.num_timesteps
 
-    def q_sample(self, x0, t, noise):
+    def q_sample(self, x0: torch.Tensor, t: Timesteps, noise: torch.Tensor) -> torch.Tensor:
         """Noise a model-space input x0 to timestep t with the given noise."""
         t = self._timesteps(t, x0.shape[0], x0.device)
         return self.schedule.q_sample(x0, t, noise)
 
     # ---- input pipeline -------------------------------------------------------------
     @torch.no_grad()
-    def prepare(self, images):
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, image_channels, S, S) -> network input (pixels in [-1, 1],
         or VAE latents for latent models: posterior mean times the VAE scale)."""
         x = images * 2.0 - 1.0
@@ -149,7 +153,7 @@ class Extractor(nn.Module):
         return x
 
     @property
-    def input_pipeline(self):
+    def input_pipeline(self) -> str:
         """What :meth:`prepare` does, in words (recorded with the features)."""
         if self.vae is not None:
             return (f"to [-1,1], VAE posterior mean x {self.vae_scale} "
@@ -157,14 +161,14 @@ class Extractor(nn.Module):
         return "to [-1,1]"
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, int, int]:
         """Shape (C, H, W) of one network input (after :meth:`prepare`)."""
         c = self.config.get("in_channels", self.image_channels)
         s = self.config.get("input_size", self.image_size)
         return (c, s, s)
 
     @staticmethod
-    def to_map(feature):
+    def to_map(feature: torch.Tensor) -> torch.Tensor:
         """Block output -> spatial map (B, C, H, W).  Token sequences (B, N, D) on a square
         grid are reshaped to (B, D, sqrt N, sqrt N)."""
         if feature.dim() == 4:
@@ -177,7 +181,7 @@ class Extractor(nn.Module):
             return feature.transpose(1, 2).reshape(b, d, side, side)
         raise ProbeError(f"cannot make a spatial map from a feature of shape {tuple(feature.shape)}")
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         """What a feature file records about the model."""
         return {
             "model": self.name,
@@ -191,19 +195,3 @@ class Extractor(nn.Module):
             "config": self.config,
             "source": self.source,
         }
-
-
-def _short_list(names):
-    """Every name, with runs of numbered ones folded: 'input_blocks.0..11, middle_block'."""
-    out, i = [], 0
-    while i < len(names):
-        prefix, _, num = names[i].rpartition(".")
-        j = i
-        while (num.isdigit() and j + 1 < len(names)
-               and names[j + 1] == f"{prefix}.{int(num) + j + 1 - i}"):
-            j += 1
-        out.append(names[i] if j - i < 2 else f"{names[i]}..{names[j].rpartition('.')[2]}")
-        if j - i == 1:
-            out.append(names[j])
-        i = j + 1
-    return ", ".join(out)

@@ -3,7 +3,8 @@
 load as they are.
 
 Built from timm's ViT pieces as the original is.  ``num_classes=0`` gives an
-unconditional DiT (no label embedding), for models trained with this toolkit.
+unconditional DiT (no label embedding), for models trained with this toolkit.  The
+l-DAE (``ldae.py``) is built from the same block, final layer and timestep embedder.
 """
 import math
 
@@ -11,19 +12,44 @@ import torch
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
+from ..errors import ProbeError, suggest
+from .config import coerce
+from .embeddings import timestep_embedding
+
+# The DiT constructor's arguments and defaults (DiT-XL/2, 256px).
+DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,
+                num_heads=16, mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000,
+                learn_sigma=True)
+
+
+def resolve_config(given):
+    """User arguments -> the complete, typed DiT constructor arguments."""
+    check_keys(given)
+    c = {**DEFAULTS, **{k: coerce(k, v, DEFAULTS[k], "DiT argument") for k, v in given.items()}}
+    if c["hidden_size"] % c["num_heads"] or c["hidden_size"] % 4:
+        raise ProbeError(f"DiT hidden_size={c['hidden_size']} must be a multiple of num_heads="
+                         f"{c['num_heads']} and of 4")
+    if c["input_size"] % c["patch_size"]:
+        raise ProbeError(f"DiT input_size={c['input_size']} must be a multiple of patch_size="
+                         f"{c['patch_size']}")
+    return c
+
+
+def check_keys(given):
+    for key in given:
+        if key not in DEFAULTS:
+            raise ProbeError(f"unknown DiT argument {key!r}{suggest(key, DEFAULTS)}; DiT takes "
+                             f"{', '.join(DEFAULTS)} and vae")
+
+
+def describe(name, config):
+    """The architecture, for messages about weights that do not fit it."""
+    return (f"the DiT of {name} (hidden_size={config['hidden_size']}, depth={config['depth']}, "
+            f"input_size={config['input_size']}, num_classes={config['num_classes']})")
+
 
 def modulate(x, shift, scale):
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-def timestep_frequencies(t, dim=256, max_period=10000):
-    """Sinusoidal features of (possibly fractional) timesteps: cosines first, then sines."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device)
-                      * (-math.log(max_period) / half))
-    angles = t.float()[:, None] * freqs[None]
-    emb = torch.cat([angles.cos(), angles.sin()], dim=-1)
-    return nn.functional.pad(emb, (0, dim % 2))
 
 
 def sincos_pos_embed(dim, side):
@@ -50,7 +76,7 @@ class TimestepEmbedder(nn.Module):
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t):
-        freqs = timestep_frequencies(t, self.frequency_embedding_size)
+        freqs = timestep_embedding(t, self.frequency_embedding_size)
         return self.mlp(freqs.to(self.mlp[0].weight.dtype))  # float32 sines into a half net
 
 

@@ -1,11 +1,14 @@
 """Latent denoising autoencoders (l-DAE; Chen, Liu, Xie & He 2024), built for probing.
 
-The network is a DiT-style ViT without class conditioning: patch embedding, fixed 2-D
-sin-cos positions, ``depth`` blocks with adaLN-Zero timestep conditioning (timm's
-Attention and Mlp inside), and a linear head back to pixels.  The first
-``encoder_depth`` blocks are the encoder (probed), the rest the decoder.
+The network is a DiT without class conditioning, built from DiT's own block, final layer
+and timestep embedder (``dit_net``): patch embedding, fixed 2-D sin-cos positions,
+``depth`` blocks with adaLN-Zero timestep conditioning, and a linear head back to
+pixels.  Two details are its own, and the trained weights depend on them: timm's
+position table (a different channel layout from DiT's) and the patch layout of the
+output (channel-major, like the tokenizer's).  The first ``encoder_depth`` blocks are
+the encoder (probed), the rest the decoder.
 
-The tokenizer is patch-wise PCA fitted on training patches (``probe.train.pca``); its
+The tokenizer (``ldae_tokenizer``) is patch-wise PCA fitted on training patches; its
 mean and full basis are buffers of the network, so a checkpoint carries them.  Noise
 lives in the first ``latent_dim`` PCA coordinates of each patch: the network sees
 ``mean + V^T (gamma_t V (x - mean) + sigma_t eps)``.  With ``noise_space="pixel"`` it
@@ -14,24 +17,31 @@ is the classical DAE: ``gamma_t x + sigma_t eps`` with no tokenizer.
 Checkpoints (written by ``probe train ldae``) hold only plain types, so they load with
 ``torch.load(weights_only=True)``::
 
-    {"format": "probe-ldae", "version": 1, "config": {...}, "model": state_dict,
+    {"format": "probe-ldae", "version": 2, "config": {...}, "model": state_dict,
      "meta": {...how it was trained...}}
+
+Version 1 checkpoints (the shipped ``ldae-fmnist`` and ``dae-pixel-fmnist``, and
+``probe train ldae`` runs before version 2) load too: :func:`upgrade_state_dict`
+renames their keys.
 """
 import math
-from functools import partial
 
 import torch
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from timm.layers import Attention, Mlp, PatchEmbed, build_sincos2d_pos_embed
+from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from torch import nn
 
 from ..errors import ProbeError, suggest
 from .base import Extractor
 from .checkpoints import load_file, load_into, state_dict_from
-from .schedules import check_timesteps
+from .config import coerce
+from .dit_net import DiTBlock, FinalLayer, TimestepEmbedder
+from .ldae_tokenizer import PatchPCA, patchify, unpatchify
+from .schedules import LDAESchedule
 
 FORMAT = "probe-ldae"
-VERSION = 1
+# 2: the timestep MLP is DiT's TimestepEmbedder (``t_embedder.mlp.0/2``); version 1 ran
+# it as diffusers' TimestepEmbedding (``t_embedder.linear_1/2``), see upgrade_state_dict.
+VERSION = 2
 NOISE_SPACES = ("latent", "pixel")
 SCHEDULES = ("sigma-linear", "gamma2-linear")
 TARGETS = ("clean", "noise")
@@ -54,19 +64,15 @@ def patch_dim(config):
 
 
 def validate_config(config):
-    """Fill defaults and check a config; every user mistake is a one-line ProbeError."""
-    unknown = [k for k in config if k not in DEFAULTS]
-    if unknown:
-        raise ProbeError(f"unknown ldae option {unknown[0]!r}{suggest(unknown[0], DEFAULTS)}; "
-                         f"valid: {', '.join(DEFAULTS)}")
-    c = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    """Fill defaults, type and check a config; every user mistake is a one-line ProbeError."""
+    c = _typed(config)
     for key, choices in (("noise_space", NOISE_SPACES), ("schedule", SCHEDULES),
                          ("target", TARGETS), ("loss_weight", LOSS_WEIGHTS)):
         if c[key] not in choices:
             raise ProbeError(f"ldae {key} must be one of {', '.join(choices)}, not {c[key]!r}")
     for key in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads",
                 "num_timesteps"):
-        if not isinstance(c[key], int) or isinstance(c[key], bool) or c[key] < 1:
+        if c[key] < 1:
             raise ProbeError(f"ldae {key} must be a positive integer, not {c[key]!r}")
     s, p = c["image_size"], c["patch_size"]
     if s % p:
@@ -95,7 +101,7 @@ def validate_config(config):
         c["latent_dim"] = None
     else:
         d = c["latent_dim"] if c["latent_dim"] is not None else max(1, D // 4)
-        if not isinstance(d, int) or not 1 <= d <= D:
+        if not 1 <= d <= D:
             raise ProbeError(f"latent dim d={d} must be between 1 and the patch dimension "
                              f"D = channels x patch^2 = {D}: lower --latent-dim or raise "
                              "--patch-size")
@@ -109,156 +115,25 @@ def validate_config(config):
                          f"0..{c['num_timesteps'] - 1}")
     if not c["residual_weight"] >= 0:
         raise ProbeError(f"residual_weight must be >= 0, not {c['residual_weight']}")
-    c["mlp_ratio"], c["sigma_max"] = float(c["mlp_ratio"]), float(c["sigma_max"])
-    c["residual_weight"] = float(c["residual_weight"])
     return c
 
 
-# ---- the tokenizer ---------------------------------------------------------------------
-def patchify(x, p):
-    """(B, C, H, W) -> (B, N, C*p*p), patches in row-major order, each flattened (c, i, j)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens, p, c, h, w):
-    b = tokens.shape[0]
-    x = tokens.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, c, h, w)
-
-
-class PatchPCA(nn.Module):
-    """Patch-wise PCA: ``mean`` (D,), ``components`` (D, D) orthonormal rows in order of
-    decreasing ``variance``; the latent is the first ``d`` coordinates."""
-
-    def __init__(self, channels, patch_size, d):
-        super().__init__()
-        self.channels, self.patch_size, self.d = channels, patch_size, d
-        D = channels * patch_size ** 2
-        # Until fitted: the identity basis (pixel coordinates), so the module is usable.
-        self.register_buffer("mean", torch.zeros(D))
-        self.register_buffer("components", torch.eye(D))
-        self.register_buffer("variance", torch.ones(D))
-
-    def set_basis(self, mean, components, variance):
-        self.mean.copy_(torch.as_tensor(mean))
-        self.components.copy_(torch.as_tensor(components))
-        self.variance.copy_(torch.as_tensor(variance))
-
-    def coords(self, x, center=True):
-        """Pixels (B, C, H, W) -> full-basis PCA coordinates per patch (B, N, D)."""
-        t = patchify(x, self.patch_size)
-        if center:
-            t = t - self.mean.to(t.dtype)
-        return t @ self.components.to(t.dtype).T
-
-    def pixels(self, z, shape, center=True):
-        """Full-basis coordinates (B, N, D) -> pixels of the given shape."""
-        t = z @ self.components.to(z.dtype)
-        if center:
-            t = t + self.mean.to(z.dtype)
-        return unpatchify(t, self.patch_size, *shape[1:])
-
-    def mix(self, x0, noise, gamma, sigma):
-        """mean + V^T (gamma V (x0 - mean) + sigma V noise): the noisy input of the latent
-        DAE.  gamma, sigma broadcast over the batch; V is the first d components."""
-        z = self.coords(x0)
-        n = self.coords(noise, center=False)
-        keep = torch.zeros(z.shape[-1], dtype=z.dtype, device=z.device)
-        keep[: self.d] = 1
-        return self.pixels(keep * (gamma * z + sigma * n), x0.shape)
-
-    def project(self, x):
-        """x -> mean + V^T V (x - mean): the image as the d-dim tokenizer keeps it."""
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        return self.mix(x, torch.zeros_like(x), one, 0 * one)
-
-    def project_noise(self, noise):
-        """Pixel-shaped noise -> V^T V noise (the part of it the latent noise keeps)."""
-        n = self.coords(noise, center=False)
-        n[..., self.d:] = 0
-        return self.pixels(n, noise.shape, center=False)
-
-
-# ---- the noise schedule ------------------------------------------------------------------
-class LDAESchedule:
-    """sigma-linear: gamma = 1 and sigma_t = sigma_max * t / (T - 1) (t = 0 is clean).
-    gamma2-linear: gamma_t^2 = 1 - t / (T - 1) and sigma_t = sqrt(1 - gamma_t^2)."""
-
-    def __init__(self, config, tokenizer=None):
-        self.kind = config["schedule"]
-        self.noise_space = config["noise_space"]
-        self.num_timesteps = config["num_timesteps"]
-        self.sigma_max = config["sigma_max"]
-        self.latent_dim = config["latent_dim"]
-        self.tokenizer = tokenizer  # a submodule of the network: follows it across devices
-
-    def describe(self):
-        return {"type": "ldae", "kind": self.kind, "num_timesteps": self.num_timesteps,
-                "sigma_max": self.sigma_max if self.kind == "sigma-linear" else 1.0,
-                "noise_space": self.noise_space, "latent_dim": self.latent_dim}
-
-    def check_t(self, t):
-        check_timesteps(t, self.num_timesteps)
-
-    def coefficients(self, t):
-        """(gamma_t, sigma_t) as float64 tensors shaped like t."""
-        frac = torch.as_tensor(t, dtype=torch.float64) / (self.num_timesteps - 1)
-        if self.kind == "sigma-linear":
-            return torch.ones_like(frac), self.sigma_max * frac
-        return (1 - frac).sqrt(), frac.sqrt()
-
-    def q_sample(self, x0, t, noise):
-        t = torch.as_tensor(t, device=x0.device)
-        t = t.expand(x0.shape[0]) if t.dim() == 0 else t
-        gamma, sigma = (c.to(x0.device, x0.dtype).view(-1, *[1] * (x0.dim() - 1))
-                        for c in self.coefficients(t))
-        if self.noise_space == "pixel":
-            return gamma * x0 + sigma * noise
-        return self.tokenizer.mix(x0, noise, gamma.view(-1, 1, 1), sigma.view(-1, 1, 1))
-
-    def added_noise(self, noise):
-        """The part of pixel-shaped noise that q_sample actually adds (the noise target)."""
-        return noise if self.noise_space == "pixel" else self.tokenizer.project_noise(noise)
+def _typed(config):
+    """The defaults, updated with ``config`` coerced to each option's type (None keeps the
+    default; the options whose default is None are integers)."""
+    unknown = [k for k in config if k not in DEFAULTS]
+    if unknown:
+        raise ProbeError(f"unknown ldae option {unknown[0]!r}{suggest(unknown[0], DEFAULTS)}; "
+                         f"valid: {', '.join(DEFAULTS)}")
+    c = dict(DEFAULTS)
+    for key, value in config.items():
+        if value is not None:
+            like = int if DEFAULTS[key] is None else DEFAULTS[key]
+            c[key] = coerce(key, value, like, "ldae option")
+    return c
 
 
 # ---- the network --------------------------------------------------------------------------
-def _modulate(x, shift, scale):
-    return x * (1 + scale) + shift
-
-
-class LDAEBlock(nn.Module):
-    """A DiT block: pre-norm attention and MLP, each shifted, scaled and gated by the
-    timestep embedding (adaLN-Zero)."""
-
-    def __init__(self, dim, num_heads, mlp_ratio):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(nn.GELU, approximate="tanh"))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x, c):
-        mod = self.adaLN_modulation(c)[:, None]
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        x = x + gate1 * self.attn(_modulate(self.norm1(x), shift1, scale1))
-        return x + gate2 * self.mlp(_modulate(self.norm2(x), shift2, scale2))
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dim, out_dim):
-        super().__init__()
-        self.norm_final = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, -1)
-        return self.linear(_modulate(self.norm_final(x), shift, scale))
-
-
 class LDAENet(nn.Module):
     """The denoiser: noisy image (B, C, S, S) and timestep (B,) -> prediction (B, C, S, S)."""
 
@@ -269,14 +144,17 @@ class LDAENet(nn.Module):
         self.x_embedder = PatchEmbed(s, p, c["in_channels"], dim)
         self.register_buffer("pos_embed", build_sincos2d_pos_embed([s // p, s // p], dim)[None],
                              persistent=False)  # fixed, rebuilt from the config
-        self.t_proj = Timesteps(256, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.t_embedder = TimestepEmbedding(256, dim)
-        self.blocks = nn.ModuleList(LDAEBlock(dim, c["num_heads"], c["mlp_ratio"])
+        self.t_embedder = TimestepEmbedder(dim)
+        self.blocks = nn.ModuleList(DiTBlock(dim, c["num_heads"], c["mlp_ratio"])
                                     for _ in range(c["depth"]))
-        self.final_layer = FinalLayer(dim, p * p * c["in_channels"])
+        self.final_layer = FinalLayer(dim, p, c["in_channels"])
         self.tokenizer = (PatchPCA(c["in_channels"], p, c["latent_dim"])
                           if c["noise_space"] == "latent" else None)
         self._init_weights()
+        # `probe train --resume` loads a run's saved state directly, not through
+        # read_checkpoint: a run begun before version 2 has the old names.
+        self._register_load_state_dict_pre_hook(
+            lambda state, prefix, *_: upgrade_state_dict(state, prefix))
 
     def _init_weights(self):
         # DiT's initialisation: xavier everywhere, and every residual branch and the
@@ -288,7 +166,7 @@ class LDAENet(nn.Module):
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
-        for lin in (self.t_embedder.linear_1, self.t_embedder.linear_2):
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(lin.weight, std=0.02)
         for m in [b.adaLN_modulation[-1] for b in self.blocks] + [
                 self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
@@ -297,7 +175,7 @@ class LDAENet(nn.Module):
 
     def forward(self, x, t):
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
-        c = self.t_embedder(self.t_proj(t).to(x.dtype))
+        c = self.t_embedder(t)
         for block in self.blocks:
             tokens = block(tokens, c)
         out = self.final_layer(tokens, c)
@@ -385,13 +263,30 @@ def read_checkpoint(path, trust_checkpoint=False):
     if obj.get("version", 0) > VERSION:
         raise ProbeError(f"{path} was written by a newer probe (l-DAE checkpoint version "
                          f"{obj['version']}): upgrade probe")
-    return dict(obj["config"]), state_dict_from(obj, path), dict(obj.get("meta") or {})
+    state = upgrade_state_dict(dict(state_dict_from(obj, path)))
+    return dict(obj["config"]), state, dict(obj.get("meta") or {})
+
+
+# Checkpoint version 1 -> 2: diffusers' TimestepEmbedding -> DiT's TimestepEmbedder, the
+# same two linear layers under other names.
+_V1_NAMES = {"t_embedder.linear_1.": "t_embedder.mlp.0.",
+             "t_embedder.linear_2.": "t_embedder.mlp.2."}
+
+
+def upgrade_state_dict(state, prefix=""):
+    """Rename the keys of l-DAE weights saved before checkpoint version 2 (under
+    ``prefix``) to today's module names, in place, and return ``state``.  Newer weights
+    pass through unchanged.  The saved files themselves are never rewritten."""
+    for old, new in _V1_NAMES.items():
+        for key in [k for k in state if k.startswith(prefix + old)]:
+            state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+    return state
 
 
 def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
     """Registry hook (``load_model`` resolves a shipped model's file to ``checkpoint``).
     The config comes from the checkpoint; ``spec['config']`` may only repeat it."""
-    overrides = dict(spec.get("config") or {})
+    overrides = {k: v for k, v in (spec.get("config") or {}).items() if v is not None}
     if random_init and spec.get("file"):
         from .registry import shipped_weights
 
@@ -402,7 +297,8 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
                              "`probe train ldae` (--checkpoint PATH) or --random-init")
         return build(overrides, name=name, source="random init")
     config, state, _ = read_checkpoint(checkpoint, trust_checkpoint)
-    clash = {k: v for k, v in overrides.items() if k in config and config[k] != v}
+    typed = _typed(overrides)  # "4" from a shell repeats depth=4
+    clash = {k: typed[k] for k in overrides if k in config and config[k] != typed[k]}
     if clash:
         k = next(iter(clash))
         raise ProbeError(f"the checkpoint was trained with {k}={config[k]!r}, not {clash[k]!r}: "
@@ -425,4 +321,5 @@ def _untrained_like(name, checkpoint, overrides):
 
 
 __all__ = ["DEFAULTS", "LDAEExtractor", "LDAENet", "LDAESchedule", "PatchPCA", "build",
-           "create", "patchify", "unpatchify", "validate_config", "read_checkpoint"]
+           "create", "patchify", "unpatchify", "validate_config", "read_checkpoint",
+           "upgrade_state_dict"]

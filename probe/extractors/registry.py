@@ -5,12 +5,18 @@ architecture in the original code's own argument names, and where its weights co
 from.  ``load_model`` resolves a name or a family and hands off to the family's
 ``create``.
 """
+from __future__ import annotations
+
 import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ProbeError, suggest
+
+if TYPE_CHECKING:
+    from .base import Extractor
 
 FAMILIES = {
     "dit": "probe.extractors.dit",
@@ -103,8 +109,9 @@ def family_module(family):
     return importlib.import_module(FAMILIES[family])
 
 
-def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False, device=None,
-               init_seed=0, **config):
+def load_model(name: str, checkpoint: str | None = None, random_init: bool = False,
+               trust_checkpoint: bool = False, device: str | torch.device | None = None,
+               init_seed: int = 0, **config: Any) -> Extractor:
     """Build a model from the zoo or from a family, and load its weights.
 
     ``name``: a registry name (``dit-xl-2``, ``adm-256-uncond`` ...) or a family
@@ -115,6 +122,7 @@ def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False,
     """
     if checkpoint is not None and random_init:
         raise ProbeError("give either a checkpoint or random_init, not both")
+    spec: dict[str, Any]
     if name in FAMILIES:
         spec = dict(family=name, config={})
     else:
@@ -129,3 +137,36 @@ def load_model(name, checkpoint=None, random_init=False, trust_checkpoint=False,
                        trust_checkpoint=trust_checkpoint)
     model.eval().requires_grad_(False)
     return model.to(device) if device is not None else model
+
+
+def load_architecture(name, checkpoint=None, trust_checkpoint=False, **config):
+    """A model with the architecture of ``name``, to read its blocks and shapes, built on
+    the meta device (no memory, no weights, no download) whenever the architecture is
+    known without the weights: registry entries, and families given their config.  With
+    a checkpoint, or a shipped small model, it is the real, loaded model."""
+    family = name if name in FAMILIES else resolve(name)[1]["family"]
+    if family == "dit":
+        config.setdefault("vae", None)  # block shapes do not depend on the VAE
+    if checkpoint:
+        return load_model(name, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,
+                          **config)
+    arch_flags = config.keys() - {"vae"}
+    if name in FAMILIES and not arch_flags:
+        raise ProbeError(f"the {name} family needs --checkpoint (API checkpoint=...) or the "
+                         "architecture as --model-flags/--config (API: keyword arguments) to "
+                         "show its blocks, or use a registry name (see `probe models`)")
+    if name not in FAMILIES:
+        name, spec = resolve(name)
+        if spec.get("file") and not arch_flags:  # shipped small models: the real thing
+            return load_model(name)
+    with torch.device("meta"):
+        return load_model(name, random_init=True, **config)
+
+
+def block_shapes(name, checkpoint=None, image_size=None, config=None, trust_checkpoint=False):
+    """``[(id, block name, output shape), ...]`` of a model in forward order, for one
+    input; ``image_size``: another input side, for ADM U-Nets.  ``config``: the family's
+    arguments (what ``load_model`` takes as keywords).  No weights are loaded where the
+    architecture is known without them (see :func:`load_architecture`)."""
+    model = load_architecture(name, checkpoint, trust_checkpoint, **(config or {}))
+    return model.block_shapes(image_size)

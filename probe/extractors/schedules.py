@@ -2,17 +2,37 @@
 
 DDPM schedules take their betas from diffusers' ``DDPMScheduler`` (the same
 tables as guided-diffusion and DiT); the cumulative product is kept in float64,
-as guided-diffusion does, and cast at use.
+as guided-diffusion does, and cast at use.  The l-DAE's schedules add noise in its
+PCA latent or in pixels.
 """
+from typing import Any, Protocol, runtime_checkable
+
 import torch
 
 from ..errors import ProbeError
 
 
+@runtime_checkable
+class Schedule(Protocol):
+    """What the rest of probe needs from a model's schedule (``Extractor.schedule``);
+    :class:`DDPMSchedule` and :class:`LDAESchedule` are two."""
+
+    num_timesteps: int  # t runs over 0 .. num_timesteps - 1, larger is noisier
+
+    def check_t(self, t: Any) -> None:
+        """Raise a ProbeError unless every t is an integer step of the schedule."""
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x0 noised to timesteps t (B,) with the given noise."""
+
+    def describe(self) -> dict:
+        """The schedule's parameters, recorded with the features."""
+
+
 class DDPMSchedule:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t a DDPM index (larger is noisier)."""
 
-    def __init__(self, kind="linear", num_timesteps=1000):
+    def __init__(self, kind: str = "linear", num_timesteps: int = 1000):
         from diffusers import DDPMScheduler
 
         beta = {"linear": "linear", "cosine": "squaredcos_cap_v2"}.get(kind)
@@ -28,20 +48,62 @@ class DDPMSchedule:
         self.num_timesteps = num_timesteps
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"type": "ddpm", "kind": self.kind, "num_timesteps": self.num_timesteps}
 
-    def check_t(self, t):
+    def check_t(self, t: Any) -> None:
         check_timesteps(t, self.num_timesteps)
 
-    def q_sample(self, x0, t, noise):
+    def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor) -> torch.Tensor:
         t = _as_index(t, x0)
         abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype)
         abar = abar.view(-1, *([1] * (x0.dim() - 1)))
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
-def check_timesteps(t, num_timesteps):
+class LDAESchedule:
+    """The l-DAE's.  sigma-linear: gamma = 1 and sigma_t = sigma_max * t / (T - 1) (t = 0
+    is clean).  gamma2-linear: gamma_t^2 = 1 - t / (T - 1) and sigma_t = sqrt(1 - gamma_t^2).
+    The noise is in pixels, or (``noise_space="latent"``) in the tokenizer's latent."""
+
+    def __init__(self, config: dict, tokenizer: Any = None):
+        self.kind = config["schedule"]
+        self.noise_space = config["noise_space"]
+        self.num_timesteps = config["num_timesteps"]
+        self.sigma_max = config["sigma_max"]
+        self.latent_dim = config["latent_dim"]
+        self.tokenizer = tokenizer  # a submodule of the network: follows it across devices
+
+    def describe(self) -> dict:
+        return {"type": "ldae", "kind": self.kind, "num_timesteps": self.num_timesteps,
+                "sigma_max": self.sigma_max if self.kind == "sigma-linear" else 1.0,
+                "noise_space": self.noise_space, "latent_dim": self.latent_dim}
+
+    def check_t(self, t: Any) -> None:
+        check_timesteps(t, self.num_timesteps)
+
+    def coefficients(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gamma_t, sigma_t) as float64 tensors shaped like t."""
+        frac = torch.as_tensor(t, dtype=torch.float64) / (self.num_timesteps - 1)
+        if self.kind == "sigma-linear":
+            return torch.ones_like(frac), self.sigma_max * frac
+        return (1 - frac).sqrt(), frac.sqrt()
+
+    def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x0.device)
+        t = t.expand(x0.shape[0]) if t.dim() == 0 else t
+        gamma, sigma = (c.to(x0.device, x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+                        for c in self.coefficients(t))
+        if self.noise_space == "pixel":
+            return gamma * x0 + sigma * noise
+        return self.tokenizer.mix(x0, noise, gamma.view(-1, 1, 1), sigma.view(-1, 1, 1))
+
+    def added_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """The part of pixel-shaped noise that q_sample actually adds (the noise target)."""
+        return noise if self.noise_space == "pixel" else self.tokenizer.project_noise(noise)
+
+
+def check_timesteps(t: Any, num_timesteps: int) -> None:
     ts = torch.as_tensor(t).flatten().tolist()
     bad = [v for v in ts if not (0 <= v < num_timesteps) or int(v) != v]
     if bad:

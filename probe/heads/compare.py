@@ -6,7 +6,10 @@ import os
 
 from ..errors import ProbeError
 from .build import ALL_HEADS, check_head
-from .fit import Setup, opened, resolve_grid, save_json, split_options, train_heads
+from ..files import atomic_json, atomic_write
+from ..store import opened
+from .fit import split_options, train_heads
+from .setup import Setup
 
 COLUMNS = ["t", "block", "head", "params", "top1", "top5", "val_top1", "selected_epoch",
            "epochs_run", "train_time_s", "keys_in_pass", "input"]
@@ -22,8 +25,10 @@ def parse_heads(heads):
 
 
 def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t="all",
-            blocks="all", out=None, comparable_size=False, progress=True, **options):
-    """Train and evaluate every head on every selected (t, block) of ``train``.
+            blocks="all", keys=None, out=None, comparable_size=False, progress=True,
+            **options):
+    """Train and evaluate every head on every (t, block) of ``train`` selected by ``t`` x
+    ``blocks`` or by ``keys`` (the grammar of :mod:`probe.selection`).
 
     Returns one row (dict with the :data:`COLUMNS`) per (key, head); with ``out`` (a
     directory) also writes results.csv, results.md, results.json, accuracy_vs_t.png and
@@ -32,7 +37,7 @@ def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t=
     heads = parse_heads(heads)
     head_opts, cfg = split_options(options)
     with opened(train) as tr:
-        keys = resolve_grid(tr, t, blocks)
+        keys = tr.select(t, blocks, keys)
         with Setup(tr, test, keys, cfg) as setup:
             for h in heads:  # fail on a head/feature mismatch before any training
                 for k in keys:
@@ -48,13 +53,13 @@ def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t=
 
 def write_report(out, rows, summaries, setup):
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+    with atomic_write(os.path.join(out, "results.csv"), newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    save_json([{k: v for k, v in s.items() if k != "predictions"} for s in summaries],
+    atomic_json([{k: v for k, v in s.items() if k != "predictions"} for s in summaries],
               os.path.join(out, "results.json"))
-    with open(os.path.join(out, "results.md"), "w") as f:
+    with atomic_write(os.path.join(out, "results.md")) as f:
         f.write(markdown_table(rows, setup))
     plot_accuracy_vs_t(rows, os.path.join(out, "accuracy_vs_t.png"))
     plot_heads(rows, os.path.join(out, "heads.png"))

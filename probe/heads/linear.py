@@ -2,10 +2,13 @@
 
 :class:`LinearGrid` trains many linear probes at once, one per feature key, from the
 same batches (as DDAE does): probes with the same input width are stacked and run as
-one batched matmul, so a grid of N probes costs about as much as one.
+one batched matmul, so a grid of N probes costs about as much as one;
+:func:`linear_grid_units` lays a set of keys out in such grids.
 """
 import torch
 from torch import nn
+
+from .train import Unit, head_seed
 
 EPS = 1e-6  # as MAE's linear probe
 
@@ -93,3 +96,30 @@ class LinearGrid(nn.Module):
 def linear_params(dim, num_classes):
     return dim * num_classes + num_classes
 
+
+
+# Linear probes per stacked grid on CPU, as widths summed: a batch of 256 rows of a grid
+# then spans ~4 MB and stays in cache through forward and backward; larger grids run
+# from main memory and end up slower than one probe at a time.  GPUs prefer one grid.
+CPU_GRID_WIDTH = 4096
+
+
+def linear_grid_units(views, dims, num_classes, seed, device):
+    """(units, (options, params) per member, the view index of each member): linear probes
+    of equal input width stacked into grids, each grid within CPU_GRID_WIDTH on the CPU."""
+    cap = CPU_GRID_WIDTH if torch.device(device).type == "cpu" else float("inf")
+    chunks = {}  # width -> list of member lists, each list within the cap
+    for i, d in enumerate(dims):
+        lists = chunks.setdefault(d, [[]])
+        if lists[-1] and (len(lists[-1]) + 1) * d > cap:
+            lists.append([])
+        lists[-1].append(i)
+    units = []
+    for members in (m for lists in chunks.values() for m in lists):
+        gens = [torch.Generator().manual_seed(head_seed(seed, views[i][0], "linear"))
+                for i in members]
+        grid = LinearGrid([dims[i] for i in members], num_classes, gens)
+        units.append((members, Unit(grid, [views[i] for i in members], lambda m, i: m.export(i))))
+    order = [i for members, _ in units for i in members]  # views, in the units' member order
+    infos = [({}, dims[i] * num_classes + num_classes) for i in order]
+    return [u for _, u in units], infos, order

@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from ..device import resolve_device
 from ..errors import ProbeError
 
 # The linear probe is the MAE / l-DAE protocol: SGD with momentum on a convex problem,
@@ -87,18 +88,6 @@ class TrainConfig:
 
     def as_dict(self):
         return asdict(self)
-
-
-def resolve_device(device):
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ProbeError(f"bad --device {device!r}: use cpu, cuda or cuda:N") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"--device {device} asked for but CUDA is not available: use --device cpu")
-    return dev
 
 
 def head_seed(seed, key, head):

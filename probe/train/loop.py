@@ -18,9 +18,9 @@ is ``numpy.random.default_rng([seed, e]).permutation(N)``, the noise comes from 
 CPU ``torch.Generator`` seeded with ``seed`` whose state is checkpointed.  The step
 fixes the position in the data, so resuming at any saved step replays exactly what
 an uninterrupted run would have done.  Files are written to a temporary name and
-renamed into place, so an interruption never leaves a half-written checkpoint.
+renamed into place (:mod:`probe.files`), so an interruption never leaves a half-written
+checkpoint.
 """
-import json
 import math
 import os
 import signal
@@ -33,48 +33,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..device import resolve_device
 from ..errors import ProbeError
+from ..files import atomic_json, atomic_torch_save, remove_stale_temps
+from ..version import __version__
 
 MODEL_FILE, STATE_FILE, LOG_FILE = "model.pt", "train_state.pt", "log.json"
 STATE_FORMAT = "probe-train-state"
 
 
-# ---- devices, seeds, files --------------------------------------------------------------
-def resolve_device(device):
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ProbeError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"device {device!r} requested but no CUDA device is available: "
-                         "use --device cpu")
-    return dev
-
-
+# ---- seeds and data order ----------------------------------------------------------------
 def seed_everything(seed):
     """Seed the global RNGs (used by model initialisation)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
-
-
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_json(obj, path):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def epoch_order(seed, epoch, n):
@@ -196,20 +168,6 @@ def _check_same_run(saved, now, out):
                          "--steps, --device and saving options may change) or use a new --out")
 
 
-def _remove_stale_tmp(out):
-    """Half-written checkpoints of a killed process (``FILE.tmp-PID``, PID gone)."""
-    for name in os.listdir(out):
-        _, sep, pid = name.rpartition(".tmp-")
-        if not sep or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            os.remove(os.path.join(out, name))
-        except PermissionError:
-            pass  # alive, someone else's
-
-
 def prepare_out(out, resume, overwrite):
     """Check the output folder against --resume/--overwrite; returns the saved state."""
     if resume and overwrite:
@@ -217,7 +175,7 @@ def prepare_out(out, resume, overwrite):
     os.makedirs(out, exist_ok=True)
     if not os.access(out, os.W_OK):
         raise ProbeError(f"output folder {out} is not writable: choose another --out")
-    _remove_stale_tmp(out)
+    remove_stale_temps(out)  # half-written checkpoints of a killed process
     state = load_state(out)
     if resume and state is None:
         raise ProbeError(f"--resume: no {STATE_FILE} in {out}, nothing to resume; drop --resume")
@@ -264,107 +222,140 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
     target = epochs * per_epoch if epochs is not None else steps
     run_config = dict(run_config or {}, seed=seed, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup=warmup, num_images=n)
-
-    model = objective.model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]  # fixed tables stay fixed
-    if not params:
-        raise ProbeError("the model has no trainable parameters (was it loaded with "
-                         "load_model, which freezes them?)")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    step, acc = 0, {"interval": _zero(), "epoch": _zero()}
-    log = {"family": objective.family, "run_config": run_config, "seed": seed,
-           "data_order": "numpy.random.default_rng([seed, epoch]).permutation(num_images)",
-           "noise": "torch.Generator().manual_seed(seed), state saved with each checkpoint",
-           "steps_per_epoch": per_epoch, "loss": [], "epochs": [], "sessions": [],
-           "wall_time_s": 0.0,
-           "versions": {"probe": __version__, "torch": str(torch.__version__)}}
+    run = _Run(objective, out, run_config, per_epoch, target, device)
     if state is not None:
-        _check_same_run(state["run_config"], run_config, out)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["rng"]["noise"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, acc, log = state["step"], state["accumulators"], state["log"]
-    log["sessions"].append({"from_step": step, "device": str(device), "command": command,
-                            "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    log["target_step"] = target
-
-    def save():
-        last = log["loss"][-1]["loss"] if log["loss"] else None
-        log.update(step=step, epochs_done=step / per_epoch, final_loss=last,
-                   finished=step >= target)
-        meta = {"step": step, "epochs": step / per_epoch, "seed": seed,
-                "final_loss": last, "run_config": run_config}
-        atomic_save({"format": STATE_FORMAT, "version": 1, "run_config": run_config,
-                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "rng": {"noise": generator.get_state(), "torch": torch.get_rng_state()},
-                     "step": step, "accumulators": acc, "log": log},
-                    os.path.join(out, STATE_FILE))
-        atomic_save(objective.export(meta), os.path.join(out, MODEL_FILE))
-        for name, content in getattr(objective, "extra_files", dict)().items():
-            atomic_json(content, os.path.join(out, name))
-        atomic_json(log, os.path.join(out, LOG_FILE))
-
-    bar = tqdm(total=target, initial=min(step, target), unit="step", disable=not progress,
+        run.resume(state)
+    run.log["sessions"].append({"from_step": run.step, "device": str(device), "command": command,
+                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    run.log["target_step"] = target
+    bar = tqdm(total=target, initial=min(run.step, target), unit="step", disable=not progress,
                dynamic_ncols=True)
-    session_start, last_save = time.perf_counter(), step
     with _stop_flag() as flag:
-        while step < target and not flag["stop"]:
-            epoch, first = divmod(step, per_epoch)
-            order = epoch_order(seed, epoch, n)[first * batch_size:]
-            bar.set_description(f"epoch {epoch + 1}")
-            tick = time.perf_counter()
-            for x, y in images.batches(order, batch_size):
-                for group in optimizer.param_groups:  # linear warmup, then constant
-                    group["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
-                loss = objective.loss(x.to(device), y.to(device), generator)
-                if not torch.isfinite(loss):
-                    raise ProbeError(f"the loss became {loss.item()} at step {step + 1}: "
-                                     "lower --lr (or raise --warmup)")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                now = time.perf_counter()
-                for a in acc.values():
-                    a["loss"] += loss.item()
-                    a["batches"] += 1
-                    a["images"] += x.shape[0]
-                    a["seconds"] += now - tick
-                tick = now
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}",
-                                img_s=f"{_rate(acc['interval']):.0f}")
-                end_of_epoch = step % per_epoch == 0
-                if step % log_every == 0 or end_of_epoch or step == target:
-                    a = acc["interval"]
-                    log["loss"].append({"step": step, "epoch": round(step / per_epoch, 4),
-                                        "loss": a["loss"] / a["batches"],
-                                        "images_per_s": _rate(a)})
-                    acc["interval"] = _zero()
-                if end_of_epoch:
-                    a = acc["epoch"]
-                    log["epochs"].append({"epoch": step // per_epoch,
-                                          "loss": a["loss"] / a["batches"],
-                                          "images_per_s": _rate(a), "time_s": a["seconds"]})
-                    acc["epoch"] = _zero()
-                log["wall_time_s"] += time.perf_counter() - session_start
-                session_start = time.perf_counter()
-                if (end_of_epoch or step == target or flag["stop"]
-                        or (save_every and step - last_save >= save_every)):
-                    save()
-                    last_save = step
-                if step >= target or flag["stop"]:
-                    break
-        if step != last_save or not os.path.exists(os.path.join(out, MODEL_FILE)):
-            save()  # e.g. --steps 0: an untrained model (with its fitted tokenizer)
+        _steps(run, images, flag, bar, save_every=save_every, log_every=log_every)
     bar.close()
     if flag["stop"]:
-        print(f"probe: stopped at step {step}; the checkpoint in {out} is saved: continue "
+        print(f"probe: stopped at step {run.step}; the checkpoint in {out} is saved: continue "
               "with the same command and --resume", file=sys.stderr)
         raise KeyboardInterrupt
-    return log
+    return run.log
+
+
+class _Run:
+    """One training run: the model, optimizer, noise generator, step and log that a
+    checkpoint holds, and how to save them."""
+
+    def __init__(self, objective, out, run_config, per_epoch, target, device):
+        self.objective, self.out, self.run_config = objective, out, run_config
+        self.per_epoch, self.target, self.device = per_epoch, target, device
+        self.seed, self.lr, self.warmup = run_config["seed"], run_config["lr"], run_config["warmup"]
+        self.model = objective.model.to(device).train()
+        params = [p for p in self.model.parameters() if p.requires_grad]  # fixed tables stay fixed
+        if not params:
+            raise ProbeError("the model has no trainable parameters (was it loaded with "
+                             "load_model, which freezes them?)")
+        self.optimizer = torch.optim.AdamW(params, lr=self.lr,
+                                           weight_decay=run_config["weight_decay"])
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.step, self.acc = 0, {"interval": _zero(), "epoch": _zero()}
+        self.log = {
+            "family": objective.family, "run_config": run_config, "seed": self.seed,
+            "data_order": "numpy.random.default_rng([seed, epoch]).permutation(num_images)",
+            "noise": "torch.Generator().manual_seed(seed), state saved with each checkpoint",
+            "steps_per_epoch": per_epoch, "loss": [], "epochs": [], "sessions": [],
+            "wall_time_s": 0.0,
+            "versions": {"probe": __version__, "torch": str(torch.__version__)}}
+
+    def resume(self, state):
+        _check_same_run(state["run_config"], self.run_config, self.out)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["rng"]["noise"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step, self.acc, self.log = state["step"], state["accumulators"], state["log"]
+
+    def learning_rate(self):
+        """Linear warmup, then constant."""
+        return self.lr * min(1.0, (self.step + 1) / self.warmup) if self.warmup else self.lr
+
+    def record(self, loss, images, seconds, log_every):
+        """Account one step in the loss curve and the epoch table."""
+        for a in self.acc.values():
+            a["loss"] += loss
+            a["batches"] += 1
+            a["images"] += images
+            a["seconds"] += seconds
+        end_of_epoch = self.step % self.per_epoch == 0
+        if self.step % log_every == 0 or end_of_epoch or self.step == self.target:
+            a = self.acc["interval"]
+            self.log["loss"].append({"step": self.step,
+                                     "epoch": round(self.step / self.per_epoch, 4),
+                                     "loss": a["loss"] / a["batches"], "images_per_s": _rate(a)})
+            self.acc["interval"] = _zero()
+        if end_of_epoch:
+            a = self.acc["epoch"]
+            self.log["epochs"].append({"epoch": self.step // self.per_epoch,
+                                       "loss": a["loss"] / a["batches"],
+                                       "images_per_s": _rate(a), "time_s": a["seconds"]})
+            self.acc["epoch"] = _zero()
+        return end_of_epoch
+
+    def save(self):
+        log, step = self.log, self.step
+        last = log["loss"][-1]["loss"] if log["loss"] else None
+        log.update(step=step, epochs_done=step / self.per_epoch, final_loss=last,
+                   finished=step >= self.target)
+        meta = {"step": step, "epochs": step / self.per_epoch, "seed": self.seed,
+                "final_loss": last, "run_config": self.run_config}
+        atomic_torch_save({"format": STATE_FORMAT, "version": 1, "run_config": self.run_config,
+                           "model": self.model.state_dict(),
+                           "optimizer": self.optimizer.state_dict(),
+                           "rng": {"noise": self.generator.get_state(),
+                                   "torch": torch.get_rng_state()},
+                           "step": step, "accumulators": self.acc, "log": log},
+                          os.path.join(self.out, STATE_FILE))
+        atomic_torch_save(self.objective.export(meta), os.path.join(self.out, MODEL_FILE))
+        for name, content in getattr(self.objective, "extra_files", dict)().items():
+            atomic_json(content, os.path.join(self.out, name))
+        atomic_json(log, os.path.join(self.out, LOG_FILE))
+
+
+def _steps(run, images, flag, bar, *, save_every, log_every):
+    """Optimizer steps until the target or a stop signal, saving at each epoch end, every
+    ``save_every`` steps and on a stop."""
+    batch_size, n = run.run_config["batch_size"], run.run_config["num_images"]
+    session_start, last_save = time.perf_counter(), run.step
+    while run.step < run.target and not flag["stop"]:
+        epoch, first = divmod(run.step, run.per_epoch)
+        order = epoch_order(run.seed, epoch, n)[first * batch_size:]
+        bar.set_description(f"epoch {epoch + 1}")
+        tick = time.perf_counter()
+        for x, y in images.batches(order, batch_size):
+            for group in run.optimizer.param_groups:
+                group["lr"] = run.learning_rate()
+            loss = run.objective.loss(x.to(run.device), y.to(run.device), run.generator)
+            if not torch.isfinite(loss):
+                raise ProbeError(f"the loss became {loss.item()} at step {run.step + 1}: "
+                                 "lower --lr (or raise --warmup)")
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            run.step += 1
+            now = time.perf_counter()
+            end_of_epoch = run.record(loss.item(), x.shape[0], now - tick, log_every)
+            tick = now
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}",
+                            img_s=f"{_rate(run.acc['interval']):.0f}")
+            run.log["wall_time_s"] += time.perf_counter() - session_start
+            session_start = time.perf_counter()
+            if (end_of_epoch or run.step == run.target or flag["stop"]
+                    or (save_every and run.step - last_save >= save_every)):
+                run.save()
+                last_save = run.step
+            if run.step >= run.target or flag["stop"]:
+                break
+    if run.step != last_save or not os.path.exists(os.path.join(run.out, MODEL_FILE)):
+        run.save()  # e.g. --steps 0: an untrained model (with its fitted tokenizer)
 
 
 def _zero():

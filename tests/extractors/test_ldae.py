@@ -189,3 +189,62 @@ def test_random_init_of_a_shipped_ldae_keeps_its_architecture_and_tokenizer():
     w_t, w_f = trained.net.blocks[0].attn.qkv.weight, fresh.net.blocks[0].attn.qkv.weight
     assert not torch.allclose(w_t, w_f)
     assert torch.equal(w_f, again.net.blocks[0].attn.qkv.weight)  # seeded
+
+
+# ---- checkpoint versions -------------------------------------------------------------------
+# Version 1 (the shipped files; `probe train ldae` before the l-DAE ran on DiT's modules)
+# named the timestep MLP as diffusers' TimestepEmbedding does.
+V1_NAMES = {"t_embedder.mlp.0.": "t_embedder.linear_1.",
+            "t_embedder.mlp.2.": "t_embedder.linear_2."}
+
+
+def as_version_1(state, prefix=""):
+    out = {}
+    for key, value in state.items():
+        for new, old in V1_NAMES.items():
+            if key.startswith(prefix + new):
+                key = prefix + old + key[len(prefix + new):]
+        out[key] = value
+    return out
+
+
+def test_new_checkpoints_are_version_2_in_dits_layout(saved):
+    _, path = saved
+    obj = torch.load(path, weights_only=True)
+    assert obj["version"] == 2
+    assert {"t_embedder.mlp.0.weight", "t_embedder.mlp.2.bias"} <= obj["model"].keys()
+    assert not any("linear_1" in k or "t_proj" in k for k in obj["model"])
+
+
+def test_shipped_weights_are_version_1_and_load(saved):
+    from probe.extractors.registry import shipped_weights
+
+    obj = torch.load(shipped_weights("ldae-fmnist.pt"), weights_only=True)
+    assert obj["version"] == 1 and "t_embedder.linear_1.weight" in obj["model"]
+    model = probe.load_model("ldae-fmnist")
+    assert torch.equal(model.net.t_embedder.mlp[0].weight,
+                       obj["model"]["t_embedder.linear_1.weight"])
+
+
+def test_version_1_checkpoints_and_training_states_load(saved, tmp_path):
+    model, path = saved
+    obj = torch.load(path, weights_only=True)
+    old = dict(obj, version=1, model=as_version_1(obj["model"]))
+    torch.save(old, tmp_path / "v1.pt")
+    loaded = probe.load_model("ldae", checkpoint=str(tmp_path / "v1.pt"))
+    x, t = torch.rand(2, 1, 16, 16) * 2 - 1, torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
+    # A run's train_state.pt holds the Extractor's own state dict (keys under "net."),
+    # which `probe train --resume` loads directly.
+    fresh = ldae.build(TINY)
+    fresh.load_state_dict(as_version_1(model.state_dict(), prefix="net."))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x, t), model(x, t), rtol=0, atol=0)
+
+
+def test_checkpoints_of_a_newer_probe_are_refused(saved, tmp_path):
+    _, path = saved
+    torch.save(dict(torch.load(path, weights_only=True), version=3), tmp_path / "v3.pt")
+    with pytest.raises(ProbeError, match="newer probe .* upgrade probe"):
+        probe.load_model("ldae", checkpoint=str(tmp_path / "v3.pt"))

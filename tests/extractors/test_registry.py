@@ -136,8 +136,12 @@ def test_aliases_build_the_paper_sizes(alias, hidden, depth):
 
 
 def _unfold(listing):
+    """'a.0..2 (ids 1-3), b (4)' -> names, checking each id against its position."""
     names = []
     for part in listing.split(", "):
+        part, _, ids = part.partition(" (")
+        ids = ids.rstrip(")").removeprefix("ids ").split("-")
+        assert int(ids[0]) == len(names) + 1  # the id of a name is its 1-based position
         if ".." in part:
             first, last = part.split("..")
             prefix, _, lo = first.rpartition(".")
@@ -154,10 +158,11 @@ def test_unknown_block_lists_every_valid_block():
         model.resolve_blocks("midle_block")
     msg = str(err.value)
     assert "did you mean middle_block" in msg and "probe blocks adm-256" in msg and "\n" not in msg
-    listing = msg.split("valid: ")[1].split(", or ids")[0]
+    listing = msg.split("; it has ")[1].split(" (`probe blocks")[0]
     assert _unfold(listing) == model.block_names
-    assert "ids 1..37" in msg
-    with pytest.raises(ProbeError, match="no blocks requested"):
+    with pytest.raises(ProbeError, match="block id 38 is out of range: adm-256 has blocks 1..37"):
+        model.resolve_blocks(38)
+    with pytest.raises(ProbeError, match="no blocks given"):
         model.resolve_blocks([])
     assert model.resolve_blocks([np.int64(24)]) == ["output_blocks.4"]
 
@@ -184,3 +189,31 @@ def test_probe_blocks_of_a_family_checkpoint_matches_the_reference(capsys):
     assert rows == {k: str(tuple(v.shape[1:])) for k, v in io["features"].items()}
     assert main(["blocks", "adm"]) == 2
     assert "needs --checkpoint" in capsys.readouterr().err
+
+
+def test_block_shapes_api_without_weights():
+    from probe.extractors.registry import block_shapes
+
+    # ldae-fmnist (model card): 28 px, patch 7 -> 16 tokens of hidden size 128, depth 4
+    assert block_shapes("ldae-fmnist") == [(i + 1, f"blocks.{i}", (16, 128)) for i in range(4)]
+    # the released 256 px U-Net, built on the meta device: nothing is downloaded
+    shapes = block_shapes("adm-256-uncond")
+    assert len(shapes) == 37 and shapes[18][1:] == ("middle_block", (1024, 8, 8))
+    at512 = dict((n, s) for _, n, s in block_shapes("adm-256-uncond", image_size=512))
+    assert at512["middle_block"] == (1024, 16, 16)
+    with pytest.raises(ProbeError, match="applies to convolutional pixel-space models"):
+        block_shapes("dit-xl-2", image_size=512)
+    with pytest.raises(ProbeError, match="needs --checkpoint"):
+        block_shapes("adm")
+
+
+def test_block_shapes_of_a_family_checkpoint_match_the_reference():
+    from probe.extractors.registry import block_shapes
+
+    ref = os.path.join(REFERENCE, "adm")
+    io = torch.load(os.path.join(ref, "adm_tiny_uncond.io.pt"), weights_only=True)
+    with open(os.path.join(ref, "adm_tiny_uncond.json")) as fh:
+        config = json.load(fh)
+    shapes = block_shapes("adm", checkpoint=os.path.join(ref, "adm_tiny_uncond.pt"), config=config)
+    assert [(n, s) for _, n, s in shapes] == [
+        (k, tuple(v.shape[1:])) for k, v in io["features"].items()]

@@ -37,7 +37,7 @@ def test_same_seed_same_result_other_seed_other_result(tmp_path, head):
 @pytest.mark.parametrize("head, grid_width", [("linear", 4096), ("linear", 16), ("mlp", None)])
 def test_a_grid_trains_each_key_as_if_alone(tmp_path, monkeypatch, head, grid_width):
     # grid_width 16: linear probes on 8 features stacked two by two, in two grids
-    monkeypatch.setattr("probe.heads.fit.CPU_GRID_WIDTH", grid_width)
+    monkeypatch.setattr("probe.heads.linear.CPU_GRID_WIDTH", grid_width)
     tr, te = blob_files(tmp_path, keys=KEYS)
     opts = dict(FAST, epochs=6, patience=2)  # patience 2: members stop at different epochs
     grid = compare(tr, te, heads=[head], **opts)
@@ -51,7 +51,8 @@ def test_a_grid_trains_each_key_as_if_alone(tmp_path, monkeypatch, head, grid_wi
 
 
 def test_linear_grid_weights_match_training_alone(tmp_path):
-    from probe.heads.fit import Setup, train_heads
+    from probe.heads.fit import train_heads
+    from probe.heads.setup import Setup
     from probe.heads.train import TrainConfig
 
     tr, te = blob_files(tmp_path, keys=KEYS)

@@ -130,7 +130,7 @@ def test_bad_training_options(images, tmp_path):
         run(images, tmp_path / "a", epochs=1, steps=1)
     with pytest.raises(ProbeError, match="batch-size"):
         run(images, tmp_path / "b", epochs=1, batch_size=0)
-    with pytest.raises(ProbeError, match="unknown device"):
+    with pytest.raises(ProbeError, match="bad --device"):
         loop.resolve_device("gpu7")
     if not torch.cuda.is_available():
         with pytest.raises(ProbeError, match="no CUDA device"):
@@ -145,8 +145,8 @@ def test_a_diverging_loss_stops_with_advice(images, tmp_path):
 def test_half_written_checkpoints_of_dead_processes_are_cleared(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f"train_state.pt.tmp-{dead.pid}"
-    live = tmp_path / f"model.pt.tmp-{os.getpid()}"
+    stale = tmp_path / f".train_state.pt.tmp-{dead.pid}.pt"
+    live = tmp_path / f".model.pt.tmp-{os.getpid()}.pt"
     stale.write_bytes(b"half")
     live.write_bytes(b"being written")
     assert loop.prepare_out(str(tmp_path), False, False) is None

@@ -4,14 +4,11 @@ Memory stays bounded by one batch: for each batch, the keys' rows are read (keys
 size together; a key with large rows alone, in column slabs), turned into one kernel
 matrix per key and stacked; the pair matmul then consumes the stack.
 """
-import re
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ProbeError, suggest
-from ..store import parse_key
+from ..errors import ProbeError
 from .core import HSICAccumulator, kernels_into
 
 # HDF5 costs ~70 us per selection but streams ~1.5 GB/s, so rows closer than this many
@@ -24,37 +21,6 @@ SLAB_BYTES = 256 << 20
 GROUP_GRAM_BYTES = 1 << 30
 # refuse batches whose stacked Gram matrices would not fit in memory comfortably
 MAX_GRAM_BYTES = 8 << 30
-
-
-def select_keys(ff, spec):
-    """Keys of ``ff`` named by ``spec``, in the file's forward order (t ascending, blocks in
-    model order).  Items: 'tT/BLOCK' or (t, block), 'tT' (every block at T), or 'BLOCK'
-    (that block at every t); comma-separated strings are split."""
-    if spec is None:
-        return list(ff.keys)
-    items = [spec] if isinstance(spec, (str, tuple)) else list(spec)
-    words = []
-    for item in items:
-        words += [item] if isinstance(item, tuple) else [w for w in str(item).split(",") if w.strip()]
-    chosen = set()
-    for w in words:
-        if isinstance(w, tuple) or "/" in w:
-            chosen.add(ff._check(parse_key(w if isinstance(w, tuple) else w.strip())))
-            continue
-        w = w.strip()
-        if re.fullmatch(r"t\d+", w):
-            found = [k for k in ff.keys if k[0] == int(w[1:])]
-            if not found:
-                raise ProbeError(f"{ff.path} has no timestep {w[1:]}: it has t in {ff.timesteps}")
-        else:
-            found = [k for k in ff.keys if k[1] == w]
-            if not found:
-                raise ProbeError(f"{ff.path} has no block {w!r}{suggest(w, ff.blocks)}; its blocks "
-                                 f"are {', '.join(ff.blocks)} (keys are tT/BLOCK, tT or BLOCK)")
-        chosen.update(found)
-    if not chosen:
-        raise ProbeError("no CKA keys given: name them as tT/BLOCK, tT or BLOCK")
-    return [k for k in ff.keys if k in chosen]
 
 
 def align_ids(fa, fb):

@@ -73,7 +73,7 @@ def test_line_plot_options(tmp_path, files):
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--keys", "t20/nope"], "no features for t=20, block nope"),
+    (["--keys", "t20/nope"], "has no block 'nope'; it has enc (1), mid (2), dec (3)"),
     (["--across", "rows"], "invalid choice"),
     (["--minibatch", "2"], "minibatch 2 is too small"),
     (["--line-blocks", "bottleneck"], "block 'bottleneck' is not in the CKA rows"),
@@ -104,7 +104,7 @@ def test_unwritable_out_is_one_line(tmp_path, files, capsys, where):
 
 
 def test_failed_write_leaves_no_partial_outputs(tmp_path, files, monkeypatch, capsys):
-    plot = importlib.import_module("probe.cka.plot")  # probe.cka is also the function
+    plot = importlib.import_module("probe.measures.plot")
 
     def broken(*a, **k):
         raise OSError(28, "No space left on device")
@@ -120,13 +120,18 @@ def test_rerun_without_line_plot_removes_the_old_one(tmp_path, files):
     out = tmp_path / "c.png"
     assert main(["cka", files[0], "--out", str(out)]) == 0
     assert (tmp_path / "c_line.png").exists()
-    assert main(["cka", files[0], "--keys", "t20", "--out", str(out)]) == 0  # one t: no line plot
+    before = (tmp_path / "c.csv").read_bytes()
+    assert main(["cka", files[0], "--t", "20", "--out", str(out)]) == 2  # refused: outputs exist
+    assert (tmp_path / "c.csv").read_bytes() == before
+    # one t: no line plot, and the old one would not match the new matrix
+    assert main(["cka", files[0], "--t", "20", "--out", str(out), "--overwrite"]) == 0
     assert not (tmp_path / "c_line.png").exists()
+    assert (tmp_path / "c.csv").read_bytes() != before
 
 
 def test_keys_b_within_one_file_is_a_rectangular_grid(tmp_path, files):
     from probe.store import open_features
-    from cka.test_cka_core import np_cka
+    from measures.test_cka_core import np_cka
 
     res = probe.cka(files[0], keys="t20", keys_b="t200")
     assert res.row_labels == ["t20/enc", "t20/mid", "t20/dec"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..device import resolve_device
 from ..errors import ProbeError
 
 KERNELS = ("linear", "rbf")
@@ -46,23 +47,13 @@ def make_estimator(kernel="linear", sigma=1.0, unbiased=False, device="cpu", dty
         raise ProbeError(f"unknown CKA kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     if kernel == "rbf" and not (np.isfinite(sigma) and sigma > 0):
         raise ProbeError(f"RBF sigma must be a positive fraction of the median distance, got {sigma}")
-    device = _device(device)
+    device = resolve_device(device)
     dtypes = {"float32": torch.float32, "float64": torch.float64, None: torch.float32,
               torch.float32: torch.float32, torch.float64: torch.float64}
     if dtype not in dtypes:
         raise ProbeError(f"unknown CKA dtype {dtype!r}: use float32 or float64")
     dtype = dtypes[dtype]
     return Estimator(kernel, float(sigma), bool(unbiased), dtype, device)
-
-
-def _device(device):
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ProbeError(f"bad device {device!r}: use cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"device {device} requested but CUDA is not available: use --device cpu")
-    return device
 
 
 def feature_grams(slabs, est):

@@ -1,12 +1,13 @@
 """What `probe.cka` returns: the matrix, its labels, the panels to draw, and files."""
 import csv
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import ProbeError, suggest
-from ..store import key_name, parse_key
+from ..files import atomic_json, atomic_write
+from ..selection import parse_key
+from ..store import key_name
 
 ACROSS = ("blocks", "timesteps", "all")
 
@@ -148,7 +149,7 @@ class CKAResult:
     def to_csv(self, path):
         """The matrix with its labels: first row the column keys, first column the row keys;
         values written exactly (shortest round-trip decimal)."""
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, newline="") as f:
             w = csv.writer(f)
             w.writerow(["row \\ col"] + self.col_labels)
             for lab, row in zip(self.row_labels, self.matrix):
@@ -163,8 +164,7 @@ class CKAResult:
                 "constant_keys": self.constant_keys}
 
     def to_json(self, path):
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        atomic_json(self.to_dict(), path)
         return path
 
 

@@ -5,13 +5,18 @@
 
 See docs/cka.md for the estimators and what the options mean.
 """
+from __future__ import annotations
+
+import contextlib
+import os
 import warnings
 
 import numpy as np
 import torch
 
 from ..errors import ProbeError
-from ..store import FeatureFile, key_name, open_features
+from ..selection import Spec
+from ..store import FeatureFile, key_name, opened
 from . import grid
 from .core import make_estimator
 from .result import ACROSS, CKAResult, Panel
@@ -32,22 +37,36 @@ def _check_minibatch(minibatch):
         raise ProbeError(f"minibatch must be a positive number of samples, got {minibatch!r}")
 
 
-def _open(f, opened):
-    if isinstance(f, FeatureFile):
-        return f
-    opened.append(open_features(f))
-    return opened[-1]
+def _select(fa, fb, sel_a, sel_b):
+    """The row keys of ``fa`` and the column keys (of ``fb``, or of ``fa`` itself)."""
+    rows = fa.select(*sel_a)
+    own_b = any(v is not None for v in sel_b)
+    if fb is None:
+        # a selection for B within one file gives a rectangular grid, e.g. t=10 against t=300
+        return rows, (fa.select(*sel_b) if own_b else rows)
+    if own_b:
+        return rows, fb.select(*sel_b)
+    try:
+        return rows, fb.select(*sel_a)
+    except ProbeError as e:
+        raise ProbeError(f"{e} (the second file's keys default to the first's: give its own "
+                         "with --t-b, --blocks-b or --keys-b)") from None
 
 
-def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="linear",
-        sigma=1.0, unbiased=None, shuffle=True, seed=0, device="cpu", dtype=None,
-        progress=False):
+def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile | None = None,
+        *, t: Spec = None, blocks: Spec = None, keys: Spec = None, t_b: Spec = None,
+        blocks_b: Spec = None, keys_b: Spec = None, across: str | None = None,
+        minibatch: int | None = None, kernel: str = "linear", sigma: float = 1.0,
+        unbiased: bool | None = None, shuffle: bool = True, seed: int = 0,
+        device: str = "cpu", dtype: str | None = None, progress: bool = False) -> CKAResult:
     """CKA between (t, block) keys of feature file ``a`` (rows) and of ``b`` (columns; ``a``
     itself when ``b`` is None).
 
-    ``keys``/``keys_b``: which keys ('tT/BLOCK', 'tT' for all blocks at T, 'BLOCK' for a
-    block at all t); default all (``keys_b`` defaults to ``keys``, else all of ``b``).
-    With one file, ``keys_b`` picks other columns of the same file (a rectangular grid).
+    ``t``/``blocks``/``keys`` select the rows with the grammar of :mod:`probe.selection`
+    (``keys`` also takes 'tT' for all blocks at T and 'BLOCK' for a block at all t); default
+    all.  ``t_b``/``blocks_b``/``keys_b`` select the columns the same way; they default to
+    the rows' selection.  With one file, they pick other columns of the same file (a
+    rectangular grid).
     ``across``: 'blocks' (a panel per t), 'timesteps' (a panel per block) or 'all'.
     ``minibatch``: None for the full-batch estimator, else the batch size of the minibatch
     estimator.  ``unbiased``: HSIC estimator (default: biased for full batch, unbiased for
@@ -58,36 +77,22 @@ def cka(a, b=None, keys=None, keys_b=None, across=None, minibatch=None, kernel="
     """
     _check_minibatch(minibatch)
     est = _estimator_args(kernel, sigma, unbiased, minibatch, device, dtype)
-    opened = []
-    try:
-        fa = _open(a, opened)
-        fb = None if b is None else _open(b, opened)
-        rows = grid.select_keys(fa, keys)
-        if fb is None:
-            # keys_b within one file gives a rectangular grid, e.g. t=10 blocks against t=300
-            cols = rows if keys_b is None else grid.select_keys(fa, keys_b)
-        elif keys_b is not None:
-            cols = grid.select_keys(fb, keys_b)
-        else:
-            try:
-                cols = grid.select_keys(fb, keys)
-            except ProbeError as e:
-                raise ProbeError(f"{e} (the second file's keys default to --keys: give it its own "
-                                 "with --keys-b)") from None
+    with contextlib.ExitStack() as files:
+        fa = files.enter_context(opened(a))
+        fb = None if b is None else files.enter_context(opened(b))
+        rows, cols = _select(fa, fb, (t, blocks, keys), (t_b, blocks_b, keys_b))
         rows_b = grid.align_ids(fa, fb) if fb is not None else None
         # the layout is checked before the work, so a bad --across fails at once
         result = CKAResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
                            (fa.path, fb.path if fb is not None else None), len(fa))
         result.across = _layout(result, across)
+        src_b: grid.FileSource | None
         if fb is not None:
             src_b = grid.FileSource(fb, cols)
         else:
             src_b = None if cols == rows else grid.FileSource(fa, cols)
         matrix, dead_a, dead_b, sizes = grid.run(
             grid.FileSource(fa, rows), src_b, est, minibatch, shuffle, seed, rows_b, progress)
-    finally:
-        for f in opened:
-            f.close()
     result.matrix = matrix
     result.constant_keys = list(dict.fromkeys(
         [key_name(*k) for k, d in zip(rows, dead_a) if d] + [key_name(*k) for k, d in zip(cols, dead_b) if d]))

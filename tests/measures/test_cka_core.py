@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from probe.cka import cka, cka_matrix
+from probe.measures import cka, cka_matrix
 from probe.errors import ProbeError
 from probe.store import write_features
 

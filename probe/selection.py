@@ -1,0 +1,223 @@
+"""Which features: one grammar for timesteps and blocks, in every command and the API.
+
+- ``t``: an integer, a comma list (``"10,100"``), a list of these (a repeated ``--t``),
+  or ``"all"`` / None.
+- ``blocks``: block names, 1-based ids in the model's forward order, comma lists of
+  these, a list of these (a repeated ``--blocks``), or ``"all"`` / None.
+- ``keys``: explicit (t, block) pairs, ``"tT/BLOCK"`` (BLOCK a name or an id),
+  comma-separated; ``"tT"`` alone means every block at T and ``"BLOCK"`` alone that
+  block at every t.
+
+Ids always count in the model's full block list: a feature file records that list
+(``model_blocks``), so ``--blocks 2`` names the same block in ``probe extract`` and in
+every command that reads the file.  Errors list what exists.
+"""
+from __future__ import annotations
+
+import numbers
+import re
+from typing import Iterable, Sequence, Union, cast
+
+from .errors import ProbeError, suggest
+
+Key = tuple  # (t: int, block: str)
+Spec = Union[None, str, int, Sequence[Union[str, int]]]
+
+ALL = "all"
+_KEY = re.compile(r"t(\d+)/(.+)")
+_T = re.compile(r"t(\d+)")
+
+
+def _words(spec: Spec) -> list | None:
+    """A spec as a flat list of words; None for 'all' (or nothing given)."""
+    if spec is None:
+        return None
+    one = isinstance(spec, (str, numbers.Integral, tuple))  # a tuple is one (t, block) key
+    items: list = [spec] if one else list(cast(Iterable, spec))
+    words: list = []
+    for item in items:
+        if isinstance(item, str):
+            words += [w.strip() for w in item.split(",") if w.strip()]
+        else:
+            words.append(item)
+    if any(isinstance(w, str) and w.lower() == ALL for w in words):
+        return None
+    return words
+
+
+def parse_t(spec: Spec) -> list[int] | None:
+    """Timesteps, sorted and unique; None for all."""
+    words = _words(spec)
+    if words is None:
+        return None
+    out = []
+    for w in words:
+        text = str(w).strip()
+        # a negative value parses: the schedule says what its range is
+        if isinstance(w, bool) or not re.fullmatch(r"t?-?\d+", text):
+            raise ProbeError(f"bad --t {w!r}: give integer timesteps, e.g. --t 10,100 or --t all")
+        out.append(int(text.lstrip("t")))
+    if not out:
+        raise ProbeError("no timesteps given: use e.g. --t 100, --t 10,100 or --t all")
+    return sorted(set(out))
+
+
+def _is_id(w) -> bool:
+    if isinstance(w, bool):
+        return False
+    return isinstance(w, numbers.Integral) or (isinstance(w, str) and w.isdigit())
+
+
+def block_list(names: Sequence[str]) -> str:
+    """Every name with its id, runs of numbered names folded:
+    'input_blocks.0..11 (ids 1-12), middle_block (13)'."""
+    out, i = [], 0
+    while i < len(names):
+        prefix, _, num = names[i].rpartition(".")
+        j = i
+        while (num.isdigit() and j + 1 < len(names)
+               and names[j + 1] == f"{prefix}.{int(num) + j + 1 - i}"):
+            j += 1
+        if j - i >= 2:
+            out.append(f"{names[i]}..{names[j].rpartition('.')[2]} (ids {i + 1}-{j + 1})")
+        else:
+            out += [f"{names[k]} ({k + 1})" for k in range(i, j + 1)]
+        i = j + 1
+    return ", ".join(out)
+
+
+def resolve_block(word, names: Sequence[str], owner: str, hint: str) -> str:
+    """One block word (a name or a 1-based id into ``names``) -> its name."""
+    if _is_id(word):
+        i = int(word)
+        if not 1 <= i <= len(names):
+            raise ProbeError(f"block id {i} is out of range: {owner} has blocks 1..{len(names)}: "
+                             f"{block_list(names)} ({hint})")
+        return names[i - 1]
+    word = str(word)
+    if word not in names:
+        raise ProbeError(f"{owner} has no block {word!r}{suggest(word, names)}; it has "
+                         f"{block_list(names)} ({hint})")
+    return word
+
+
+def resolve_blocks(spec: Spec, names: Sequence[str], owner: str, hint: str) -> list[str]:
+    """Block names for ``spec`` (see the module doc), in the order given, without repeats;
+    all of ``names`` for 'all'."""
+    words = _words(spec)
+    if words is None:
+        return list(names)
+    if not words:
+        raise ProbeError(f"no blocks given for {owner}: give names, ids or 'all' ({hint})")
+    return list(dict.fromkeys(resolve_block(w, names, owner, hint) for w in words))
+
+
+def parse_key(key) -> tuple[int, str]:
+    """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4')."""
+    if isinstance(key, tuple) and len(key) == 2:
+        return int(key[0]), str(key[1])
+    m = _KEY.fullmatch(str(key).strip())
+    if not m:
+        raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4")
+    return int(m.group(1)), m.group(2)
+
+
+class Catalog:
+    """What a feature file holds, for selecting from it: its (t, block) keys in file order
+    and the model's full block list that ids count in."""
+
+    def __init__(self, keys: Iterable[Key], model_blocks: Sequence[str] | None, owner: str):
+        self.keys = list(keys)
+        self.blocks = list(dict.fromkeys(b for _, b in self.keys))
+        self.timesteps = sorted({t for t, _ in self.keys})
+        # None: a file written before the model's list was recorded; its ids are ambiguous
+        self.model_blocks = list(model_blocks) if model_blocks else None
+        self.owner = owner
+        self.hint = f"see `probe info {owner}`"
+
+    def block(self, word) -> str:
+        if self.model_blocks is None:
+            if _is_id(word):
+                raise ProbeError(f"{self.owner} does not record its model's block list (it was "
+                                 "written by an older probe), so block ids cannot be read: name "
+                                 f"the block, one of {', '.join(self.blocks)}")
+            return resolve_block(word, self.blocks, self.owner, self.hint)
+        name = resolve_block(word, self.model_blocks, self.owner, self.hint)
+        if name not in self.blocks:
+            held = ", ".join(f"{b} ({self.model_blocks.index(b) + 1})" if b in self.model_blocks
+                             else b for b in self.blocks)
+            raise ProbeError(f"{self.owner} has no features of block {name} (id "
+                             f"{self.model_blocks.index(name) + 1}); it holds {held} "
+                             f"({self.hint})")
+        return name
+
+    def check_t(self, t: int) -> int:
+        if t not in self.timesteps:
+            raise ProbeError(f"{self.owner} has no features at t={t}; it has t in "
+                             f"{', '.join(map(str, self.timesteps))} ({self.hint})")
+        return t
+
+    def key(self, key) -> Key:
+        """One (t, block) pair, the block given by name or id, checked to be in the file."""
+        if isinstance(key, tuple) and len(key) == 2:
+            t, word = int(key[0]), key[1]
+        else:
+            m = _KEY.fullmatch(str(key).strip())
+            if not m:
+                raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/blocks.2 "
+                                 "or t100/3 (a block id)")
+            t, word = int(m.group(1)), m.group(2)
+        self.check_t(t)
+        found = (t, self.block(word))
+        if found not in self.keys:
+            raise ProbeError(f"{self.owner} has no features for t={t}, block {found[1]} (it has "
+                             f"that block at t in {', '.join(str(k[0]) for k in self.keys if k[1] == found[1])}; "
+                             f"{self.hint})")
+        return found
+
+    def _key_words(self, keys: Spec) -> set:
+        chosen = set()
+        for w in _words(keys) or []:
+            if isinstance(w, tuple) or (isinstance(w, str) and "/" in w):
+                chosen.add(self.key(w))
+            elif isinstance(w, str) and _T.fullmatch(w):
+                chosen.update(k for k in self.keys if k[0] == self.check_t(int(w[1:])))
+            else:
+                name = self.block(w)
+                chosen.update(k for k in self.keys if k[1] == name)
+        return chosen
+
+    def select(self, t: Spec = None, blocks: Spec = None, keys: Spec = None) -> list[Key]:
+        """The keys named by ``t`` x ``blocks``, or by ``keys``, in file order (t ascending,
+        blocks in forward order).  Every combination named must exist."""
+        if keys is not None and _words(keys) is not None:
+            if _words(t) is not None or _words(blocks) is not None:
+                raise ProbeError("give either --keys or --t/--blocks, not both")
+            chosen = self._key_words(keys)
+            if not chosen:
+                raise ProbeError(f"no keys given: name them as tT/BLOCK, tT or BLOCK ({self.hint})")
+            return [k for k in self.keys if k in chosen]
+        ts = parse_t(t)
+        ts = None if ts is None else [self.check_t(x) for x in ts]
+        words = _words(blocks)
+        names = None if words is None else list(dict.fromkeys(self.block(w) for w in words))
+        if names == []:
+            raise ProbeError(f"no blocks given: give names, ids or 'all' ({self.hint})")
+        if ts is not None and names is not None:  # both named: every pair must be there
+            for tt in ts:
+                for b in names:
+                    if (tt, b) not in self.keys:
+                        raise ProbeError(f"{self.owner} has no features for t={tt}, block {b} "
+                                         f"({self.hint})")
+        return [k for k in self.keys
+                if (ts is None or k[0] in ts) and (names is None or k[1] in names)]
+
+    def one(self, t: Spec = None, blocks: Spec = None, keys: Spec = None) -> Key:
+        """Exactly one key: what is given must leave a single candidate."""
+        found = self.select(t, blocks, keys)
+        if len(found) != 1:
+            raise ProbeError(
+                f"{self.owner} has {len(found)} (t, block) keys for this selection: choose one "
+                f"with --t and --blocks (t in {', '.join(str(x) for x in sorted({k[0] for k in found}))}; "
+                f"blocks {', '.join(dict.fromkeys(k[1] for k in found))})")
+        return found[0]
