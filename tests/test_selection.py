@@ -4,6 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
+from extractors.test_registry import unfold_block_list
 from probe.errors import ProbeError
 from probe.selection import block_list, parse_key, parse_t, resolve_blocks
 from probe.store import open_features, write_features
@@ -54,17 +55,7 @@ def test_block_list_folds_runs_and_numbers_every_name():
     names = ["conv_in", "blocks.0", "blocks.1", "blocks.2", "blocks.3", "norm", "head.0", "head.1"]
     listed = block_list(names)
     assert listed == "conv_in (1), blocks.0..3 (ids 2-5), norm (6), head.0 (7), head.1 (8)"
-    # unfolding the list gives every name back, in order
-    unfolded = []
-    for part in listed.split(", "):
-        name = part.partition(" (")[0]
-        if ".." in name:
-            head, last = name.split("..")
-            prefix, _, first = head.rpartition(".")
-            unfolded += [f"{prefix}.{i}" for i in range(int(first), int(last) + 1)]
-        else:
-            unfolded.append(name)
-    assert unfolded == names
+    assert unfold_block_list(listed) == names  # every name, each id its position
 
 
 def test_parse_key():

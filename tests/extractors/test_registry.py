@@ -135,7 +135,7 @@ def test_aliases_build_the_paper_sizes(alias, hidden, depth):
             probe.load_model(alias, vae=None)
 
 
-def _unfold(listing):
+def unfold_block_list(listing):
     """'a.0..2 (ids 1-3), b (4)' -> names, checking each id against its position."""
     names = []
     for part in listing.split(", "):
@@ -159,7 +159,7 @@ def test_unknown_block_lists_every_valid_block():
     msg = str(err.value)
     assert "did you mean middle_block" in msg and "probe blocks adm-256" in msg and "\n" not in msg
     listing = msg.split("; it has ")[1].split(" (`probe blocks")[0]
-    assert _unfold(listing) == model.block_names
+    assert unfold_block_list(listing) == model.block_names
     with pytest.raises(ProbeError, match="block id 38 is out of range: adm-256 has blocks 1..37"):
         model.resolve_blocks(38)
     with pytest.raises(ProbeError, match="no blocks given"):
