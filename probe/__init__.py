@@ -7,12 +7,45 @@ Python API (the CLI is a thin layer over these):
 - :func:`open_features` — read such a file.
 - :func:`fit` — train a probe head on cached features.
 - :func:`cka` — CKA between blocks and timesteps, within one file or between two.
+- :func:`similarity` — the same grid with other measures (mutual k-NN, CKNNA, RSA,
+  Procrustes, SVCCA), permutation nulls and bootstrap intervals.
+
+Each name is imported from its module on first use (PEP 562), so ``import probe`` and the
+`probe` command start without torch; ``probe.load_model`` and the others pull it in.
 """
-from .extraction import extract
-from .extractors.registry import load_model
-from .heads.fit import fit
-from .measures import cka
-from .store import open_features
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .version import __version__
 
-__all__ = ["load_model", "extract", "open_features", "fit", "cka", "__version__"]
+if TYPE_CHECKING:
+    from .extraction import extract
+    from .extractors.registry import load_model
+    from .heads.fit import fit
+    from .measures import cka, similarity
+    from .store import open_features
+
+_API = {
+    "load_model": "probe.extractors.registry",
+    "extract": "probe.extraction",
+    "open_features": "probe.store",
+    "fit": "probe.heads.fit",
+    "cka": "probe.measures",
+    "similarity": "probe.measures",
+}
+
+__all__ = ["load_model", "extract", "open_features", "fit", "cka", "similarity", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'probe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,6 +1,7 @@
 """Which device to run on and how many CPU threads to use: one answer for every command."""
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from .errors import ProbeError
@@ -30,13 +31,20 @@ def resolve_device(device: "str | torch.device | None" = None) -> "torch.device"
 
 
 def set_threads(threads: int | None) -> None:
-    """Use ``threads`` CPU threads in torch (None: torch's default, one per core).  On a
-    machine shared with other jobs, fewer threads than cores avoids threads waiting on
-    each other."""
+    """How torch uses the CPU cores: ``threads`` intra-op threads (None: torch's default,
+    one per core), waiting passively for each other unless ``OMP_WAIT_POLICY`` says otherwise.
+
+    OpenMP threads spin while they wait for each other.  When another process holds a
+    core, a spinning thread burns the time slice the thread it waits for needs, and small
+    ops run 5-25x slower instead of 2x (benchmarks/RESULTS.md, "Shared cores").  Waiting
+    passively removes that and costs nothing measurable on idle cores.  OpenMP reads the
+    policy when torch is imported, so this takes effect only if torch is not imported yet
+    (the `probe` command calls it first thing)."""
+    if threads is not None and int(threads) < 1:
+        raise ProbeError(f"--threads must be a positive integer, not {threads}")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if threads is None:
         return
-    if int(threads) < 1:
-        raise ProbeError(f"--threads must be a positive integer, not {threads}")
     import torch
 
     torch.set_num_threads(int(threads))

@@ -8,10 +8,7 @@ pooling works for every family.
 """
 import re
 
-import torch.nn.functional as F
-
 from .errors import ProbeError
-from .extractors.base import Extractor
 
 POOL_HELP = "mean | avgK (e.g. avg4: adaptive average pool to 4x4) | none"
 
@@ -27,6 +24,11 @@ def parse_pool(pool):
 
 
 def apply_pool(feature, pool):
+    # imported here: the CLI reads POOL_HELP and parse_pool for `--help` without torch
+    import torch.nn.functional as F
+
+    from .extractors.base import Extractor
+
     fmap = Extractor.to_map(feature)
     if pool == "mean":
         return fmap.mean(dim=(2, 3))

@@ -12,7 +12,7 @@ import sys
 
 from ..errors import ProbeError
 
-SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "train", "demo"]
+SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "similarity", "train", "demo"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,10 +41,9 @@ def main(argv=None):
         if not getattr(args, "func", None):
             build_parser().print_help()
             return 2
-        if getattr(args, "threads", None) is not None:
-            from ..device import set_threads
+        from ..device import set_threads
 
-            set_threads(args.threads)
+        set_threads(getattr(args, "threads", None))  # before anything imports torch
         return args.func(args) or 0
     except ProbeError as e:
         if debug:

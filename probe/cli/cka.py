@@ -1,4 +1,7 @@
-"""`probe cka`: CKA between blocks and timesteps of one feature file, or between two."""
+"""`probe cka`: CKA between blocks and timesteps of one feature file, or between two.
+
+:func:`run_measure` is the body it shares with `probe similarity`: the checks on --out,
+the outputs written all or nothing, and what is printed."""
 import os
 import warnings
 
@@ -6,12 +9,14 @@ from ..errors import ProbeError
 from .common import add_run_flags, add_selection, refuse_existing, selection
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+# probe.measures.core.KERNELS and probe.measures.result.ACROSS, spelled out because importing
+# probe.measures costs torch, and every `probe ... --help` builds this parser
+# (tests/test_start.py checks that they agree)
+KERNELS = ("linear", "rbf")
+ACROSS = ("blocks", "timesteps", "all")
 
 
 def register(subparsers):
-    from ..measures.core import KERNELS
-    from ..measures.result import ACROSS
-
     p = subparsers.add_parser(
         "cka", help="CKA across blocks, timesteps and models, with heatmaps",
         description="CKA between the (t, block) features of a file from `probe extract`, or "
@@ -56,28 +61,45 @@ def _comma(values):
 
 
 def _outputs(stem, ext):
-    return [stem + ".csv", stem + ".json", stem + ext, f"{stem}_line{ext}"]
+    return [stem + ".csv", stem + ".json", stem + ext, f"{stem}_line{ext}", f"{stem}_stats.csv"]
 
 
 def run(args):
     from ..measures import cka
 
+    def compute(**chosen):
+        return cka(args.a, args.b, **chosen, across=args.across, minibatch=args.minibatch,
+                   kernel=args.kernel, sigma=args.sigma, unbiased=args.unbiased,
+                   shuffle=not args.no_shuffle, seed=args.seed, device=args.device,
+                   dtype=args.dtype, progress=not args.quiet)
+
+    return run_measure(args, compute, _summary)
+
+
+def _summary(result):
+    e, m = result.estimator, result.matrix
+    batches = f"minibatch {e['minibatch']} ({e['batches']} batches)" if e["batches"] > 1 else "full batch"
+    return [f"CKA over {result.num_samples} samples ({e['kernel']}, "
+            f"{'unbiased' if e['unbiased'] else 'biased'} HSIC, {batches}): "
+            f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}"]
+
+
+def run_measure(args, compute, summary, minus_null=False):
+    """The body of `probe cka` and `probe similarity`: check --out, compute the result with
+    ``compute(t=..., blocks=..., ...)`` (the selection flags), print its warnings, write
+    the outputs all or nothing, and print the lines of ``summary(result)``."""
     stem, ext = os.path.splitext(args.out)
     if ext.lower() not in FORMATS:
         raise ProbeError(f"--out {args.out}: the plot needs one of the extensions {', '.join(FORMATS)}")
     if os.path.isdir(args.out):
-        raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/cka.png")
+        raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/plot.png")
     folder = os.path.dirname(os.path.abspath(args.out))
     refuse_existing(_outputs(stem, ext), args.overwrite)
-    t, blocks, keys = selection(args)
-    t_b, blocks_b, keys_b = selection(args, "_b")
+    chosen = dict(zip(("t", "blocks", "keys"), selection(args)))
+    chosen.update(zip(("t_b", "blocks_b", "keys_b"), selection(args, "_b")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = cka(args.a, args.b, t=t, blocks=blocks, keys=keys, t_b=t_b, blocks_b=blocks_b,
-                     keys_b=keys_b, across=args.across, minibatch=args.minibatch,
-                     kernel=args.kernel, sigma=args.sigma, unbiased=args.unbiased,
-                     shuffle=not args.no_shuffle, seed=args.seed, device=args.device,
-                     dtype=args.dtype, progress=not args.quiet)
+        result = compute(**chosen)
     for w in caught:
         print(f"probe: warning: {w.message}")
     drawn = {i for panel in result.panels() for i in panel.rows}
@@ -86,12 +108,9 @@ def run(args):
         print(f"probe: note: no heatmap panel for {', '.join(undrawn)} (nothing to pair them with "
               f"across {result.across}); they are in the CSV, and --across all draws every key")
     line_blocks = _line_blocks(args, result)
-    written = _write_outputs(result, folder, stem, ext, line_blocks, args.line_ref)
-    e, m = result.estimator, result.matrix
-    batches = f"minibatch {e['minibatch']} ({e['batches']} batches)" if e["batches"] > 1 else "full batch"
-    print(f"CKA over {result.num_samples} samples ({e['kernel']}, "
-          f"{'unbiased' if e['unbiased'] else 'biased'} HSIC, {batches}): "
-          f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}")
+    written = _write_outputs(result, folder, stem, ext, line_blocks, args.line_ref, minus_null)
+    for line in summary(result):
+        print(line)
     print("wrote " + ", ".join(written))
     return 0
 
@@ -116,9 +135,10 @@ def _line_blocks(args, result):
     return blocks
 
 
-def _write_outputs(result, folder, stem, ext, line_blocks, line_ref):
-    """CSV, JSON, heatmap and line plot, all or nothing: each is written under a temporary
-    name and renamed only once every one of them has been written."""
+def _write_outputs(result, folder, stem, ext, line_blocks, line_ref, minus_null=False):
+    """CSV, JSON, heatmap, line plot and the stats CSV (with a null or an interval), all or
+    nothing: each is written under a temporary name and renamed only once every one of
+    them has been written."""
     import contextlib
 
     from ..files import atomic_path
@@ -131,24 +151,29 @@ def _write_outputs(result, folder, stem, ext, line_blocks, line_ref):
         raise ProbeError(f"cannot create the folder {folder} ({e.strerror}): choose another --out") from None
     if not os.access(folder, os.W_OK):
         raise ProbeError(f"cannot write to {folder}: choose another --out")
-    line_path = f"{stem}_line{ext}"
+    line_path, stats_path = f"{stem}_line{ext}", f"{stem}_stats.csv"
     finals = [stem + ".csv", stem + ".json", stem + ext] + ([line_path] if line_blocks else [])
+    finals += [stats_path] if result.has_stats else []
     try:
         # each temporary file is renamed when the stack closes without error, removed otherwise
         with contextlib.ExitStack() as stack:
             tmp = {f: stack.enter_context(atomic_path(f)) for f in finals}
             result.to_csv(tmp[finals[0]])
             result.to_json(tmp[finals[1]])
-            heatmaps(result, tmp[finals[2]])
+            heatmaps(result, tmp[finals[2]], minus_null=minus_null)
             if line_blocks:
                 line_plot(result, tmp[line_path], line_blocks, line_ref)
+            if result.has_stats:
+                result.to_stats_csv(tmp[stats_path])
     except BaseException as e:
         if made_folder and not os.listdir(folder):
             os.rmdir(folder)
         if isinstance(e, OSError):
-            raise ProbeError(f"cannot write the CKA outputs next to {stem + ext} ({e.strerror}): "
-                             "choose another --out") from None
+            raise ProbeError(f"cannot write the {result.label} outputs next to {stem + ext} "
+                             f"({e.strerror}): choose another --out") from None
         raise
-    if not line_blocks and os.path.exists(line_path):
-        os.remove(line_path)  # a line plot from an earlier run would not match this matrix
+    # outputs of an earlier run at this --out would not match this matrix
+    for stale, made in ((line_path, line_blocks), (stats_path, result.has_stats)):
+        if not made and os.path.exists(stale):
+            os.remove(stale)
     return finals

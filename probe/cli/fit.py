@@ -34,11 +34,37 @@ def add_head_args(p):
     g.add_argument("--C", type=float, help="logreg: inverse L2 strength (default 1.0)")
 
 
+def _floats(text):
+    try:
+        values = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ProbeError(f"bad --l2 {text!r}: give a number or a comma list, e.g. --l2 1e-4 or "
+                         "--l2 1e-5,1e-4,1e-3")
+    return values[0] if len(values) == 1 else values
+
+
 def add_train_args(p):
+    g = p.add_argument_group("linear head")
+    g.add_argument("--solver", choices=["lbfgs", "sgd"],
+                   help="lbfgs (default): full-batch L-BFGS to convergence, where --epochs, "
+                        "--optimizer, --lr, --weight-decay, --warmup-epochs and --patience do "
+                        "not apply; sgd: the MAE recipe (SGD, cosine schedule, last epoch)")
+    g.add_argument("--l2", type=_floats, metavar="F[,F...]",
+                   help="lbfgs: L2 strength, (l2/2)|W|^2 added to the mean cross-entropy, "
+                        "= 1/(n C) for scikit-learn's C on n training rows (2/(n C) with two "
+                        "classes); several values: the best validation loss among them "
+                        "(default: chosen on the validation split among 1e-1 ... 1e-6)")
+    g.add_argument("--max-iter", type=int, metavar="N",
+                   help="lbfgs: iterations per l2 value (default 1000)")
+    g.add_argument("--tol", type=float, metavar="F",
+                   help="lbfgs: stop when no gradient entry (scikit-learn's test) nor the "
+                        "decrease the next step predicts exceeds this (default 1e-4)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int,
-                   help="at most this many epochs (default 30; linear: 100, and at least 4000 "
-                        "steps on small sets)")
+                   help="at most this many epochs (default 30; linear with --solver sgd: 100, "
+                        "and at least 4000 steps on small sets)")
     add_batch_size(g, None, "training batch size (default 256)")
     g.add_argument("--optimizer", choices=["adamw", "sgd"],
                    help="default: sgd (momentum 0.9) for linear, adamw for the others")
@@ -68,7 +94,8 @@ def add_train_args(p):
 
 HEAD_KEYS = ("hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C")
 TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
-              "patience", "val_fraction", "seed", "device", "memory_limit_gb", "stream")
+              "patience", "val_fraction", "seed", "device", "memory_limit_gb", "stream",
+              "solver", "l2", "max_iter", "tol")
 
 
 def options(args):

@@ -5,10 +5,12 @@ expand grayscale to the model's channels (or average colour down to one channel)
 Normalisation to the model's range is the model's own job (``Extractor.prepare``).
 """
 import torch
-from torchvision.transforms import v2 as T
 
 
 def image_transform(size, channels):
+    # torchvision's import pulls in torch._dynamo (over a second): only datasets pay for it
+    from torchvision.transforms import v2 as T
+
     steps = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     if size is not None:
         steps += [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),

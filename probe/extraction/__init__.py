@@ -36,13 +36,25 @@ __all__ = ["extract", "weights_sha256"]
 
 
 def weights_sha256(model):
-    """A hash of every weight the features depend on (network and VAE)."""
+    """A hash of every weight the features depend on (network and VAE).
+
+    Hashing a large model takes seconds, so the digest is kept on the model and reused
+    while every tensor has the same storage and version counter: loading weights, an
+    optimizer step or any other in-place change bumps the counter.  (Writing through
+    ``.data`` does not: hash again after such a change by deleting ``model._weights_sha256``.)
+    """
+    state = sorted(model.state_dict().items())
+    stamp = [(k, v.data_ptr(), v._version) for k, v in state]
+    cached = getattr(model, "_weights_sha256", None)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
+    for k, v in state:
         h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
-                 if v.numel() else b"")
-    return h.hexdigest()
+        if v.numel():  # hashed through the buffer, without a copy of the bytes
+            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
+    model._weights_sha256 = (stamp, h.hexdigest())
+    return model._weights_sha256[1]
 
 
 def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = 100,

@@ -3,7 +3,9 @@
 Checkpoints are unpickled with ``torch.load(weights_only=True)``: a file that needs
 arbitrary code to load is refused unless the user trusts it explicitly.
 """
+import contextlib
 import hashlib
+import json
 import os
 import pickle
 import sys
@@ -12,9 +14,21 @@ import warnings
 import torch
 
 from ..errors import ProbeError
+from ..files import atomic_json
+
+# Hashing a released checkpoint (GBs) costs seconds on every extraction, so file digests
+# are cached by (path, size, mtime, inode); below this size hashing is cheaper than the cache.
+CACHE_MIN_BYTES = 16 << 20
+
+
+def cache_dir():
+    """Where probe keeps what it can recompute: ``$XDG_CACHE_HOME/probe`` (~/.cache/probe)."""
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "probe")
 
 
 def sha256(path, chunk=1 << 20):
+    """The hex sha256 of a file, or of a folder (its files' relative paths and digests)."""
     if os.path.isdir(path):
         h = hashlib.sha256()
         for root, _, files in sorted(os.walk(path)):
@@ -23,11 +37,39 @@ def sha256(path, chunk=1 << 20):
                 h.update(os.path.relpath(p, path).encode())
                 h.update(sha256(p).encode())
         return h.hexdigest()
+    path = os.path.abspath(path)
+    st = os.stat(path)
+    if st.st_size < CACHE_MIN_BYTES:
+        return _file_sha256(path, chunk)
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    cache_file = os.path.join(cache_dir(), "sha256.json")
+    cache = _read_cache(cache_file)
+    hit = cache.get(path)
+    if isinstance(hit, list) and len(hit) == 4 and hit[:3] == stamp:
+        return hit[3]
+    digest = _file_sha256(path, chunk)
+    cache = {p: v for p, v in cache.items() if os.path.exists(p)}  # forget deleted files
+    cache[path] = stamp + [digest]
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run a hash
+        atomic_json(cache, cache_file)
+    return digest
+
+
+def _file_sha256(path, chunk):
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def _read_cache(path):
+    try:
+        with open(path) as fh:
+            cache = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def load_file(path, trust_checkpoint=False):

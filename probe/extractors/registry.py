@@ -11,11 +11,11 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from ..errors import ProbeError, suggest
 
 if TYPE_CHECKING:
+    import torch
+
     from .base import Extractor
 
 FAMILIES = {
@@ -130,6 +130,8 @@ def load_model(name: str, checkpoint: str | None = None, random_init: bool = Fal
     spec = dict(spec, config={**spec.get("config", {}), **config})
     if checkpoint is None and not random_init and spec.get("file"):
         checkpoint = shipped_weights(spec["file"])
+    import torch  # here, so that the zoo above is read without it (`probe models`)
+
     create = family_module(spec["family"]).create
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
@@ -159,6 +161,8 @@ def load_architecture(name, checkpoint=None, trust_checkpoint=False, **config):
         name, spec = resolve(name)
         if spec.get("file") and not arch_flags:  # shipped small models: the real thing
             return load_model(name)
+    import torch
+
     with torch.device("meta"):
         return load_model(name, random_init=True, **config)
 

@@ -6,8 +6,6 @@ Without a positional embedding (the default, as in the paper) the head sees the 
 as a set of tokens: it is invariant to permuting the spatial positions.
 """
 import torch
-from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .linear import EPS
@@ -16,6 +14,10 @@ from .linear import EPS
 class AttentionHead(nn.Module):
     def __init__(self, channels, num_classes, dim=128, depth=1, num_heads=4, pos_embed=False,
                  num_tokens=None, mlp_ratio=4.0):
+        # timm (and the torchvision it imports) only for runs that build this head
+        from timm.layers import trunc_normal_
+        from timm.models.vision_transformer import Block
+
         super().__init__()
         self.norm_in = nn.BatchNorm2d(channels, affine=False, eps=EPS)
         self.proj = nn.Conv2d(channels, dim, 1)

@@ -5,13 +5,15 @@
 - ``knn``: k-nearest-neighbour vote on L2-normalised features (cosine similarity).
 """
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
 
 
 def make_baseline(name, opts, seed):
+    # scikit-learn takes seconds to import: only the runs that ask for a baseline pay it
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
     if name == "logreg":
         return make_pipeline(StandardScaler(),
                              LogisticRegression(C=opts["C"], max_iter=2000, random_state=seed))
@@ -21,6 +23,8 @@ def make_baseline(name, opts, seed):
 def baseline_params(model):
     """Learned numbers: the logistic regression's weights and biases; k-NN has none (it
     stores the training set)."""
+    from sklearn.linear_model import LogisticRegression
+
     clf = model[-1]
     if isinstance(clf, LogisticRegression):
         return int(clf.coef_.size + clf.intercept_.size)

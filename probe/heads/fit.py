@@ -23,6 +23,7 @@ from .data import FeatureSource, view_shape
 from .linear import linear_grid_units
 from .result import FitResult, make_summary
 from .setup import GB, Setup
+from .solver import fit_linear
 from .train import TrainConfig, head_seed, predict, single_unit, train_pass
 
 
@@ -57,6 +58,18 @@ def _build_units(setup, head, views, options, comparable_size):
     return units, infos, list(range(len(views)))
 
 
+def _solve_linear(setup, views, source, cfg, progress, desc):
+    """The linear head by full-batch L-BFGS (:mod:`.solver`): (per view a dict like
+    train_pass's, (options, params) per view, wall time).  No epochs: ``selected_epoch``
+    and ``epochs_run`` are left out (null in the JSON)."""
+    dims = [view_shape(setup.train.shape(k), kind)[0] for k, kind in views]
+    members, elapsed = fit_linear(source, views, dims, setup.train_rows, setup.val_rows,
+                                  setup.num_classes, cfg, progress=progress, desc=desc)
+    infos = [({"solver": "lbfgs", "l2": m["l2"]}, d * setup.num_classes + setup.num_classes)
+             for m, d in zip(members, dims)]
+    return members, infos, elapsed
+
+
 def train_heads(setup, head, keys, options=None, comparable_size=False, progress=True):
     """Train ``head`` on each of ``keys`` (neural heads: in one pass sharing batches) and
     evaluate; returns one :class:`FitResult` per key."""
@@ -67,22 +80,27 @@ def train_heads(setup, head, keys, options=None, comparable_size=False, progress
         return [_fit_baseline(setup, head, view, options) for view in views]
     limit = cfg.memory_limit_gb * GB
     source = FeatureSource(setup.train, views, limit, cfg.stream)
-    units, infos, order = _build_units(setup, head, views, options, comparable_size)
+    desc = f"{head} x{len(keys)}" if len(keys) > 1 else f"{head} t{keys[0][0]}/{keys[0][1]}"
     with _deterministic(cfg.device):
-        desc = f"{head} x{len(keys)}" if len(keys) > 1 else f"{head} t{keys[0][0]}/{keys[0][1]}"
-        states, elapsed = train_pass(units, source, setup.train_rows, setup.val_rows, cfg,
-                                     progress=progress, desc=desc)
-        by_view = dict(zip(order, zip((s for st in states for s in st), infos)))
-        members, infos = zip(*(by_view[i] for i in range(len(views))))
+        if head == "linear" and cfg.solver == "lbfgs":
+            members, infos, elapsed = _solve_linear(setup, views, source, cfg, progress, desc)
+        else:
+            units, infos, order = _build_units(setup, head, views, options, comparable_size)
+            states, elapsed = train_pass(units, source, setup.train_rows, setup.val_rows, cfg,
+                                         progress=progress, desc=desc)
+            by_view = dict(zip(order, zip((s for st in states for s in st), infos)))
+            members, infos = zip(*(by_view[i] for i in range(len(views))))
         eval_src, rows = setup.eval_source(views)
         scores = predict([(v, s["head"]) for v, s in zip(views, members)], eval_src or source,
                          rows, cfg.batch_size, torch.device(cfg.device))
     results = []
     for view, s, (opts, params), sc in zip(views, members, infos, scores):
         extra = dict(val_top1=s["val_top1"], val_loss=s["val_loss"],
-                     selected_epoch=s["selected_epoch"], epochs_run=s["epochs_run"],
+                     selected_epoch=s.get("selected_epoch"), epochs_run=s.get("epochs_run"),
                      train_time_s=round(elapsed, 3),
                      keys_in_pass=len(keys), streamed=source.streamed)
+        if "solver" in s:
+            extra["solver"] = s["solver"]
         summary = make_summary(setup, head, view, opts, params, comparable_size, sc, extra, cfg)
         results.append(FitResult(summary, sc, s["head"]))
     return results

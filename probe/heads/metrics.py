@@ -1,12 +1,14 @@
 """Classification metrics from scikit-learn, as JSON-ready values."""
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
 
 
 def classification_metrics(labels, scores, class_names):
     """top-1, top-5 (None with 5 classes or fewer: it would be 1 by definition), per-class
     accuracy (None for a class absent from the evaluated set), confusion matrix (rows:
     true class, columns: predicted) and the predictions."""
+    # here, not at the top: `import probe.heads` should not cost scikit-learn's import
+    from sklearn.metrics import accuracy_score, confusion_matrix, top_k_accuracy_score
+
     k = len(class_names)
     classes = np.arange(k)
     pred = scores.argmax(1)

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from ..device import resolve_device
 from ..errors import ProbeError
 
-# The linear probe is the MAE / l-DAE protocol: SGD with momentum on a convex problem,
+# The linear probe is solved by full-batch L-BFGS by default (probe.heads.solver).  With
+# solver="sgd" it is the MAE / l-DAE recipe: SGD with momentum on a convex problem,
 # the whole cosine schedule, the last epoch.  Its convergence depends on the number of
 # steps, not epochs: on small sets it trains for at least MIN_LINEAR_STEPS.  So it lands
 # within about a point of scikit-learn's logistic regression (benchmarks/
@@ -34,6 +35,20 @@ OTHER_DEFAULTS = dict(optimizer="adamw", lr=1e-3, weight_decay=0.05, epochs=30, 
 OPTIMIZER_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=0.0),
                       "adamw": dict(lr=1e-3, weight_decay=0.05)}
 MIN_LINEAR_STEPS = 4000
+SOLVERS = ("lbfgs", "sgd")  # of the linear head: full-batch L-BFGS (default) or the MAE recipe
+
+
+def _l2_values(l2):
+    """One l2 value (a float) or several (a tuple), each checked to be a number >= 0."""
+    values = [l2] if isinstance(l2, (int, float)) else list(l2)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ProbeError(f"bad --l2 {l2!r}: give a number, or several, e.g. --l2 1e-4 or "
+                         "--l2 1e-5,1e-4,1e-3") from None
+    if not values or min(values) < 0 or not all(math.isfinite(v) for v in values):
+        raise ProbeError(f"bad --l2 {l2!r}: the values must be finite and >= 0")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 @dataclass
@@ -52,14 +67,29 @@ class TrainConfig:
     device: str = None                # None: cuda if available, else cpu
     memory_limit_gb: float = 2.0      # features larger than this are streamed from the file
     stream: bool = None               # None: decide by memory_limit_gb
+    # the linear head only (see probe.heads.solver); with lbfgs, epochs, optimizer, lr,
+    # weight_decay, warmup_epochs and patience do not apply (batch_size: evaluation only)
+    solver: str = None                # lbfgs (full-batch, the default) | sgd (the MAE recipe)
+    l2: "float | tuple" = None        # lbfgs: (l2/2)|W|^2 added to the mean cross-entropy;
+                                      # None: chosen on the validation split along
+                                      # solver.L2_PATH; several values: chosen among them
+    max_iter: int = 1000              # lbfgs: iterations per l2 value
+    tol: float = 1e-4                 # lbfgs: stop when no gradient entry, nor the decrease
+                                      # the next step predicts, exceeds this
 
     def resolved(self):
         """A copy with values checked and the device chosen."""
         c = copy.copy(self)
         if c.optimizer is not None and c.optimizer not in OPTIMIZER_DEFAULTS:
             raise ProbeError(f"unknown optimizer {c.optimizer!r}: use adamw or sgd")
+        if c.solver is not None and c.solver not in SOLVERS:
+            raise ProbeError(f"unknown solver {c.solver!r}: use lbfgs or sgd")
+        if c.l2 is not None:
+            c.l2 = _l2_values(c.l2)
+        if not c.tol > 0:
+            raise ProbeError("--tol must be positive")
         c.device = str(resolve_device(c.device))
-        for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 0)):
+        for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 0), ("max_iter", 1)):
             if getattr(c, name) is not None and int(getattr(c, name)) < low:
                 raise ProbeError(f"--{name.replace('_', '-')} must be at least {low}")
         if not 0 <= c.val_fraction < 1:
@@ -70,12 +100,20 @@ class TrainConfig:
 
     def for_head(self, head, num_train):
         """A copy with the optimiser, learning rate, weight decay, epochs and patience
-        filled in for ``head`` trained on ``num_train`` samples."""
+        filled in for ``head`` trained on ``num_train`` samples; for the linear head with
+        lbfgs, the solver and None for those (it has no epochs)."""
+        c = copy.copy(self)
+        if head == "linear" and c.solver in (None, "lbfgs"):
+            # no optimiser, schedule or epochs: None in the saved settings
+            c.solver = "lbfgs"
+            c.epochs = c.optimizer = c.lr = c.weight_decay = c.warmup_epochs = c.patience = None
+            return c
+        c.solver = "sgd" if head == "linear" else None
+        c.l2 = c.max_iter = c.tol = None
         base = dict(HEAD_DEFAULTS.get(head, OTHER_DEFAULTS))
         if head == "linear":
             steps = max(1, math.ceil(num_train / self.batch_size))
             base["epochs"] = max(base["epochs"], math.ceil(MIN_LINEAR_STEPS / steps))
-        c = copy.copy(self)
         c.optimizer = c.optimizer or base["optimizer"]
         opt = base if c.optimizer == base["optimizer"] else OPTIMIZER_DEFAULTS[c.optimizer]
         c.lr = opt["lr"] if c.lr is None else float(c.lr)

@@ -1,7 +1,10 @@
-"""CKA between blocks and timesteps, within one feature file or between two.
+"""CKA and other similarity measures between blocks and timesteps, within one feature file
+or between two.
 
 - :func:`cka` -- the grid over (t, block) keys of feature files (what `probe cka` runs).
 - :func:`cka_matrix` -- the same estimators on in-memory arrays or tensors.
+- :func:`similarity` -- any of the measures in ``METRICS`` over the same grid, with a
+  permutation null and a bootstrap interval when asked for (what `probe similarity` runs).
 
 See docs/cka.md for the estimators and what the options mean.
 """
@@ -17,11 +20,13 @@ import torch
 from ..errors import ProbeError
 from ..selection import Spec
 from ..store import FeatureFile, key_name, opened
-from . import grid
+from . import grid, pairs
 from .core import make_estimator
-from .result import ACROSS, CKAResult, Panel
+from .reading import dims
+from .result import (ACROSS, DISTANCES, LABELS, METRICS, STATS, CKAResult, Panel,
+                     SimilarityResult, interval_method)
 
-__all__ = ["cka", "cka_matrix", "CKAResult", "Panel"]
+__all__ = ["cka", "cka_matrix", "similarity", "METRICS", "CKAResult", "SimilarityResult", "Panel"]
 
 
 def _estimator_args(kernel, sigma, unbiased, minibatch, device, dtype):
@@ -120,6 +125,102 @@ def _layout(result, across):
         except ProbeError:
             pass
     return "all"
+
+
+def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile | None = None,
+               *, metric: str = "cka", t: Spec = None, blocks: Spec = None, keys: Spec = None,
+               t_b: Spec = None, blocks_b: Spec = None, keys_b: Spec = None,
+               across: str | None = None, k: int = 10, sigma: float = 1.0,
+               rsa_corr: str = "spearman", rdm: str = "correlation", permutations: int = 0,
+               bootstrap: int = 0, ci: float = 0.95, seed: int = 0, subsample: int | None = None,
+               max_samples: int = pairs.MAX_SAMPLES, device: str = "cpu",
+               progress: bool = False) -> CKAResult:
+    """``metric`` between (t, block) keys of feature file ``a`` (rows) and of ``b``
+    (columns; ``a`` itself when ``b`` is None), samples paired by id as in :func:`cka`,
+    whose key selection (``t``, ``blocks``, ``keys`` and their ``_b`` forms) and ``across``
+    this takes.
+
+    ``metric``: 'cka', 'cka-unbiased', 'cka-rbf' (the full-batch estimators of :func:`cka`,
+    ``sigma`` for the RBF), 'mutual-knn', 'cknna' (``k`` neighbours), 'rsa' (``rdm``:
+    'correlation' or 'euclidean' dissimilarities, compared with ``rsa_corr``: 'spearman'
+    or 'pearson'), 'procrustes' (a distance) or 'svcca'; see docs/cka.md.
+    ``permutations``: P shuffles of the column side's samples give each value a null
+    (``null_mean``, ``p_value``); ``bootstrap``: B resamples give a ``ci`` percentile
+    interval (``ci_low``, ``ci_high``).  ``subsample``: use N samples drawn at random;
+    measures of n x n matrices refuse more than ``max_samples`` samples without it.
+    Everything random is drawn from ``seed``.  Returns a :class:`SimilarityResult`
+    (``CKAResult``) with ``metric`` set.
+    """
+    opts = pairs.options(metric, k, sigma, rsa_corr, rdm, device, bootstrap)
+    pairs.check_draws(permutations, bootstrap, ci)
+    with contextlib.ExitStack() as files:
+        fa = files.enter_context(opened(a))
+        fb = None if b is None else files.enter_context(opened(b))
+        rows, cols = _select(fa, fb, (t, blocks, keys), (t_b, blocks_b, keys_b))
+        pair_rows = grid.align_ids(fa, fb) if fb is not None else None
+        result = SimilarityResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
+                                  (fa.path, fb.path if fb is not None else None), len(fa),
+                                  metric=metric)
+        result.across = _layout(result, across)
+        src_a, src_b = grid.FileSource(fa, rows), grid.FileSource(fb or fa, cols)
+        sizes = [dims(s, i) for s in (src_a, src_b) for i in range(len(s.keys))]
+        picked = pairs.pick_samples(len(fa), sizes, opts, subsample, max_samples, seed)
+        if pair_rows is None:
+            rows_b = picked
+        else:
+            rows_b = pair_rows if picked is None else pair_rows[picked]
+        out = pairs.run(src_a, src_b, picked, rows_b, opts, permutations, bootstrap, ci, seed,
+                        progress)
+        ids = None if picked is None else [fa.ids[i] for i in picked]
+    result.matrix = out["value"]
+    for name in STATS:
+        setattr(result, name, out.get(name))
+    result.num_samples = len(fa) if picked is None else len(picked)
+    result.estimator = _settings(opts, result.num_samples, len(fa), sizes, seed, ids)
+    result.uncertainty = _uncertainty(opts, permutations, bootstrap, ci, seed)
+    flat = [key_name(*x) for src in (src_a, src_b) for x in src.keys if (src.name, x) in out["constant"]]
+    result.constant_keys = list(dict.fromkeys(flat))
+    if result.constant_keys:
+        set_to = "Procrustes distance is set to 2" if metric == "procrustes" else "value is set to 0"
+        warnings.warn(f"{LABELS[metric]}: features of {', '.join(result.constant_keys)} do not "
+                      f"vary over the samples; their {set_to}", stacklevel=2)
+    return result
+
+
+def _settings(opts, n, of, sizes, seed, ids):
+    """What the JSON records of how the measure was computed."""
+    m = opts.metric
+    out = {"metric": m}
+    if m.startswith("cka"):
+        out.update(kernel="rbf" if m == "cka-rbf" else "linear", unbiased=m == "cka-unbiased",
+                   sigma=opts.sigma if m == "cka-rbf" else None, minibatch=None, batches=1)
+    out.update({"mutual-knn": {"k": opts.k, "neighbours": "cosine similarity"},
+                "cknna": {"k": opts.k, "neighbours": "cosine similarity"},
+                "rsa": {"rdm": opts.rdm, "rsa_corr": opts.rsa_corr},
+                "svcca": {"variance_kept": 0.99}}.get(m, {}))
+    out["num_samples"] = n
+    out["subsample"] = None if ids is None else {"size": n, "of": of, "seed": seed, "ids": ids}
+    if pairs.needs_square(opts, n, sizes):
+        out["memory"] = (f"{n} x {n} float64 matrices of {_size(pairs.square_bytes(n))} each, "
+                         "about two per key")
+    return out
+
+
+def _size(b):
+    return next(f"{b / 2**e:.3g} {unit}" for e, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B"))
+                if b >= 2**e or e == 0)
+
+
+def _uncertainty(opts, permutations, bootstrap, ci, seed):
+    out = {"seed": seed}
+    if permutations:
+        sign = "<=" if opts.metric in DISTANCES else ">="
+        out.update(permutations=permutations, null="the column side's samples shuffled",
+                   p_value=f"(1 + #(null {sign} value)) / (1 + permutations)")
+    if bootstrap:
+        out.update(bootstrap=bootstrap, ci=ci,
+                   interval=f"{interval_method(opts.metric)}, samples resampled with replacement")
+    return out
 
 
 def _as_list(v):

@@ -1,9 +1,12 @@
-"""Heatmaps and line plots of a :class:`CKAResult` (matplotlib, Agg, no pyplot state)."""
+"""Heatmaps and line plots of a :class:`CKAResult` of any measure (matplotlib, Agg, no
+pyplot state)."""
 import math
 import os
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from ..errors import ProbeError
 
 CMAP = "viridis"
 MAX_LINES = 8  # more lines than this are unreadable: pick evenly spaced blocks
@@ -13,20 +16,52 @@ def _name(path):
     return os.path.splitext(os.path.basename(path))[0] if path else ""
 
 
+def _settings(result):
+    """The measure's settings, in words."""
+    e, m = result.estimator, result.metric
+    if m.startswith("cka"):
+        kind = "linear" if e.get("kernel") == "linear" else f"RBF (sigma={e.get('sigma')} x median)"
+        est = "unbiased" if e.get("unbiased") else "biased"
+        batch = f", minibatch {e['minibatch']}" if e.get("batches", 1) > 1 else ""
+        return f"{kind}, {est} HSIC", batch
+    words = {"mutual-knn": f"k={e.get('k')}", "cknna": f"k={e.get('k')}",
+             "rsa": f"{e.get('rsa_corr')} of {e.get('rdm')} RDMs", "svcca": "99% of variance"}
+    return words.get(m, ""), ""
+
+
 def _title(result):
-    e = result.estimator
-    kind = "linear" if e.get("kernel") == "linear" else f"RBF (sigma={e.get('sigma')} x median)"
-    est = "unbiased" if e.get("unbiased") else "biased"
-    batch = f", minibatch {e['minibatch']}" if e.get("batches", 1) > 1 else ""
     files = (f"{_name(result.files[0])} vs {_name(result.files[1])}" if result.two_files
              else _name(result.files[0]))
-    return f"CKA {files}: {kind}, {est} HSIC, {result.num_samples} samples{batch}"
+    what, batch = _settings(result)
+    name = "CKA" if result.metric.startswith("cka") else result.label
+    return f"{name} {files}: {what + ', ' if what else ''}{result.num_samples} samples{batch}"
 
 
-def heatmaps(result, path, across=None, annotate=None, dpi=150):
+def _colours(result, m, minus_null):
+    """Colour map, its range, and whether a cell of value v wants white text.  Distances
+    run the map the other way, so that similar looks alike in every measure; a difference
+    from the null is centred on 0."""
+    if minus_null:
+        lim = max(float(np.abs(m).max()), 1e-12)
+        return ("RdBu" if result.distance else "RdBu_r"), -lim, lim, lambda v: abs(v) / lim > 0.6
+    if result.distance:
+        vmax = max(float(m.max()), 1e-12)
+        return CMAP + "_r", 0.0, vmax, lambda v: v / vmax > 0.4  # viridis_r is dark at the top
+    vmin, vmax = min(0.0, float(m.min())), max(1.0, float(m.max()))
+    return CMAP, vmin, vmax, lambda v: (v - vmin) / (vmax - vmin) < 0.6  # dark at the low end
+
+
+def _bar_label(result, minus_null):
+    if minus_null:
+        return f"{result.metric} - null mean"
+    return f"{result.label} (0 = same)" if result.distance else result.label
+
+
+def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False):
     """One heatmap per panel of ``result.panels(across)`` with a shared colour bar; rows top
     to bottom and columns left to right in forward order.  ``annotate``: write values in
-    the cells (default when panels are at most 10 x 10)."""
+    the cells (default when panels are at most 10 x 10).  ``minus_null``: draw each value
+    minus the mean of its permutation null (the result needs one)."""
     across = across or result.across
     panels = result.panels(across)
     ncols = min(len(panels), math.ceil(math.sqrt(len(panels))))
@@ -44,14 +79,19 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
                  layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     m = result.matrix
-    vmin, vmax = min(0.0, float(m.min())), max(1.0, float(m.max()))
+    if minus_null:
+        if result.null_mean is None:
+            raise ProbeError("drawing the value minus the null needs a permutation null: "
+                             "add --permutations P")
+        m = m - result.null_mean
+    cmap, vmin, vmax, white = _colours(result, m, minus_null)
     if annotate is None:
         annotate = n_r <= 10 and n_c <= 10
     name_a, name_b = _name(result.files[0]), _name(result.files[1] or result.files[0])
     what = {"blocks": "block", "timesteps": "timestep", "all": "block, grouped by t"}[across]
     for ax, p in zip(axes, panels):
         sub = m[np.ix_(p.rows, p.cols)]
-        im = ax.imshow(sub, cmap=CMAP, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
         row_keys, col_keys = [result.rows[i] for i in p.rows], [result.cols[j] for j in p.cols]
         if grouped:  # the t of each group is written on the opposite side
             xlab, ylab = [b for _, b in col_keys], [b for _, b in row_keys]
@@ -71,12 +111,11 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150):
             _group_timesteps(ax, [k[0] for k in col_keys], "x", fontsize)
         if annotate:
             for (i, j), v in np.ndenumerate(sub):
-                dark = (v - vmin) / (vmax - vmin) < 0.6  # viridis is dark at the low end
-                ax.text(j, i, f"{v:.2f}".replace("-0.00", "0.00"), ha="center", va="center", fontsize=max(5, fontsize - 1),
-                        color="white" if dark else "black")
+                ax.text(j, i, f"{v:.2f}".replace("-0.00", "0.00"), ha="center", va="center",
+                        fontsize=max(5, fontsize - 1), color="white" if white(v) else "black")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    fig.colorbar(im, ax=axes[:len(panels)].tolist(), label="CKA", shrink=0.9)
+    fig.colorbar(im, ax=axes[:len(panels)].tolist(), label=_bar_label(result, minus_null), shrink=0.9)
     fig.suptitle(_title(result), fontsize=10)
     fig.savefig(path, dpi=dpi)
     return path
@@ -111,22 +150,22 @@ def default_line_blocks(result):
 
 
 def line_plot(result, path, blocks=None, ref=None, dpi=150):
-    """CKA against t, one line per block (see :meth:`CKAResult.line` for ``ref``)."""
+    """The measure against t, one line per block (see :meth:`CKAResult.line` for ``ref``)."""
     lines, ref_text = result.line(blocks or default_line_blocks(result), ref)
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.subplots()
     ts_all = sorted({t for ts, _ in lines.values() for t in ts})
-    low = 0.0
+    low, high = 0.0, 1.0
     for block, (ts, vals) in lines.items():
         ax.plot(ts, vals, marker="o", label=block)
-        low = min(low, min(vals))
+        low, high = min(low, min(vals)), max(high, max(vals))
     if len(ts_all) <= 12:
         ax.set_xticks(ts_all)
     ax.set_xlabel("timestep t")
-    ax.set_ylabel("CKA")
-    ax.set_ylim(low - 0.02, 1.02)
+    ax.set_ylabel(_bar_label(result, False))
+    ax.set_ylim(low - 0.02, high + 0.02)  # a distance can reach 2
     ax.grid(alpha=0.3)
-    ax.set_title(f"CKA with {ref_text}", fontsize=10)
+    ax.set_title(f"{result.label} with {ref_text}", fontsize=10)
     ax.legend(title="block", fontsize=8, loc="best")
     fig.suptitle(_title(result), fontsize=9)
     fig.savefig(path, dpi=dpi)

@@ -1,4 +1,5 @@
-"""What `probe.cka` returns: the matrix, its labels, the panels to draw, and files."""
+"""What `probe.cka` and `probe.measures.similarity` return: the matrix, its labels, the
+panels to draw, the permutation null and bootstrap interval when asked for, and files."""
 import csv
 from dataclasses import dataclass, field
 
@@ -10,6 +11,23 @@ from ..selection import parse_key
 from ..store import key_name
 
 ACROSS = ("blocks", "timesteps", "all")
+# the measures of `probe similarity`, as written in plots and messages
+LABELS = {"cka": "CKA", "cka-unbiased": "unbiased CKA", "cka-rbf": "RBF CKA",
+          "mutual-knn": "mutual k-NN", "cknna": "CKNNA", "rsa": "RSA",
+          "procrustes": "Procrustes distance", "svcca": "SVCCA"}
+METRICS = tuple(LABELS)
+DISTANCES = ("procrustes",)  # lower is more similar
+# Estimators that change with the number of distinct samples: a bootstrap resample (about
+# 63 % distinct) shifts them, often by more than their spread, so their percentile interval
+# misses the value.  They get the percentile interval moved back by the bootstrap estimate
+# of that shift (mean of the resamples minus the value; Efron & Tibshirani 1993, ch. 10).
+SHIFTED_BY_RESAMPLING = ("cka", "cka-rbf", "procrustes", "svcca")
+
+
+def interval_method(metric):
+    return "bias-corrected percentile" if metric in SHIFTED_BY_RESAMPLING else "percentile"
+# what the uncertainty matrices are called in the JSON and the stats CSV
+STATS = ("null_mean", "p_value", "ci_low", "ci_high")
 
 
 @dataclass
@@ -24,12 +42,16 @@ class Panel:
 
 
 @dataclass
-class CKAResult:
-    """CKA between every row key (file A) and every column key (file B, or A again).
+class SimilarityResult:
+    """A measure (CKA by default) between every row key (file A) and every column key
+    (file B, or A again).
 
-    ``matrix[i, j]`` is the CKA of ``rows[i]`` and ``cols[j]``, keys being (t, block) in
-    forward order (t ascending, blocks in the model's order).  ``across`` only decides how
-    the matrix is cut into heatmap panels; the matrix always holds every pair.
+    ``matrix[i, j]`` is the measure of ``rows[i]`` and ``cols[j]``, keys being (t, block)
+    in forward order (t ascending, blocks in the model's order).  ``across`` only decides
+    how the matrix is cut into heatmap panels; the matrix always holds every pair.
+    ``metric`` names the measure (``distance``: lower is more similar).  With a
+    permutation null, ``null_mean`` and ``p_value`` have the matrix's shape; with a
+    bootstrap, ``ci_low`` and ``ci_high`` (the ``uncertainty`` dict says how they were made).
     """
 
     matrix: np.ndarray
@@ -40,6 +62,24 @@ class CKAResult:
     num_samples: int = 0
     estimator: dict = field(default_factory=dict)
     constant_keys: list = field(default_factory=list)
+    metric: str = "cka"
+    null_mean: np.ndarray | None = None
+    p_value: np.ndarray | None = None
+    ci_low: np.ndarray | None = None
+    ci_high: np.ndarray | None = None
+    uncertainty: dict = field(default_factory=dict)
+
+    @property
+    def label(self):
+        return LABELS.get(self.metric, self.metric)
+
+    @property
+    def distance(self):
+        return self.metric in DISTANCES
+
+    @property
+    def has_stats(self):
+        return any(getattr(self, s) is not None for s in STATS)
 
     @property
     def row_labels(self):
@@ -55,15 +95,16 @@ class CKAResult:
 
     def __repr__(self):
         m = self.matrix
-        return (f"CKAResult({m.shape[0]}x{m.shape[1]} over {self.num_samples} samples, "
+        what = "CKAResult(" if self.metric == "cka" else f"SimilarityResult({self.metric}, "
+        return (f"{what}{m.shape[0]}x{m.shape[1]} over {self.num_samples} samples, "
                 f"across={self.across}, min={m.min():.3f}, max={m.max():.3f})")
 
     def value(self, row, col):
-        """CKA of one row key and one column key ('t100/block' or (100, 'block'))."""
+        """The measure of one row key and one column key ('t100/block' or (100, 'block'))."""
         row, col = parse_key(row), parse_key(col)
         for k, keys, side in ((row, self.rows, "row"), (col, self.cols, "column")):
             if k not in keys:
-                raise ProbeError(f"{key_name(*k)} is not a {side} of this CKA result"
+                raise ProbeError(f"{key_name(*k)} is not a {side} of this {self.label} result"
                                  f"{suggest(key_name(*k), [key_name(*x) for x in keys])}")
         return float(self.matrix[self.rows.index(row), self.cols.index(col)])
 
@@ -96,8 +137,8 @@ class CKAResult:
         return out
 
     def line(self, blocks=None, ref=None):
-        """CKA against t for some blocks: {block: (timesteps, values)} and a description of
-        what each (t, block) is compared with.
+        """The measure against t for some blocks: {block: (timesteps, values)} and a
+        description of what each (t, block) is compared with.
 
         ``ref``: 'tT' -- the same block at timestep T (default: the smallest t, or in two
         files 'same' when the second file has the same keys); 'same' -- the same (t, block)
@@ -116,7 +157,7 @@ class CKAResult:
         lines = {}
         for b in blocks:
             if b not in known:
-                raise ProbeError(f"block {b!r} is not in the CKA rows{suggest(b, known)}")
+                raise ProbeError(f"block {b!r} is not in the {self.label} rows{suggest(b, known)}")
             ts, vals = [], []
             for (t, bb) in self.rows:
                 if bb != b:
@@ -124,7 +165,8 @@ class CKAResult:
                 col = self._ref_key(ref, t, b)
                 if col not in self.cols:
                     raise ProbeError(f"the line for {b} needs {key_name(*col)}, which is not among "
-                                     f"the CKA columns: include it in --keys or change --line-ref")
+                                     f"the {self.label} columns: include it in --keys or change "
+                                     "--line-ref")
                 ts.append(t)
                 vals.append(self.value((t, b), col))
             lines[b] = (ts, vals)
@@ -156,16 +198,37 @@ class CKAResult:
                 w.writerow([lab] + [repr(float(v)) for v in row])
         return path
 
+    def to_stats_csv(self, path):
+        """One line per (row, column) pair: the value, then the permutation null's mean and
+        p-value and the bootstrap interval, those that were computed."""
+        stats = [s for s in STATS if getattr(self, s) is not None]
+        with atomic_write(path, newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["row", "col", "value"] + stats)
+            for (i, r), (j, c) in ((a, b) for a in enumerate(self.row_labels)
+                                   for b in enumerate(self.col_labels)):
+                w.writerow([r, c, repr(float(self.matrix[i, j]))]
+                           + [repr(float(getattr(self, s)[i, j])) for s in stats])
+        return path
+
     def to_dict(self):
-        return {"rows": self.row_labels, "cols": self.col_labels,
-                "matrix": self.matrix.tolist(), "across": self.across,
-                "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
-                "num_samples": self.num_samples, "estimator": self.estimator,
-                "constant_keys": self.constant_keys}
+        out = {"metric": self.metric, "distance": self.distance,
+               "rows": self.row_labels, "cols": self.col_labels,
+               "matrix": self.matrix.tolist(), "across": self.across,
+               "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
+               "num_samples": self.num_samples, "estimator": self.estimator,
+               "constant_keys": self.constant_keys}
+        if self.has_stats:
+            out["uncertainty"] = self.uncertainty
+            out.update({s: getattr(self, s).tolist() for s in STATS if getattr(self, s) is not None})
+        return out
 
     def to_json(self, path):
         atomic_json(self.to_dict(), path)
         return path
+
+
+CKAResult = SimilarityResult  # its name before the other measures came
 
 
 def re_t(s):

@@ -50,13 +50,15 @@ def _digits_files(tmp_path, seed):
             (xtr, ytr, xte, yte))
 
 
-def test_linear_head_within_a_point_of_logistic_regression_on_digits(tmp_path):
-    """Real data (scikit-learn's 8x8 digits): the linear probe protocol against sklearn's
-    LogisticRegression on standardised features, trained in this test on the same rows."""
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_linear_head_within_a_point_of_logistic_regression_on_digits(tmp_path, solver):
+    """Real data (scikit-learn's 8x8 digits): the linear probe (the default solver and
+    the SGD recipe) against sklearn's LogisticRegression on standardised features, trained
+    in this test on the same rows."""
     diffs = []
     for seed in range(2):
         tr, te, (xtr, ytr, xte, yte) = _digits_files(tmp_path, seed)
-        r = probe.fit(tr, test=te, head="linear", progress=False, seed=seed)  # the defaults
+        r = probe.fit(tr, test=te, head="linear", progress=False, seed=seed, solver=solver)
         keep = np.ones(len(ytr), bool)  # the rows the head trained on: train minus validation
         keep[_val_rows(ytr, 0.1, seed)] = False
         scaler = StandardScaler().fit(xtr[keep])

@@ -34,12 +34,14 @@ def test_same_seed_same_result_other_seed_other_result(tmp_path, head):
     assert a["seed"] == 3 and a["settings"]["seed"] == 3
 
 
-@pytest.mark.parametrize("head, grid_width", [("linear", 4096), ("linear", 16), ("mlp", None)])
-def test_a_grid_trains_each_key_as_if_alone(tmp_path, monkeypatch, head, grid_width):
-    # grid_width 16: linear probes on 8 features stacked two by two, in two grids
+@pytest.mark.parametrize("head, grid_width, solver", [
+    ("linear", 4096, "sgd"), ("linear", 16, "sgd"), ("linear", None, "lbfgs"), ("mlp", None, None)])
+def test_a_grid_trains_each_key_as_if_alone(tmp_path, monkeypatch, head, grid_width, solver):
+    # grid_width 16: linear probes on 8 features stacked two by two, in two grids (the
+    # SGD recipe's LinearGrid; lbfgs stacks keys its own way, see test_solver.py)
     monkeypatch.setattr("probe.heads.linear.CPU_GRID_WIDTH", grid_width)
     tr, te = blob_files(tmp_path, keys=KEYS)
-    opts = dict(FAST, epochs=6, patience=2)  # patience 2: members stop at different epochs
+    opts = dict(FAST, epochs=6, patience=2, solver=solver)  # patience 2: stops differ
     grid = compare(tr, te, heads=[head], **opts)
     for (t, block), row in zip(KEYS, grid):
         alone = probe.fit(tr, test=te, t=t, block=block, head=head, **opts)
@@ -56,7 +58,7 @@ def test_linear_grid_weights_match_training_alone(tmp_path):
     from probe.heads.train import TrainConfig
 
     tr, te = blob_files(tmp_path, keys=KEYS)
-    cfg = TrainConfig(epochs=5, batch_size=64)
+    cfg = TrainConfig(epochs=5, batch_size=64, solver="sgd")  # the SGD recipe's LinearGrid
     with Setup(tr, te, KEYS, cfg) as s:
         together = train_heads(s, "linear", list(KEYS), progress=False)
         for key, res in zip(KEYS, together):
