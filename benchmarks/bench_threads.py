@@ -86,26 +86,28 @@ def main():
     sets = settings()
     with tempfile.TemporaryDirectory() as tmp:
         work = workloads(tmp)
-        for w, argv in work.items():  # warm-up: page cache, .pyc files
+        for argv in work.values():  # warm-up: page cache, .pyc files
             run(argv, *sets["--threads 1"])
-        load = os.getloadavg()[0]
+        loads = [os.getloadavg()[0]]
         idle = measure(work, sets, args.repeat)
+        loads.append(os.getloadavg()[0])
+        print(f"idle phase done, load average {loads[0]:.2f} -> {loads[1]:.2f}", flush=True)
         procs = spinners(args.busy)
         try:
-            time.sleep(1)
             busy = measure(work, sets, args.repeat)
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
-    print(f"{CORES} cores, load average {load:.2f} before the idle runs; {args.busy} busy "
-          f"process(es) in the second column; median of {args.repeat}")
+        loads.append(os.getloadavg()[0])
+    print(f"{CORES} cores; load average {loads[0]:.2f} before the idle runs, {loads[1]:.2f} "
+          f"after them (this benchmark's own process counts); {args.busy} busy process(es) in "
+          f"the second column, load average {loads[2]:.2f} at its end; median of {args.repeat}")
     print(f"{'workload':<26} {'setting':<40} {'idle s':>7} {'busy s':>7} {'busy/idle':>9}")
     for w in work:
         for s in sets:
             a, b = idle[w, s], busy[w, s]
             print(f"{w:<26} {s:<40} {a:>7.1f} {b:>7.1f} {b / a:>8.1f}x")
-
 
 if __name__ == "__main__":
     main()

@@ -22,10 +22,7 @@ def register(subparsers):
         description="CKA between the (t, block) features of a file from `probe extract`, or "
                     "between two such files (samples paired by id).  Writes the matrix as CSV "
                     "and JSON next to the heatmap, and a line plot of CKA against t.")
-    p.add_argument("a", metavar="A.h5", help="feature file (rows)")
-    p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
-    add_selection(p, what=" of A (the rows)")
-    add_selection(p, suffix="-b", what=" of B (the columns; default: A's selection, in B)")
+    add_inputs(p)
     p.add_argument("--across", choices=ACROSS,
                    help="heatmap panels: one per t (blocks), one per block (timesteps), or one "
                         "of all keys; default blocks (timesteps when there is one block)")
@@ -54,6 +51,14 @@ def register(subparsers):
     add_run_flags(p, seed_what="the minibatch shuffle", device_default="cpu",
                   overwrite="the outputs (heatmap, CSV, JSON, line plot)")
     p.set_defaults(func=run)
+
+
+def add_inputs(p):
+    """The files and the keys of each: rows from A, columns from B (or A again)."""
+    p.add_argument("a", metavar="A.h5", help="feature file (rows)")
+    p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
+    add_selection(p, what=" of A (the rows)")
+    add_selection(p, suffix="-b", what=" of B (the columns; default: A's selection, in B)")
 
 
 def _comma(values):

@@ -1,8 +1,8 @@
 """`probe similarity`: CKA or another similarity measure between blocks and timesteps of
 one feature file, or between two, with a permutation null and bootstrap intervals."""
 from ..errors import ProbeError
-from .cka import ACROSS, run_measure
-from .common import add_run_flags, add_selection
+from .cka import ACROSS, add_inputs, run_measure
+from .common import add_run_flags
 
 # probe.measures.result.METRICS and the choices of probe.measures.pairs, spelled out
 # because importing probe.measures costs torch (tests/measures/test_similarity_cli.py
@@ -21,10 +21,7 @@ def register(subparsers):
                     "`probe extract`, or between two such files (samples paired by id), "
                     "optionally with a permutation null and bootstrap intervals.  Writes "
                     "what `probe cka` writes, and the null and intervals as FILE_stats.csv.")
-    p.add_argument("a", metavar="A.h5", help="feature file (rows)")
-    p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
-    add_selection(p, what=" of A (the rows)")
-    add_selection(p, suffix="-b", what=" of B (the columns; default: A's selection, in B)")
+    add_inputs(p)
     g = p.add_argument_group("the measure")
     g.add_argument("--metric", choices=METRICS, default="cka",
                    help="the measure (default cka; procrustes is a distance: 0 = the same)")

@@ -42,6 +42,17 @@ def _check_minibatch(minibatch):
         raise ProbeError(f"minibatch must be a positive number of samples, got {minibatch!r}")
 
 
+@contextlib.contextmanager
+def _inputs(a, b, sel_a, sel_b):
+    """The open files, their row and column keys, and the row of B for each row of A
+    (None when they list the same ids in the same order, or B is A)."""
+    with contextlib.ExitStack() as files:
+        fa = files.enter_context(opened(a))
+        fb = None if b is None else files.enter_context(opened(b))
+        rows, cols = _select(fa, fb, sel_a, sel_b)
+        yield fa, fb, rows, cols, (grid.align_ids(fa, fb) if fb is not None else None)
+
+
 def _select(fa, fb, sel_a, sel_b):
     """The row keys of ``fa`` and the column keys (of ``fb``, or of ``fa`` itself)."""
     rows = fa.select(*sel_a)
@@ -82,11 +93,8 @@ def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile |
     """
     _check_minibatch(minibatch)
     est = _estimator_args(kernel, sigma, unbiased, minibatch, device, dtype)
-    with contextlib.ExitStack() as files:
-        fa = files.enter_context(opened(a))
-        fb = None if b is None else files.enter_context(opened(b))
-        rows, cols = _select(fa, fb, (t, blocks, keys), (t_b, blocks_b, keys_b))
-        rows_b = grid.align_ids(fa, fb) if fb is not None else None
+    sel_a, sel_b = (t, blocks, keys), (t_b, blocks_b, keys_b)
+    with _inputs(a, b, sel_a, sel_b) as (fa, fb, rows, cols, rows_b):
         # the layout is checked before the work, so a bad --across fails at once
         result = CKAResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
                            (fa.path, fb.path if fb is not None else None), len(fa))
@@ -153,11 +161,8 @@ def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | Featur
     """
     opts = pairs.options(metric, k, sigma, rsa_corr, rdm, device, bootstrap)
     pairs.check_draws(permutations, bootstrap, ci)
-    with contextlib.ExitStack() as files:
-        fa = files.enter_context(opened(a))
-        fb = None if b is None else files.enter_context(opened(b))
-        rows, cols = _select(fa, fb, (t, blocks, keys), (t_b, blocks_b, keys_b))
-        pair_rows = grid.align_ids(fa, fb) if fb is not None else None
+    sel_a, sel_b = (t, blocks, keys), (t_b, blocks_b, keys_b)
+    with _inputs(a, b, sel_a, sel_b) as (fa, fb, rows, cols, pair_rows):
         result = SimilarityResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
                                   (fa.path, fb.path if fb is not None else None), len(fa),
                                   metric=metric)
