@@ -4,15 +4,26 @@ baseline on real data (Fashion-MNIST), all measured side by side in one run.
     python benchmarks/bench_heads.py             # grid + streaming + Fashion-MNIST
     python benchmarks/bench_heads.py --quick     # smaller sizes, a few minutes
     python benchmarks/bench_heads.py --skip-real # synthetic parts only
+    python benchmarks/bench_heads.py --only-epochs [--before DIR] [--features TRAIN.h5]
 
-1. Grid: N linear probes on N keys trained in one pass (sharing batches, stacked into
-   one batched matmul) against the same N probes trained one after the other.
+1. Grid: N linear probes (the SGD recipe, --solver sgd) on N keys trained in one pass
+   (sharing batches, stacked into one batched matmul) against the same N probes trained
+   one after the other.
 2. Streaming: the same grid read from the HDF5 file in windows against from memory.
 3. Real data: `probe extract` of Fashion-MNIST (official split, a balanced subset) through
    a small random-init ADM U-Net at two timesteps, pool avg4; then `probe compare` with
    linear, mlp, cnn, attention (default and comparable size), logreg and knn.
+4. One epoch of the mlp, cnn and attention heads on the demo features (ldae-fmnist, t=10,
+   blocks.3, pool avg2: 1,800 train / 200 validation rows): probe's training loop
+   (`train_pass`, validating every epoch as early stopping does) against a bare loop of
+   the same model's forward, backward and optimizer step on batches made beforehand, in
+   CPU seconds of one thread (robust to a shared machine), each in a fresh process, the
+   median of --repeat runs.  ``--before DIR`` also runs an older `probe` package (a
+   folder holding it, e.g. `git archive REV probe | tar -x -C DIR`), interleaved.
 """
 import argparse
+import copy
+import json
 import os
 import platform
 import subprocess
@@ -65,11 +76,12 @@ def timed(fn, repeat=1):
 
 
 def bench_grid(tmp, n, dim, counts, epochs):
-    print(f"\n## 1. A grid of linear probes: one pass vs one run per key "
+    print(f"\n## 1. A grid of linear probes (SGD recipe): one pass vs one run per key "
           f"({n} samples, D={dim}, {epochs} epochs, no early stop; best of {REPEAT})\n")
     path = os.path.join(tmp, "grid.h5")
     grid_file(path, n, dim, max(counts))
-    opts = dict(epochs=epochs, patience=epochs, progress=False, val_fraction=0.1)
+    # the SGD recipe (the linear head defaults to L-BFGS, which has no epochs)
+    opts = dict(solver="sgd", epochs=epochs, patience=epochs, progress=False, val_fraction=0.1)
     with open_features(path) as f:
         keys = f.keys
     probe.fit(path, t=keys[0][0], block=keys[0][1], head="linear", **opts)  # warm up
@@ -91,7 +103,7 @@ def bench_grid(tmp, n, dim, counts, epochs):
     k = counts[-2] if len(counts) > 1 else counts[0]
     blocks = [b for _, b in keys[:k]]
     cli = [sys.executable, "-m", "probe"]
-    flags = ["--epochs", str(epochs), "--patience", str(epochs), "--no-progress"]
+    flags = ["--solver", "sgd", "--epochs", str(epochs), "--patience", str(epochs), "--quiet"]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     fits, _ = timed(lambda: [subprocess.run(cli + ["fit", path, "--t", "100", "--block", b,
                                                    "--out", os.path.join(tmp, f"{b}.json")] + flags,
@@ -111,7 +123,7 @@ def bench_stream(path, keys, epochs):
     with open_features(path) as f:
         blocks = f.blocks[:keys]
         nbytes = sum(f.dataset((100, b)).nbytes for b in blocks)
-    opts = dict(heads=["linear"], blocks=blocks, epochs=epochs, patience=epochs,
+    opts = dict(heads=["linear"], blocks=blocks, solver="sgd", epochs=epochs, patience=epochs,
                 progress=False)
     mem, rows_m = timed(lambda: compare(path, stream=False, **opts), REPEAT)
     one, rows_1 = timed(lambda: compare(path, stream=True, **opts), REPEAT)
@@ -167,6 +179,115 @@ def bench_real(tmp, n_train, n_test):
           f"plots in {out}")
 
 
+DEMO_KEY = (10, "blocks.3")  # the demo's best key for ldae-fmnist
+EPOCHS_TIMED = {"mlp": 10, "cnn": 6, "attention": 3}  # about 1-3 s of each loop
+
+
+def demo_features(tmp, given=None):
+    """The demo's training features of ldae-fmnist at DEMO_KEY (pool avg2, a 2x2 map)."""
+    if given:
+        return given
+    out = os.path.join(tmp, "ldae-fmnist-demo-train.h5")
+    if not os.path.exists(out):
+        subprocess.run([sys.executable, "-m", "probe", "extract", "--model", "ldae-fmnist",
+                        "--data", "demo", "--split", "train", "--t", str(DEMO_KEY[0]),
+                        "--blocks", DEMO_KEY[1], "--pool", "avg2", "--threads", "1",
+                        "--out", out, "--quiet"], check=True)
+    return out
+
+
+def _loop_cost(setup, head, view, cfg, source):
+    """(CPU seconds of probe's train_pass over cfg.epochs, the member's state)."""
+    from probe.heads.fit import _build_units
+    from probe.heads.train import train_pass
+
+    units = _build_units(setup, head, [view], None, False)[0]
+    start = time.process_time()
+    state, _ = train_pass(units, source, setup.train_rows, setup.val_rows, cfg, progress=False)
+    return time.process_time() - start, state[0][0]
+
+
+def _bare_cost(setup, head, view, cfg, source):
+    """CPU seconds of cfg.epochs of forward, loss, backward and step on ready batches."""
+    from torch.nn import functional as F
+
+    from probe.heads.fit import _build_units
+    from probe.heads.train import make_optimizer
+
+    model = _build_units(setup, head, [view], None, False)[0][0].module.head
+    rows, bs = setup.train_rows, cfg.batch_size
+    x = torch.from_numpy(source.arrays[view][rows])
+    y = torch.from_numpy(np.asarray(setup.train.labels, np.int64)[rows])
+    batches = [(x[i:i + bs].clone(), y[i:i + bs].clone())
+               for i in range(0, len(rows), bs) if len(rows[i:i + bs]) > 1]
+    opt = make_optimizer([model], cfg)
+    model.train()
+    start = time.process_time()
+    for _ in range(cfg.epochs):
+        for xb, yb in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    return time.process_time() - start
+
+
+def epoch_costs(path):
+    """Per head, CPU seconds per epoch of probe's loop and of the bare arithmetic, and the
+    validation results of the selected epoch (to check that they did not change)."""
+    from probe.heads.data import FeatureSource
+    from probe.heads.setup import GB, Setup
+    from probe.heads.train import TrainConfig
+
+    torch.set_num_threads(1)
+    out = {}
+    with Setup(path, None, [DEMO_KEY], TrainConfig(device="cpu")) as setup:
+        for head, epochs in EPOCHS_TIMED.items():
+            view = setup.view(DEMO_KEY, head)
+            cfg = copy.copy(setup.cfg.for_head(head, len(setup.train_rows)))
+            cfg.epochs = cfg.patience = epochs  # validate every epoch, never stop
+            source = FeatureSource(setup.train, [view], cfg.memory_limit_gb * GB, cfg.stream)
+            args = (setup, head, view, cfg, source)
+            _loop_cost(*args), _bare_cost(*args)  # warm up: first calls allocate, pick kernels
+            (t_loop, s), t_bare = _loop_cost(*args), _bare_cost(*args)
+            out[head] = dict(loop=t_loop / epochs, bare=t_bare / epochs,
+                             val_top1=float(s["val_top1"]), val_loss=float(s["val_loss"]),
+                             selected_epoch=s["selected_epoch"])
+    return out
+
+
+def bench_epochs(tmp, features, before, repeat):
+    """Section 4: each tree (the current package, and ``before`` if given) measured in
+    fresh processes, interleaved, ``repeat`` times; medians."""
+    path = demo_features(tmp, features)
+    trees = [("now", None)] + ([("before", os.path.abspath(before))] if before else [])
+    print(f"\n## 4. One epoch of the neural heads: probe's loop vs the bare arithmetic "
+          f"(demo features t{DEMO_KEY[0]}/{DEMO_KEY[1]}, CPU s per epoch on one thread, "
+          f"median of {repeat} interleaved runs)\n")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    runs = {name: [] for name, _ in trees}
+    for _ in range(repeat):
+        for name, tree in trees:
+            env = dict(os.environ, OMP_NUM_THREADS="1")
+            if tree:
+                env["PYTHONPATH"] = tree
+            res = subprocess.run([sys.executable, os.path.abspath(__file__), "--epoch-costs",
+                                  path], env=env, check=True, capture_output=True, text=True)
+            runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    print("| head | code | probe's loop (s/epoch) | bare loop (s/epoch) | loop / bare | "
+          "same validation results as now |")
+    print("|---|---|---|---|---|---|")
+    for head in EPOCHS_TIMED:
+        for name, _ in trees:
+            rs = [r[head] for r in runs[name]]
+            same = all({k: r[k] for k in ("val_top1", "val_loss", "selected_epoch")}
+                       == {k: runs["now"][0][head][k] for k in ("val_top1", "val_loss",
+                                                               "selected_epoch")} for r in rs)
+            print(f"| {head} | {name} | {np.median([r['loop'] for r in rs]):.4f} | "
+                  f"{np.median([r['bare'] for r in rs]):.4f} | "
+                  f"{np.median([r['loop'] / r['bare'] for r in rs]):.3f} | {same} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -174,17 +295,29 @@ def main():
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the heads are small; see RESULTS)")
     ap.add_argument("--workdir", help="keep files here (default: a temporary folder)")
+    ap.add_argument("--only-epochs", action="store_true", help="section 4 only")
+    ap.add_argument("--features", help="section 4: the demo's train features (default: extract)")
+    ap.add_argument("--before", help="section 4: a folder holding an older `probe` package")
+    ap.add_argument("--repeat", type=int, default=3, help="section 4: interleaved runs")
+    ap.add_argument("--epoch-costs", help=argparse.SUPPRESS)  # a child process of section 4
     args = ap.parse_args()
+    if args.epoch_costs:
+        print(json.dumps(epoch_costs(args.epoch_costs)))
+        return
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     n, dim, counts, epochs = (4000, 256, (1, 4, 16), 3) if args.quick else (20000, 768, (1, 4, 16, 32), 5)
     with tempfile.TemporaryDirectory() as t:
         tmp = args.workdir or t
         os.makedirs(tmp, exist_ok=True)
+        if args.only_epochs:
+            bench_epochs(tmp, args.features, args.before, args.repeat)
+            return
         path = bench_grid(tmp, n, dim, counts, epochs)
         bench_stream(path, 16, epochs)
         if not args.skip_real:
             bench_real(tmp, *((1000, 500) if args.quick else (3000, 1000)))
+        bench_epochs(tmp, args.features, args.before, args.repeat)
 
 
 if __name__ == "__main__":

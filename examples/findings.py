@@ -5,7 +5,8 @@ of the two papers hold at this scale.
     python examples/findings.py --out runs/findings
 
 Writes OUT/report.md + index.html (the demo report: figures, tables) and OUT/findings.md
-(the summary table and the verdicts that README.md quotes).  Finished models are reused
+(the summary table and the verdicts that README.md quotes, and how the diffusion
+features compare with the supervised reference ``sup-fmnist``).  Finished models are reused
 from OUT, so the study can be stopped and resumed.  Takes about an hour on 2 CPU cores:
 not part of CI (tests/test_findings.py runs it on a few images).
 """
@@ -13,7 +14,7 @@ import argparse
 import json
 import os
 
-from probe.demo import run_demo, shipped_models
+from probe.demo import is_reference, run_demo, shipped_models, shipped_references
 from probe.heads.compare import compare
 from probe.train.loop import atomic_json
 
@@ -43,23 +44,30 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    models = args.models.split(",") if args.models else shipped_models()
-    run_demo(args.out, models=models, data=args.data, limit=args.limit, epochs=args.epochs,
+    names = args.models.split(",") if args.models else shipped_models() + shipped_references()
+    refs = [m for m in names if is_reference(m)]  # the supervised reference: no t, no baseline
+    models = [m for m in names if m not in refs]
+    run_demo(args.out, models=names, data=args.data, limit=args.limit, epochs=args.epochs,
              baselines=True, batch_size=256, progress=not args.quiet,
              overrides={} if args.limit else OVERRIDES)
     sections = {}
-    for label in models + [f"{m}-random-init" for m in models]:
+    for label in names + [f"{m}-random-init" for m in models]:
         with open(os.path.join(args.out, label, "section.json")) as fh:
             sections[label] = json.load(fh)
+    versus = []
+    if refs:
+        with open(os.path.join(args.out, "cka-vs-reference.json")) as fh:
+            versus = json.load(fh)
     for m in models:
         sections[m]["matched"] = matched_size_heads(args, sections[m])
     sweep = None
     if args.sweep:
         with open(args.sweep) as fh:
             sweep = json.load(fh)
-    lines = (table(sections, models) + ["", "At matched size (`--comparable-size`: every head "
-             "sized to about the linear head's parameter count), same key:", ""]
-             + matched_table(sections, models) + [""] + verdicts(sections, models, sweep))
+    lines = (table(sections, models, refs) + ["", "At matched size (`--comparable-size`: every "
+             "head sized to about the linear head's parameter count), same key:", ""]
+             + matched_table(sections, models) + [""] + verdicts(sections, models, sweep)
+             + reference_lines(sections, refs, versus))
     path = os.path.join(args.out, "findings.md")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -96,7 +104,7 @@ def pct(x):
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def table(sections, models):
+def table(sections, models, refs=()):
     heads = [r["head"] for r in sections[models[0]]["heads"]]
     rows = ["| model | best (t, block) | " + " | ".join(heads)
             + " | random init: best (t, block), linear |",
@@ -109,6 +117,10 @@ def table(sections, models):
         rows.append(f"| `{m}`{budget} | t={s['best']['t']}, {s['best']['block']} | "
                     + " | ".join(pct(head_top1(s, h)) for h in heads)
                     + f" | t={r['best']['t']}, {r['best']['block']}: {pct(r['best']['top1'])} |")
+    for m in refs:  # a supervised network on the clean image: its linear probe only
+        s = sections[m]
+        rows.append(f"| `{m}` (supervised reference, no t) | {s['best']['block']} | "
+                    + " | ".join(pct(head_top1(s, h)) for h in heads) + " | – |")
     return rows
 
 
@@ -177,6 +189,26 @@ def verdicts(sections, models, sweep):
         out.append(f"- **Training helps** (both papers' premise), `{m}`: "
                    f"{verdict(s['best']['top1'], r['best']['top1'])} "
                    f"({pct(s['best']['top1'])} trained vs {pct(r['best']['top1'])} at random init).")
+    return out
+
+
+def reference_lines(sections, refs, versus):
+    """The supervised reference: its linear probe next to each model's best, and where the
+    diffusion features resemble its features (linear CKA on the test split)."""
+    if not refs:
+        return []
+    out = ["", "Against the supervised reference (linear CKA on the test split between each "
+           "diffusion (t, block) and the reference's blocks):", ""]
+    for v in versus:
+        s, ref = sections[v["model"]], sections[v["reference"]]
+        deep, per_t = v["best_deepest"], v["per_t"]
+        out.append(f"- `{v['model']}` vs `{v['reference']}`: linear probe {pct(s['best']['top1'])} "
+                   f"against {pct(ref['best']['top1'])} (the reference's {ref['best']['block']}). "
+                   f"Closest to its last block ({v['ref_block']}): t={deep['t']}, {deep['block']} "
+                   f"(CKA {deep['cka']:.2f}); best block per t: "
+                   + ", ".join(f"t={r['t']} {r['block']} {r['cka']:.2f}" for r in per_t)
+                   + f". Most similar pair overall: t={v['best']['t']}, {v['best']['block']} with "
+                   f"{v['best']['ref_block']} ({v['best']['cka']:.2f}).")
     return out
 
 

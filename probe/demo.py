@@ -2,23 +2,31 @@
 
 For each model: extract features at several t and blocks (train and test splits of the
 demo set), a grid of linear probes over (t, block), the four heads on the best key, CKA
-across blocks and timesteps; then CKA between the models.  Everything lands in one
-report folder: ``report.md``, ``index.html`` and the PNG figures they show.
+across blocks and timesteps; then CKA between the models.  A reference network without
+timesteps (the supervised ``sup-fmnist``, any ``timm:``/``torchvision:`` model) gets its
+linear probe per block, drawn as a level in each model's accuracy-against-t figure, and
+CKA between every diffusion (t, block) and its blocks: which blocks and noise levels
+resemble supervised features.  Everything lands in one report folder: ``report.md``,
+``index.html`` and the PNG figures they show.
 """
 import html
 import json
 import os
 import time
 
+from .demo_reference import (is_reference, level, plot_linear_vs_t, plot_versus,
+                             shipped_references, versus, versus_md)
 from .errors import ProbeError
 from .selection import parse_t
 from .store import open_features
 
 
 def shipped_models():
+    """The shipped diffusion models (weights in the package)."""
+    from .demo_reference import REFERENCE_FAMILIES
     from .extractors.registry import MODELS
 
-    return [name for name, spec in MODELS.items() if spec.get("file")]
+    return [n for n, s in MODELS.items() if s.get("file") and s["family"] not in REFERENCE_FAMILIES]
 
 
 def _spread(items, k):
@@ -49,7 +57,10 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
     the full official split).  ``t``/``blocks``: which features, in the grammar of
     :mod:`probe.selection` (default: four timesteps spread over the schedule and
     ``max_blocks`` blocks spread over the network; ``timesteps`` is the old name of ``t``).
-    ``baselines``: also study each model at random init (same architecture, untrained).
+    ``models``: diffusion models and reference networks (default: every shipped one);
+    the references are compared with every diffusion model.
+    ``baselines``: also study each diffusion model at random init (same architecture,
+    untrained).
     ``seed`` seeds the noise and the heads.  Each model's results are kept in
     ``out/NAME/section.json``; a re-run with the same settings reuses them (and finished
     feature files), so a long study can be stopped and continued, or extended with more
@@ -58,15 +69,19 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
     common budget; also applied to its baseline; default ``DEFAULT_OVERRIDES``, ``{}`` for
     none).
     """
+    from .files import atomic_json
     from .measures import cka as cka_fn
     from .measures.plot import heatmaps
 
-    models = list(models or shipped_models())
+    names = list(models or shipped_models() + shipped_references())
+    refs = [m for m in names if is_reference(m)]
+    models = [m for m in names if m not in refs]
     if not models:
-        raise ProbeError("no shipped models are registered: reinstall probe")
+        raise ProbeError("no diffusion model to study: name one in --models (see `probe models`)")
     entries = [(m, m, False, heads) for m in models]
     if baselines:  # a baseline only needs its linear grid
         entries += [(f"{m}-random-init", m, True, ("linear",)) for m in models]
+    entries += [(r, r, False, ("linear",)) for r in refs]  # a linear probe per block
     os.makedirs(os.path.join(out, "features"), exist_ok=True)
     t0 = time.time()
     sections, files = [], {}
@@ -91,7 +106,16 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
             heatmaps(res, os.path.join(out, png))
             res.to_csv(os.path.join(out, png.replace(".png", ".csv")))
             between.append((a, b, png, float(res.matrix.max())))
-    report = _write_report(out, sections, between, time.time() - t0, data)
+    levels = [level(s) for s in sections if s["name"] in refs]
+    for s in sections:
+        if s["name"] not in refs:
+            plot_linear_vs_t(s["grid"], levels, os.path.join(out, s["dir"], "accuracy_vs_t.png"))
+    vs = [versus(out, files[m]["test"], m, files[r]["test"], r, _cka_minibatch(files[m]["test"]))
+          for r in refs for m in models]
+    if vs:
+        atomic_json(vs, os.path.join(out, "cka-vs-reference.json"))
+        plot_versus(vs, os.path.join(out, "cka-vs-reference.png"))
+    report = _write_report(out, sections, between, time.time() - t0, data, vs)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
 
@@ -107,7 +131,8 @@ def _study_model(out, label, name, random_init, plan, log):
     from .files import atomic_json
 
     model = load_model(name, random_init=random_init, device=plan["device"])
-    ts = list(plan["timesteps"] or default_timesteps(model))
+    timed = model.has_timesteps  # a reference network sees the clean image: no t
+    ts = list(plan["timesteps"] or default_timesteps(model)) if timed else None
     blocks = (_spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
               sorted(model.resolve_blocks(plan["blocks"]), key=model.block_names.index))
     heads, epochs, limit, progress = plan["heads"], plan["epochs"], plan["limit"], plan["progress"]
@@ -137,16 +162,18 @@ def _study_model(out, label, name, random_init, plan, log):
         grid = compare(paths["train"], paths["test"], heads=["linear"],
                        out=os.path.join(mdir, "linear"), **train)
         best = max(grid, key=lambda r: r["top1"])
-        head_rows = compare(paths["train"], paths["test"], heads=list(heads), t=best["t"],
-                            blocks=best["block"], out=os.path.join(mdir, "heads"), **train)
+        head_rows = [best] if not timed else compare(  # a reference: its linear grid only
+            paths["train"], paths["test"], heads=list(heads), t=best["t"], blocks=best["block"],
+            out=os.path.join(mdir, "heads"), **train)
         with open_features(paths["train"]) as ftr, open_features(paths["test"]) as fte:
             sizes = dict(train=len(ftr), test=len(fte))
         section = _jsonable(dict(name=label, settings=settings, ts=ts, blocks=blocks, grid=grid,
                                  best=best, heads=head_rows, dir=label, files=paths,
                                  sizes=sizes, stage="heads"))
         atomic_json(section, cache)
-    within = cka_fn(paths["test"], across="all", minibatch=_cka_minibatch(paths["test"]))
-    heatmaps(within, os.path.join(mdir, "cka.png"), across="all")
+    across = "all" if timed else "blocks"
+    within = cka_fn(paths["test"], across=across, minibatch=_cka_minibatch(paths["test"]))
+    heatmaps(within, os.path.join(mdir, "cka.png"), across=across)
     within.to_csv(os.path.join(mdir, "cka.csv"))
     section["stage"] = "done"
     atomic_json(section, cache)
@@ -175,7 +202,12 @@ def _pct(x):
     return f"{100 * x:.1f}"
 
 
-def _write_report(out, sections, between, elapsed, data="demo"):
+def _key(row):
+    """A best key as the report writes it: 't=T, BLOCK', or the block alone (no t)."""
+    return row["block"] if row["t"] is None else f"t={row['t']}, {row['block']}"
+
+
+def _write_report(out, sections, between, elapsed, data="demo", versus=()):
     sizes = sections[0]["sizes"]
     what = ("the bundled balanced Fashion-MNIST subset" if data == "demo"
             else f"`{data}`, its official train and test splits")
@@ -189,42 +221,56 @@ def _write_report(out, sections, between, elapsed, data="demo"):
                "|---|---|" + "---|" * len(names)]
     for s in sections:
         top1 = {r["head"]: _pct(r["top1"]) for r in s["heads"]}
-        summary.append(f"| {s['name']} | t={s['best']['t']}, {s['best']['block']} | "
+        summary.append(f"| {s['name']}{'' if s['ts'] else ' (reference, no t)'} | "
+                       f"{_key(s['best'])} | "
                        + " | ".join(top1.get(h, "–") for h in names) + " |")
     md += ["## Summary: test top-1 (%) of each head on each model's best key", ""] + summary + [""]
+    levels = [s for s in sections if not s["ts"]]
     for s in sections:
-        d = s["dir"]
-        worst = min(s["grid"], key=lambda r: r["top1"])
-        heads = sorted(s["heads"], key=lambda r: -r["top1"])
-        n = s["sizes"]
-        md += [f"## {s['name']}", "",
-               f"Timesteps {s['ts']}, blocks {', '.join(s['blocks'])}"
-               + (f"; {n['train']:,} train / {n['test']:,} test images" if n != sizes else "")
-               + ".", "",
-               f"![accuracy vs t]({d}/linear/accuracy_vs_t.png)", "",
-               f"Linear probe accuracy against t for each block: the best key is t={s['best']['t']} "
-               f"at {s['best']['block']} ({_pct(s['best']['top1'])} %), the worst t={worst['t']} at "
-               f"{worst['block']} ({_pct(worst['top1'])} %).", "",
-               f"![heads]({d}/heads/heads.png)", "",
-               "Heads at their default sizes on the best key: "
-               + ", ".join(f"{r['head']} {_pct(r['top1'])} % ({r['params']:,} params)" for r in heads)
-               + ".", "",
-               f"![cka]({d}/cka.png)", "",
-               "Linear CKA between every (t, block) on the test split: blocks close in depth and "
-               "noise level represent the images alike; low values mark where the representation "
-               "changes.", ""]
+        md += _section_md(s, sizes, levels)
     if between:
         md += ["## Between models", ""]
         for a, b, png, top in between:
             md += [f"![{a} vs {b}]({png})", "",
                    f"Linear CKA between {a} (rows) and {b} (columns) at each t; the most similar "
                    f"pair of blocks reaches {top:.2f}.", ""]
+    md += versus_md(versus)
     path = os.path.join(out, "report.md")
     with open(path, "w") as fh:
         fh.write("\n".join(md))
     with open(os.path.join(out, "index.html"), "w") as fh:
         fh.write(_html(md))
     return path
+
+
+def _section_md(s, sizes, references):
+    d, n = s["dir"], s["sizes"]
+    worst = min(s["grid"], key=lambda r: r["top1"])
+    images = f"; {n['train']:,} train / {n['test']:,} test images" if n != sizes else ""
+    cka = [f"![cka]({d}/cka.png)", "",
+           "Linear CKA between every (t, block) on the test split: blocks close in depth and "
+           "noise level represent the images alike; low values mark where the representation "
+           "changes.", ""]
+    if not s["ts"]:
+        return [f"## {s['name']} (reference network, no timestep)", "",
+                f"Blocks {', '.join(s['blocks'])}{images}; it sees the clean image. Linear probe "
+                "per block: " + ", ".join(f"{r['block']} {_pct(r['top1'])} %" for r in s["grid"])
+                + ". Its best is the dashed level in each diffusion model's accuracy figure.",
+                ""] + cka[:2] + ["Linear CKA between its blocks on the test split.", ""]
+    heads = sorted(s["heads"], key=lambda r: -r["top1"])
+    ref = "".join(f" The dashed level is {r['name']}'s best linear probe ({r['best']['block']}, "
+                  f"{_pct(r['best']['top1'])} %)." for r in references)
+    return [f"## {s['name']}", "",
+            f"Timesteps {s['ts']}, blocks {', '.join(s['blocks'])}{images}.", "",
+            f"![accuracy vs t]({d}/accuracy_vs_t.png)", "",
+            f"Linear probe accuracy against t for each block: the best key is t={s['best']['t']} "
+            f"at {s['best']['block']} ({_pct(s['best']['top1'])} %), the worst t={worst['t']} at "
+            f"{worst['block']} ({_pct(worst['top1'])} %).{ref} Per-block panels: "
+            f"`{d}/linear/accuracy_vs_t.png`.", "",
+            f"![heads]({d}/heads/heads.png)", "",
+            "Heads at their default sizes on the best key: "
+            + ", ".join(f"{r['head']} {_pct(r['top1'])} % ({r['params']:,} params)" for r in heads)
+            + ".", ""] + cka
 
 
 def _html(md_lines):

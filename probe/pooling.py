@@ -1,21 +1,24 @@
 """How block outputs are reduced before caching.
 
-``mean``: global average over the spatial grid -> (C,).
+``mean``: global average over the spatial grid -> (C,); on token outputs, the mean of
+the patch tokens (class and register tokens excluded).
+``cls``: the class token -> (C,) (ViT-like networks with a class token).
 ``avgK``: adaptive average pool to K x K -> (C, K, K) (keeps a map for CNN/attention heads).
 ``none``: the full map -> (C, H, W).
-DiT and l-DAE token sequences are first laid on their (C, h, w) grid, so every
-pooling works for every family.
+Token sequences (DiT, l-DAE, ViTs) are first laid on their (C, h, w) patch grid, without
+their prefix tokens, so every pooling but ``cls`` works for every family.
 """
 import re
 
 from .errors import ProbeError
 
-POOL_HELP = "mean | avgK (e.g. avg4: adaptive average pool to 4x4) | none"
+POOL_HELP = ("mean | avgK (e.g. avg4: adaptive average pool to 4x4) | none | cls (ViTs: the "
+             "class token)")
 
 
 def parse_pool(pool):
     pool = str(pool).strip().lower()
-    if pool in ("mean", "none"):
+    if pool in ("mean", "none", "cls"):
         return pool
     m = re.fullmatch(r"avg(\d+)", pool)
     if m and int(m.group(1)) > 0:
@@ -23,12 +26,22 @@ def parse_pool(pool):
     raise ProbeError(f"bad --pool {pool!r}: use {POOL_HELP}")
 
 
-def apply_pool(feature, pool):
+def apply_pool(feature, pool, prefix_tokens=0):
+    """Pool one block output (B, C, H, W) or tokens (B, N, D); ``prefix_tokens``: how many
+    tokens come before the patch grid (the network's class/register tokens)."""
     # imported here: the CLI reads POOL_HELP and parse_pool for `--help` without torch
     import torch.nn.functional as F
 
     from .extractors.base import Extractor
 
+    if pool == "cls":
+        if feature.dim() != 3 or prefix_tokens < 1:
+            raise ProbeError(f"--pool cls needs a class token: this block gives "
+                             f"{tuple(feature.shape[1:])} with {prefix_tokens} prefix tokens; "
+                             "use mean, avgK or none")
+        return feature[:, 0]
+    if feature.dim() == 3 and prefix_tokens:
+        feature = feature[:, prefix_tokens:]
     fmap = Extractor.to_map(feature)
     if pool == "mean":
         return fmap.mean(dim=(2, 3))

@@ -8,6 +8,10 @@
   comma-separated; ``"tT"`` alone means every block at T and ``"BLOCK"`` alone that
   block at every t.
 
+Networks without a timestep (reference networks that see the clean image: timm,
+torchvision) have keys ``(None, block)``, labelled by the bare block name
+(:func:`key_label`); their files take ``--blocks`` and ``--keys BLOCK`` but no ``--t``.
+
 Ids always count in the model's full block list: a feature file records that list
 (``model_blocks``), so ``--blocks 2`` names the same block in ``probe extract`` and in
 every command that reads the file.  Errors list what exists.
@@ -20,7 +24,7 @@ from typing import Iterable, Sequence, Union, cast
 
 from .errors import ProbeError, suggest
 
-Key = tuple  # (t: int, block: str)
+Key = tuple  # (t: int, block: str), or (None, block) for a network without timesteps
 Spec = Union[None, str, int, Sequence[Union[str, int]]]
 
 ALL = "all"
@@ -112,24 +116,40 @@ def resolve_blocks(spec: Spec, names: Sequence[str], owner: str, hint: str) -> l
     return list(dict.fromkeys(resolve_block(w, names, owner, hint) for w in words))
 
 
-def parse_key(key) -> tuple[int, str]:
-    """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4')."""
+def key_label(key: Key) -> str:
+    """The one way a key is written, in files, plots, tables and messages: 'tT/BLOCK', or
+    the bare block name for a network without timesteps (t None)."""
+    t, block = key
+    return str(block) if t is None else f"t{int(t)}/{block}"
+
+
+def parse_key(key) -> Key:
+    """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4');
+    a bare block name 'stages.2' or (None, 'stages.2') -> (None, 'stages.2') (no t)."""
     if isinstance(key, tuple) and len(key) == 2:
-        return int(key[0]), str(key[1])
-    m = _KEY.fullmatch(str(key).strip())
-    if not m:
-        raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4")
-    return int(m.group(1)), m.group(2)
+        return (None if key[0] is None else int(key[0])), str(key[1])
+    text = str(key).strip()
+    m = _KEY.fullmatch(text)
+    if m:
+        return int(m.group(1)), m.group(2)
+    if text and "/" not in text and not _T.fullmatch(text):
+        return None, text
+    raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4 "
+                     "(or BLOCK alone for a network without timesteps)")
 
 
 class Catalog:
     """What a feature file holds, for selecting from it: its (t, block) keys in file order
     and the model's full block list that ids count in."""
 
-    def __init__(self, keys: Iterable[Key], model_blocks: Sequence[str] | None, owner: str):
+    def __init__(self, keys: Iterable[Key], model_blocks: Sequence[str] | None, owner: str,
+                 model: str | None = None):
         self.keys = list(keys)
         self.blocks = list(dict.fromkeys(b for _, b in self.keys))
-        self.timesteps = sorted({t for t, _ in self.keys})
+        self.timesteps = sorted({t for t, _ in self.keys if t is not None})
+        # a network without timesteps (t None in every key): --t means nothing here
+        self.timeless = bool(self.keys) and all(t is None for t, _ in self.keys)
+        self.model = model
         # None: a file written before the model's list was recorded; its ids are ambiguous
         self.model_blocks = list(model_blocks) if model_blocks else None
         self.owner = owner
@@ -152,6 +172,10 @@ class Catalog:
         return name
 
     def check_t(self, t: int) -> int:
+        if self.timeless:
+            raise ProbeError(f"{self.owner} holds features of {self.model or 'a network'}, which "
+                             "has no timestep (it sees the clean image): drop --t (name blocks "
+                             "with --blocks or --keys BLOCK)")
         if t not in self.timesteps:
             raise ProbeError(f"{self.owner} has no features at t={t}; it has t in "
                              f"{', '.join(map(str, self.timesteps))} ({self.hint})")
@@ -160,14 +184,17 @@ class Catalog:
     def key(self, key) -> Key:
         """One (t, block) pair, the block given by name or id, checked to be in the file."""
         if isinstance(key, tuple) and len(key) == 2:
-            t, word = int(key[0]), key[1]
+            t, word = (None if key[0] is None else int(key[0])), key[1]
+        elif self.timeless and "/" not in str(key):
+            t, word = None, str(key).strip()
         else:
             m = _KEY.fullmatch(str(key).strip())
             if not m:
                 raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/blocks.2 "
                                  "or t100/3 (a block id)")
             t, word = int(m.group(1)), m.group(2)
-        self.check_t(t)
+        if t is not None or not self.timeless:
+            self.check_t(t)  # type: ignore[arg-type]  # None on a timed file: not found
         found = (t, self.block(word))
         if found not in self.keys:
             raise ProbeError(f"{self.owner} has no features for t={t}, block {found[1]} (it has "
@@ -215,6 +242,9 @@ class Catalog:
     def one(self, t: Spec = None, blocks: Spec = None, keys: Spec = None) -> Key:
         """Exactly one key: what is given must leave a single candidate."""
         found = self.select(t, blocks, keys)
+        if len(found) != 1 and self.timeless:
+            raise ProbeError(f"{self.owner} has {len(found)} blocks for this selection: choose one "
+                             f"with --blocks ({', '.join(k[1] for k in found)})")
         if len(found) != 1:
             raise ProbeError(
                 f"{self.owner} has {len(found)} (t, block) keys for this selection: choose one "

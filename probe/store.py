@@ -8,6 +8,8 @@ Layout (readable with plain h5py)::
     /ids          (N,)     str   sample id (relative path or index in the dataset)
     /class_names  (C,)     str
     /features/t{T}/{BLOCK} (N, ...) one dataset per (timestep, block), chunked along N
+    /features/{BLOCK}      (N, ...) networks without a timestep (timm, torchvision): one
+                                    dataset per block, right under /features (no group)
 
 Non-scalar attributes (model description, the command, ...) are stored as JSON
 strings.  A file whose ``complete`` attribute is not true is never read.
@@ -24,15 +26,16 @@ import numpy as np
 
 from .errors import ProbeError
 from .files import atomic_path
-from .selection import Catalog, Key, Spec, parse_key
+from .selection import Catalog, Key, Spec, key_label, parse_key
 
 FORMAT = "probe-features"
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 
 
-def key_name(t: int, block: str) -> str:
-    return f"t{int(t)}/{block}"
+def key_name(t: int | None, block: str) -> str:
+    """A key's label, which is also its path under /features (see :func:`key_label`)."""
+    return key_label((t, block))
 
 
 def _attr_value(v):
@@ -87,7 +90,8 @@ def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs)
         full = (int(num_samples),) + tuple(int(s) for s in shape)
         ds = f.create_dataset(f"features/{key_name(t, block)}", shape=full, dtype=dtype,
                               chunks=(chunk_rows(full, itemsize),) + full[1:] if num_samples else None)
-        ds.attrs["t"] = int(t)
+        if t is not None:
+            ds.attrs["t"] = int(t)
         ds.attrs["block"] = block
     return f
 
@@ -109,7 +113,10 @@ def write_features(path, features, *, labels, ids=None, class_names=None, attrs=
     keys = [parse_key(k) for k in features]
     blocks = list(dict.fromkeys(b for _, b in keys))
     # without a model, the blocks given (in the order given) are the model's list
-    base = {"timesteps": sorted({t for t, _ in keys}), "blocks": blocks, "model_blocks": blocks}
+    base = {"timesteps": sorted({t for t, _ in keys if t is not None}), "blocks": blocks,
+            "model_blocks": blocks}
+    if len({t is None for t, _ in keys}) > 1:
+        raise ProbeError("a feature file holds keys with timesteps or keys without, not both")
     with atomic_path(path) as tmp, create(
             tmp, num_samples=n, shapes={k: np.shape(v)[1:] for k, v in zip(keys, features.values())},
             dtype=dtype, labels=labels, ids=ids, class_names=class_names,
@@ -156,15 +163,18 @@ class FeatureFile:
             self.class_names = [s.decode() if isinstance(s, bytes) else str(s)
                                 for s in self.h5["class_names"][...]]
             order = {b: i for i, b in enumerate(self.attrs.get("blocks") or [])}
-            keys = []
-            for tname, group in self.h5["features"].items():
-                for block in group:
-                    keys.append((int(tname[1:]), block))
+            keys: list[Key] = []
+            for name, item in self.h5["features"].items():
+                if isinstance(item, h5py.Dataset):  # a network without timesteps
+                    keys.append((None, name))
+                else:
+                    keys.extend((int(name[1:]), block) for block in item)
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
         self.keys = sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
-        self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path)
+        self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path,
+                               self.attrs.get("model"))
 
     # context manager
     def __enter__(self):
@@ -188,7 +198,12 @@ class FeatureFile:
 
     @property
     def timesteps(self) -> list[int]:
-        return sorted({t for t, _ in self.keys})
+        """The timesteps held; [] for a network without timesteps (see ``has_timesteps``)."""
+        return sorted({t for t, _ in self.keys if t is not None})
+
+    @property
+    def has_timesteps(self) -> bool:
+        return not self.catalog.timeless
 
     @property
     def blocks(self) -> list[str]:

@@ -1,12 +1,18 @@
-"""The l-DAE ablation sweep: latent dimension d, pixel noise, and random init.
+"""The l-DAE ablation sweep: tokenizer x latent dimension d, pixel noise, and random init.
 
 Trains one l-DAE per setting with `probe train ldae` (same architecture, schedule,
-data and seed; only the noise space / d differ), then runs the paper's probe
-protocol: clean input conditioned on a small t, encoder output, global average
+data and seed; only the noise space, the tokenizer and d differ), then runs the paper's
+probe protocol: clean input conditioned on a small t, encoder output, global average
 pool, a linear classifier (here: standardisation = BatchNorm without affine, then
 logistic regression) fitted on train-split features and scored on the test split.
 
     python scripts/ldae_sweep.py --out runs/ldae-sweep --latent-dims 2,4,8,16 --steps 1200
+    python scripts/ldae_sweep.py --out runs/ldae-tok --tokenizers pca,patch-ae,patch-vae,conv-vae \
+        --latent-dims 4,8,16 --steps 400 --no-pixel
+
+Tokenizers other than PCA are trained once per d with `probe train tokenizer` (into
+OUT/tokenizers/) and passed to `probe train ldae --tokenizer-checkpoint`, so the trained
+l-DAE and its random-init baseline share one tokenizer.
 
 Runs already finished in --out are reused (and an interrupted one resumed), so the
 sweep can be extended or rerun cheaply.  Results go to OUT/results.json and are
@@ -41,6 +47,13 @@ def parse_args(argv=None):
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--num-heads", type=int, default=2)
     p.add_argument("--latent-dims", default="2,4,8,16", help="comma-separated d values")
+    p.add_argument("--tokenizers", default="pca",
+                   help="comma-separated tokenizers: pca, patch-ae, patch-vae, conv-vae")
+    p.add_argument("--tokenizer-flags", default="",
+                   help="more `probe train tokenizer` flags, e.g. \"--tokenizer-width 16\" "
+                        "(--tokenizer-width is passed to `probe train ldae` too)")
+    p.add_argument("--random-d", type=int,
+                   help="d of the random-init rows (one per tokenizer; default: the first d)")
     p.add_argument("--no-pixel", action="store_true", help="skip the pixel-noise DAE")
     p.add_argument("--no-random", action="store_true", help="skip the random-init baseline")
     p.add_argument("--no-pixels-baseline", action="store_true",
@@ -72,6 +85,27 @@ def train_command(args, name, variant):
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     return cmd
+
+
+def tokenizer_variant(args, tok, d):
+    """The `probe train ldae` flags of tokenizer ``tok`` at latent dimension ``d``; trains
+    the tokenizer first (once) when it is not PCA."""
+    if tok == "pca":
+        return ["--noise", "latent", "--latent-dim", str(d)]
+    path = os.path.join(args.out, "tokenizers", f"{tok}-d{d}.pt")
+    flags = shlex.split(args.tokenizer_flags)
+    if not os.path.exists(path):
+        cmd = ["train", "tokenizer", "--tokenizer", tok, "--latent-dim", str(d),
+               "--data", args.data, "--image-size", str(args.image_size),
+               "--channels", str(args.channels), "--patch-size", str(args.patch_size),
+               "--seed", str(args.seed), "--device", args.device, "--quiet", "--out", path]
+        cmd += flags + (["--threads", str(args.threads)] if args.threads else [])
+        if probe_main(cmd):
+            sys.exit(f"tokenizer training failed: probe {' '.join(cmd)}")
+    width = (["--tokenizer-width", flags[flags.index("--tokenizer-width") + 1]]
+             if "--tokenizer-width" in flags else [])
+    return ["--noise", "latent", "--latent-dim", str(d), "--tokenizer", tok,
+            "--tokenizer-checkpoint", path] + width
 
 
 def ensure_trained(cmd, steps):
@@ -116,19 +150,35 @@ def evaluate(args, run_dir, name, d, D, steps, log, cmd, train_x, train_y, test_
     start = time.time()
     model = probe.load_model("ldae", checkpoint=os.path.join(run_dir, "model.pt"),
                              device=args.device)
-    row = dict(setting=name, d=d, D=D, steps=steps, final_loss=log.get("final_loss"),
+    row = dict(setting=name, tokenizer=model.config.get("tokenizer") if d else None, d=d,
+               D=D, steps=steps, final_loss=log.get("final_loss"),
                train_wall_s=round(log.get("wall_time_s", 0.0), 1),
                command="probe " + " ".join(cmd + ["--steps", str(steps)]))
+    latent_input = model.config.get("net_input") == "latent"
     for projected in (True, False):
-        if model.net.tokenizer is None and not projected:
+        if (model.net.tokenizer is None or latent_input) and not projected:
             continue
         key = "acc_projected" if projected else "acc_raw"
         row[key] = linear_probe(features(model, train_x, args.probe_t, projected), train_y,
                                 features(model, test_x, args.probe_t, projected), test_y)
-    if model.net.tokenizer is None:
-        row["acc_raw"] = row["acc_projected"]  # pixel noise: no projection
+    if model.net.tokenizer is None or latent_input:
+        row["acc_raw"] = row["acc_projected"]  # pixel noise / latent input: no projection
     row["eval_s"] = round(time.time() - start, 1)
     return row
+
+
+def raw_pixels(args, train_x, train_y, test_x, test_y):
+    """Logistic regression on the raw pixels (cached in OUT: it is the slowest probe)."""
+    path = os.path.join(args.out, "raw_pixels.json")
+    key = dict(data=args.data, image_size=args.image_size, probe_train=args.probe_train,
+               probe_test=args.probe_test)
+    if os.path.exists(path) and json.load(open(path))["key"] == key:
+        return json.load(open(path))["acc"]
+    acc = linear_probe(train_x.flatten(1).numpy(), train_y, test_x.flatten(1).numpy(), test_y)
+    with open(path, "w") as fh:
+        json.dump({"key": key, "acc": acc}, fh)
+    print(f"raw pixels, logistic regression: {acc:.4f}", flush=True)
+    return acc
 
 
 def main(argv=None):
@@ -140,24 +190,25 @@ def main(argv=None):
         threadpool_limits(args.threads)
     os.makedirs(args.out, exist_ok=True)
     D = args.channels * args.patch_size ** 2
-    settings = [(f"latent-d{d}", ["--noise", "latent", "--latent-dim", str(d)], args.steps, d)
-                for d in map(int, args.latent_dims.split(","))]
+    dims, toks = list(map(int, args.latent_dims.split(","))), args.tokenizers.split(",")
+    # (name, tokenizer, d, steps); PCA keeps the names of the first sweeps
+    settings = []
+    if not args.no_random:  # first: cheap, and each shares the tokenizer of a trained run
+        rd = args.random_d or dims[0]
+        settings += [("random-init" if tok == "pca" else f"random-init-{tok}", tok, rd, 0)
+                     for tok in toks]
+    settings += [(f"latent-d{d}" if tok == "pca" else f"{tok}-d{d}", tok, d, args.steps)
+                 for d in dims for tok in toks]
     if not args.no_pixel:
-        settings.append(("pixel", ["--noise", "pixel"], args.steps, None))
-    if not args.no_random:
-        first = settings[0][1]
-        settings.append(("random-init", first, 0, settings[0][3]))
+        settings.append(("pixel", None, None, args.steps))
 
     train_x, train_y = image_tensor(args, "train", args.probe_train)
     test_x, test_y = image_tensor(args, "test", args.probe_test)
-    pixels = None
-    if not args.no_pixels_baseline:
-        pixels = linear_probe(train_x.flatten(1).numpy(), train_y, test_x.flatten(1).numpy(),
-                              test_y)
-        print(f"raw pixels, logistic regression: {pixels:.4f}", flush=True)
-
+    pixels = None if args.no_pixels_baseline else raw_pixels(args, train_x, train_y, test_x,
+                                                               test_y)
     results = []
-    for name, variant, steps, d in settings:
+    for name, tok, d, steps in settings:
+        variant = ["--noise", "pixel"] if tok is None else tokenizer_variant(args, tok, d)
         cmd = train_command(args, name, variant)
         log = ensure_trained(cmd, steps)
         run_dir = os.path.join(args.out, name)
@@ -178,8 +229,14 @@ def main(argv=None):
             json.dump({"raw_pixels": pixels, "args": vars(args), "results": results}, fh,
                       indent=1)
 
-    print(f"\n| setting | d / D | steps | final loss | probe acc (clean, projected) "
-          f"| probe acc (clean, raw) |\n|---|---|---|---|---|---|")
+    print_table(results, D, pixels)
+    if len(toks) > 1:
+        print_grid(results, dims, toks)
+
+
+def print_table(results, D, pixels):
+    print("\n| setting | d / D | steps | final loss | probe acc (clean, projected) "
+          "| probe acc (clean, raw) |\n|---|---|---|---|---|---|")
     for r in results:
         loss = "-" if r["final_loss"] is None else f"{r['final_loss']:.4f}"
         dd = f"{r['d']} / {D}" if r["d"] else f"pixel / {D}"
@@ -187,6 +244,19 @@ def main(argv=None):
               f"{100 * r['acc_projected']:.1f} % | {100 * r['acc_raw']:.1f} % |")
     if pixels is not None:
         print(f"| raw pixels | - | - | - | {100 * pixels:.1f} % | |")
+
+
+
+def print_grid(results, dims, toks):
+    """Tokenizer x d, the shape of the paper's table (projected clean input)."""
+    print("\n| tokenizer | " + " | ".join(f"d = {d}" for d in dims) + " | random init |")
+    print("|---|" + "---|" * (len(dims) + 1))
+    for tok in toks:
+        cells = {r["d"]: r for r in results if r.get("tokenizer") == tok and r["steps"]}
+        rand = [r for r in results if r.get("tokenizer") == tok and not r["steps"]]
+        row = [f"{100 * cells[d]['acc_projected']:.1f}" if d in cells else "" for d in dims]
+        row.append(f"{100 * rand[0]['acc_projected']:.1f} (d = {rand[0]['d']})" if rand else "")
+        print(f"| {tok} | " + " | ".join(row) + " |")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,35 @@
 """`probe demo` end to end on the shipped models (small --limit to keep CI fast)."""
 import csv
+import json
 
 import numpy as np
 
 from probe.cli import main
-from probe.demo import shipped_models
+from probe.demo import shipped_models, shipped_references
 from probe.store import open_features
 
 
+def linear_cka(x, y):
+    """Linear CKA with the biased HSIC (Kornblith et al. 2019), in numpy."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    y = y.reshape(len(y), -1).astype(np.float64)
+    x, y = x - x.mean(0), y - y.mean(0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
 def test_demo_report_on_shipped_models(tmp_path, capsys):
-    models = shipped_models()
+    models, refs = shipped_models(), shipped_references()
     assert {"ldae-fmnist", "dae-pixel-fmnist", "dit-fmnist"} <= set(models)
+    assert refs == ["sup-fmnist"]
     out = tmp_path / "report"
     assert main(["demo", "--out", str(out), "--limit", "120", "--epochs", "2", "--quiet"]) == 0
     report = (out / "report.md").read_text()
     html = (out / "index.html").read_text()
     for name in models:
         assert f"## {name}" in report and f"<h2>{name}</h2>" in html
-        for png in ("linear/accuracy_vs_t.png", "heads/heads.png", "cka.png"):
+        for png in ("accuracy_vs_t.png", "linear/accuracy_vs_t.png", "heads/heads.png", "cka.png"):
             assert (out / name / png).stat().st_size > 1000, png
+        for png in ("accuracy_vs_t.png", "heads/heads.png", "cka.png"):
             assert f"{name}/{png}" in report
         # the best key reported is the best row of the linear grid written alongside
         with open(out / name / "linear" / "results.csv") as fh:
@@ -27,8 +38,40 @@ def test_demo_report_on_shipped_models(tmp_path, capsys):
         assert f"t={best['t']}, {best['block']}" in report
         with open_features(str(out / "features" / f"{name}-test.h5")) as f:
             assert len(f) == 120 and f.attrs["split"] == "test" and f.attrs["data"] == "demo"
-    assert report.count("![") == 3 * len(models) + len(models) * (len(models) - 1) // 2
+    # 3 figures per model, one per pair; the reference's CKA, one per model against it and
+    # all of them in one
+    assert report.count("![") == 4 * len(models) + len(models) * (len(models) - 1) // 2 + 2
+    assert (out / "cka-vs-reference.png").stat().st_size > 1000
     assert "report:" in capsys.readouterr().out
+    check_reference_parts(out, report, models)
+
+
+def check_reference_parts(out, report, models):
+    """sup-fmnist: its linear probe is the level in every accuracy figure, and the CKA
+    between each diffusion key and its blocks equals the formula computed here."""
+    assert "## sup-fmnist (reference network, no timestep)" in report
+    with open(out / "sup-fmnist" / "linear" / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    best = max(rows, key=lambda r: float(r["top1"]))
+    assert {r["t"] for r in rows} == {""} and float(best["top1"]) > 0.4  # chance: 0.1
+    level = f"{100 * float(best['top1']):.1f}"
+    assert report.count(f"The dashed level is sup-fmnist's best linear probe ({best['block']}, "
+                        f"{level} %)") == len(models)
+    versus = json.loads((out / "cka-vs-reference.json").read_text())
+    assert [v["model"] for v in versus] == models
+    with open_features(str(out / "features" / "sup-fmnist-test.h5")) as ref:
+        assert len(ref.keys) == 4 and all(t is None for t, _ in ref.keys)
+        ref_last = ref.load(ref.keys[-1])
+        for v in versus:
+            assert (out / v["png"]).stat().st_size > 1000 and v["png"] in report
+            with open_features(str(out / "features" / f"{v['model']}-test.h5")) as f:
+                assert f.ids == ref.ids
+                d = v["best_deepest"]
+                want = linear_cka(f.load((d["t"], d["block"])), ref_last)
+                assert abs(d["cka"] - want) < 1e-5
+                assert all(r["cka"] <= d["cka"] + 1e-12 for r in v["per_t"])
+                assert d["cka"] == max(r["cka"] for r in v["per_t"])
+            assert f"({d['cka']:.2f}); the closest block at each t" in report
 
 
 def test_demo_with_random_init_baselines_and_reuse(tmp_path, capsys):

@@ -17,7 +17,8 @@ def register(sub):
     p.add_argument("test", metavar="TEST.h5", nargs="?",
                    help="test features (omit to evaluate on a validation split of train)")
     p.add_argument("--heads", default="linear,mlp,cnn,attention",
-                   help="comma list of linear, mlp, cnn, attention, logreg, knn "
+                   help="comma list of linear, mlp, cnn, attention, logreg, knn, and fusion "
+                        "(one head on all the selected keys; --fusion-head) "
                         "(default linear,mlp,cnn,attention)")
     add_selection(p)
     p.add_argument("--out", default="compare", metavar="DIR",
@@ -31,12 +32,15 @@ def register(sub):
 def run(args):
     from ..heads.compare import compare
 
-    refuse_existing([os.path.join(args.out, f) for f in OUTPUTS], args.overwrite)
+    from ..heads.compare import FUSION_PLOT, parse_heads
+
+    outputs = OUTPUTS + ((FUSION_PLOT,) if "fusion" in parse_heads(args.heads) else ())
+    refuse_existing([os.path.join(args.out, f) for f in outputs], args.overwrite)
     t, blocks, keys = selection(args)
     rows = compare(args.train, args.test, heads=args.heads, t=t, blocks=blocks, keys=keys,
                    out=args.out, comparable_size=args.comparable_size,
                    progress=not args.quiet, **options(args))
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read(), end="")
-    print(f"{len(rows)} results in {args.out}/: {', '.join(OUTPUTS)}")
+    print(f"{len(rows)} results in {args.out}/: {', '.join(outputs)}")
     return 0

@@ -11,6 +11,9 @@ def add_model_args(p):
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
     g.add_argument("--random-init", action="store_true", help="untrained weights (a baseline)")
     p.add_argument("--vae", help="latent models: VAE hub id or local folder, or 'random'")
+    p.add_argument("--prompt", help="sd: the text prompt (default empty); {class} is filled with "
+                                    "a class name, with --true-labels (leaks labels) or "
+                                    "--class-label N")
     add_arch_args(p)
 
 
@@ -30,6 +33,8 @@ def model_kwargs(args):
 
     kw = dict(checkpoint=args.checkpoint, random_init=getattr(args, "random_init", False),
               trust_checkpoint=args.trust_checkpoint)
+    if getattr(args, "prompt", None) is not None:
+        kw["prompt"] = args.prompt
     if getattr(args, "vae", None):
         kw["vae"] = None if args.vae == "none" else args.vae
     if args.model_flags:
@@ -46,7 +51,7 @@ def register(sub):
                                    "pooled outputs of chosen blocks into one HDF5 file. "
                                    "Re-running the same command resumes an interrupted run.")
     add_model_args(p)
-    add_selection(p, t_default="100", keys=False)
+    add_selection(p, t_default="100; none for timm:/torchvision: networks", keys=False)
     p.add_argument("--data", default="demo", help="dataset spec NAME[:ROOT] (default: demo)")
     p.add_argument("--split", default="train", help="train | test | val (default train)")
     p.add_argument("--limit", type=int, help="only the first N images of the split")
@@ -87,7 +92,7 @@ def run(args):
 
 
 def _extract(extract, args, label, device):
-    extract(args.model, data=args.data, t=args.t or [100], blocks=args.blocks or "all",
+    extract(args.model, data=args.data, t=args.t, blocks=args.blocks or "all",
             out=args.out, split=args.split, pool=args.pool, dtype=args.dtype, noise_seed=args.seed,
             ensemble=args.ensemble, add_noise=not args.no_noise, class_label=label,
             batch_size=args.batch_size, num_workers=args.num_workers, device=device,

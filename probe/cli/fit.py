@@ -1,13 +1,16 @@
 """`probe fit`: train one head on one (t, block) of a feature file and evaluate it."""
+import hashlib
 import json
 import re
 import sys
 
 from ..errors import ProbeError
+from ..selection import key_label
 from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, \
     add_selection, add_threads, refuse_existing, selection
 
-HEAD_CHOICES = "linear | mlp | cnn | attention | logreg | knn"
+HEAD_CHOICES = ("linear | mlp | cnn | attention | logreg | knn, or fusion: one head on several "
+                "keys (--keys/--t/--blocks; all keys by default)")
 
 
 def _ints(text):
@@ -23,13 +26,21 @@ def add_head_args(p):
     g.add_argument("--hidden", type=_ints, help="mlp: hidden widths, e.g. 512,256 (default 512)")
     g.add_argument("--width", type=int, help="cnn: channels (default 128)")
     g.add_argument("--depth", type=int,
-                   help="cnn: conv layers (default 2); attention: transformer blocks (default 1)")
-    g.add_argument("--dim", type=int, help="attention: token width (default 128)")
-    g.add_argument("--num-heads", type=int, help="attention: attention heads (default 4)")
+                   help="cnn: conv layers (default 2); attention (and fusion's): transformer "
+                        "blocks (default 1)")
+    g.add_argument("--dim", type=int, help="attention: token width; fusion: the common width "
+                                           "each key is projected to (default 128)")
+    g.add_argument("--num-heads", type=int,
+                   help="attention (and fusion's): attention heads (default 4)")
     g.add_argument("--pos-embed", action="store_true",
-                   help="attention: add a learned positional embedding (off by default)")
+                   help="attention (and fusion's): add a learned positional embedding (off by "
+                        "default)")
+    g.add_argument("--fusion-head", choices=["linear", "attention"],
+                   help="fusion: the head on the mixed keys (default linear: pooled vectors; "
+                        "attention: maps, pooled to the smallest grid)")
     g.add_argument("--comparable-size", action="store_true",
-                   help="size mlp/cnn/attention to about the linear head's parameter count")
+                   help="size mlp/cnn/attention to about the linear head's parameter count "
+                        "(fusion: a linear head on all its keys side by side)")
     g.add_argument("--k", type=int, help="knn: neighbours (default 20)")
     g.add_argument("--C", type=float, help="logreg: inverse L2 strength (default 1.0)")
 
@@ -92,7 +103,7 @@ def add_train_args(p):
     add_quiet(g)
 
 
-HEAD_KEYS = ("hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C")
+HEAD_KEYS = ("hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C", "fusion_head")
 TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
               "patience", "val_fraction", "seed", "device", "memory_limit_gb", "stream",
               "solver", "l2", "max_iter", "tol")
@@ -109,7 +120,8 @@ def options(args):
 def register(sub):
     p = sub.add_parser("fit", help="train a probe head on cached features and evaluate it",
                        description="Train a head on one (t, block) of a feature file made by "
-                                   "`probe extract`, evaluate it on a test file (or on a "
+                                   "`probe extract` (the fusion head: on several), evaluate "
+                                   "it on a test file (or on a "
                                    "validation split of train), print and save the metrics "
                                    "as JSON.")
     p.add_argument("features", metavar="FEATURES.h5", help="training features")
@@ -127,35 +139,62 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _safe(text):
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
 def default_out(head, t, block):
-    return f"fit-{head}-t{t}-{re.sub(r'[^A-Za-z0-9._-]+', '_', block)}.json"
+    return f"fit-{head}-{'' if t is None else f't{t}-'}{_safe(block)}.json"
+
+
+def default_fusion_out(keys):
+    """fit-fusion-t10_blocks.1+t100_blocks.2.json; a digest when that would be too long."""
+    name = "+".join(_safe(key_label((t, b)).replace("/", "_")) for t, b in keys)
+    if len(name) > 150:
+        name = f"{len(keys)}keys-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return f"fit-fusion-{name}.json"
 
 
 def run(args):
     from ..heads.fit import fit
+    from ..heads.result import weights_plot_path
 
     from ..store import open_features
 
     t, blocks, keys = selection(args)
-    with open_features(args.features) as f:  # the key, to check the output before training
-        key = f.catalog.one(t, blocks, keys)
-    out = args.out or default_out(args.head, *key)
-    refuse_existing([out], args.overwrite)
-    result = fit(args.features, t=key[0], blocks=key[1], head=args.head, test=args.test,
-                 comparable_size=args.comparable_size, progress=not args.quiet,
-                 **options(args))
+    fusion = args.head == "fusion"
+    with open_features(args.features) as f:  # the keys, to check the outputs before training
+        chosen = f.select(t, blocks, keys) if fusion else [f.catalog.one(t, blocks, keys)]
+    out = args.out or (default_fusion_out(chosen) if fusion
+                       else default_out(args.head, *chosen[0]))
+    outs = [out, weights_plot_path(out)] if fusion else [out]
+    refuse_existing(outs, args.overwrite)
+    result = fit(args.features, keys=[key_label(k) for k in chosen], head=args.head,
+                 test=args.test, comparable_size=args.comparable_size,
+                 progress=not args.quiet, **options(args))
     s = result.summary
     result.save(out)
     if args.json:
         print(json.dumps(s, indent=1))
     else:
         print_summary(s)
-    print(f"saved {out}", file=sys.stderr if args.json else sys.stdout)
+    print(f"saved {' and '.join(outs)}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
+def _print_weights(s):
+    width = max(len(k) for k in s["key_weights"])
+    print("learned key weights (softmax, sum 1):")
+    for k, w in s["key_weights"].items():
+        print(f"  {k:<{width}}  {w:.3f}  {'#' * round(40 * w)}")
+
+
 def print_summary(s):
-    print(f"{s['head']} head on t={s['t']}, {s['block']}: {s['input']}, {s['params']:,} parameters")
+    on = (f"{len(s['keys'])} keys ({s['head_options']['fusion_head']} head)" if s.get("keys")
+          else key_label((s["t"], s["block"])))
+    print(f"{s['head']} head on {on}: {s['input']}, {s['params']:,} parameters")
+    if s.get("key_weights"):
+        _print_weights(s)
     if s["epochs_run"] is not None:
         chosen = ("last epoch" if s["selected_epoch"] == s["epochs_run"]
                   else f"epoch {s['selected_epoch']} kept by early stopping")

@@ -18,6 +18,7 @@ def register(sub):
 
 
 def run(args):
+    from ..selection import key_label
     from ..store import open_features
 
     path = args.file
@@ -39,7 +40,7 @@ def run(args):
         print("  features:")
         for t, block in keys:
             ds = f.dataset((t, block))
-            print(f"    t{t}/{block}: {ds.shape} {ds.dtype}{_id(f, block)}")
+            print(f"    {key_label((t, block))}: {ds.shape} {ds.dtype}{_id(f, block)}")
         names = f.class_names
         print(f"  classes ({len(names)}): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     return 0

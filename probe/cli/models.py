@@ -7,8 +7,8 @@ def register(sub):
     p = sub.add_parser("blocks", help="list a model's blocks: names, ids, output shapes")
     from .extract import add_arch_args
 
-    p.add_argument("model", help="registry name, or a family (adm, dit, ldae) with --checkpoint "
-                                 "or its flags")
+    p.add_argument("model", help="registry name, timm:NAME, torchvision:NAME, or a family "
+                                 "(adm, dit, ldae) with --checkpoint or its flags")
     p.add_argument("--checkpoint", help="read the architecture from this checkpoint")
     p.add_argument("--image-size", type=int,
                    help="input side in pixels for the U-Nets (ADM), to see the shapes at "
@@ -32,6 +32,9 @@ def run_models(args):
             src = f"{spec['url']} | hub {spec['hub']}"
         alias = f" (alias {', '.join(aliases[name])})" if name in aliases else ""
         print(f"{name + alias:<24} {spec['family']:<6} {inp:<12} {src}")
+    print("\nReference networks (no timestep, they see the clean image): timm:NAME for any "
+          "timm.list_models() name,\ntorchvision:NAME for any torchvision classification model "
+          "(hub weights, --checkpoint or --random-init).")
     return 0
 
 

@@ -4,6 +4,8 @@ import os
 
 from ..errors import ProbeError
 from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_threads
+from .train_tokenizer import (add_tokenizer_parser, saved_tokenizer_meta, tokenizer_flags,
+                              tokenizer_options)
 
 # Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
 SMALL_DIT = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3, class_dropout_prob=0.0,
@@ -15,14 +17,15 @@ SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
 
 
 def register(sub):
-    p = sub.add_parser("train", help="train an l-DAE, DiT or ADM on a dataset",
+    p = sub.add_parser("train", help="train an l-DAE, DiT, ADM or supervised classifier",
                        description="Train a model with the toolkit's own recipes. Checkpoints "
                                    "every epoch; rerun with --resume after an interruption.")
     p.set_defaults(func=_no_family)
     fam = p.add_subparsers(dest="family", metavar="FAMILY")
     q = fam.add_parser("ldae", help="latent denoising autoencoder (Chen et al. 2024)",
-                       description="Train an l-DAE: PCA tokenizer, noise in the PCA latent, "
-                                   "clean-image target. Flags switch the paper's ablations.")
+                       description="Train an l-DAE: a tokenizer (patch-wise PCA by default), "
+                                   "noise in its latent, clean-image target. Flags switch "
+                                   "the paper's ablations.")
     _common(q, lr=1e-3)
     _arch(q, SMALL_DIT)
     g = q.add_argument_group("l-DAE recipe and ablations")
@@ -50,8 +53,20 @@ def register(sub):
                    help="sigma: weight 1/(1+sigma_t^2) (default); none: 1")
     g.add_argument("--mlp-ratio", type=float, default=4.0)
     g.add_argument("--pca-patches", type=int, default=50000,
-                   help="random training patches the PCA is fitted on (default 50000)")
+                   help="random training patches the PCA (or patch AE/VAE) is fitted on "
+                        "(default 50000)")
+    g.add_argument("--input", choices=("projected", "latent"), default="projected",
+                   help="network input: the noisy latent decoded to pixels (default) or the "
+                        "latent map itself")
+    g.add_argument("--output", choices=("original", "projected"), default="original",
+                   help="clean target: the original image (default) or the image as the "
+                        "tokenizer keeps it")
+    g.add_argument("--augment", choices=("none", "crop"), default="none",
+                   help="crop: pad by S/8 px and crop back at a random offset (default none)")
+    tokenizer_flags(q, checkpoint=True)
     q.set_defaults(func=run)
+
+    add_tokenizer_parser(fam, SMALL_DIT["patch_size"])
 
     q = fam.add_parser("dit", help="small pixel-space DiT, DDPM (epsilon) training",
                        description="Train a DiT (unconditional, epsilon prediction, linear "
@@ -68,16 +83,40 @@ def register(sub):
     _common(q, lr=2e-4)
     q.set_defaults(func=run)
 
+    _classifier_parser(fam)
+
+
+def _classifier_parser(fam):
+    q = fam.add_parser("classifier", help="a supervised timm classifier (cross-entropy)",
+                       description="Train a timm image classifier with cross-entropy on the "
+                                   "labels (inputs normalised with mean = std = 0.5), as a "
+                                   "supervised reference for the diffusion models' features. "
+                                   "The default is a ViT the size of the shipped dit-fmnist.")
+    _common(q, lr=1e-3, image_size=28)
+    g = q.add_argument_group("architecture (a timm model)")
+    g.add_argument("--arch", default="vit_tiny_patch16_224",
+                   help="timm architecture name (default vit_tiny_patch16_224, resized by the "
+                        "flags below; other timm arguments: --config KEY=VALUE)")
+    g.add_argument("--patch-size", type=int, help="ViT patch size (default 7)")
+    g.add_argument("--hidden-size", type=int, help="ViT width, timm's embed_dim (default 128)")
+    g.add_argument("--depth", type=int, help="ViT blocks (default 4)")
+    g.add_argument("--num-heads", type=int, help="ViT attention heads (default 2)")
+    g.add_argument("--eval-split", metavar="SPLIT",
+                   help="after training, measure top-1 on this split of --data (e.g. test) "
+                        "and record it in log.json")
+    q.set_defaults(func=run_classifier)
+
 
 def _flags_text(d):
     return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
-def _common(q, lr):
+def _common(q, lr, image_size=32):
     g = q.add_argument_group("data")
     g.add_argument("--data", default="demo", help="dataset spec NAME[:ROOT] (default: demo)")
     g.add_argument("--split", default="train", help="split to train on (default: train)")
-    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (default 32)")
+    g.add_argument("--image-size", type=int, default=image_size,
+                   help=f"image side in pixels (default {image_size})")
     g.add_argument("--channels", type=int, help="image channels (default: the data's)")
     g.add_argument("--limit", type=int, help="train on the first N images only")
     g.add_argument("--num-workers", type=int, default=0, help="image decoding workers")
@@ -113,7 +152,8 @@ def _arch(q, d):
 
 
 def _no_family(args):
-    raise ProbeError("say what to train: probe train ldae|dit|adm (see `probe train --help`)")
+    raise ProbeError("say what to train: probe train ldae|dit|adm|classifier|tokenizer (see "
+                     "`probe train --help`)")
 
 
 def _model_config(args, channels):
@@ -128,7 +168,16 @@ def _model_config(args, channels):
                    latent_dim=args.latent_dim, schedule=args.schedule,
                    sigma_max=args.sigma_max, num_timesteps=args.num_timesteps,
                    target=args.target, residual_weight=args.residual_weight,
-                   loss_weight=args.loss_weight, single_t=args.single_t)
+                   loss_weight=args.loss_weight, single_t=args.single_t,
+                   tokenizer=args.tokenizer, tokenizer_width=args.tokenizer_width,
+                   net_input=args.input, net_output=args.output)
+        if args.noise == "pixel":  # the tokenizer flags' defaults mean "none" here
+            if args.tokenizer_checkpoint:
+                raise ProbeError("--tokenizer-checkpoint only applies to --noise latent (the "
+                                 "pixel DAE has no tokenizer): drop it")
+            for key, default in (("tokenizer", "pca"), ("net_input", "projected"),
+                                 ("net_output", "original")):
+                cfg[key] = None if cfg[key] == default else cfg[key]
         from ..extractors.ldae import validate_config
 
         return validate_config({**cfg, **extra})
@@ -154,8 +203,12 @@ def _build(args, cfg, images, resume):
     if args.family == "ldae":
         from ..train.ldae import LDAEObjective, build
 
-        model = build(cfg, None if resume else images, args.pca_patches, args.seed)
-        return LDAEObjective(model)
+        model = build(cfg, None if resume else images, args.pca_patches, args.seed,
+                      tokenizer_checkpoint=args.tokenizer_checkpoint,
+                      tokenizer_options=tokenizer_options(args), progress=not args.quiet)
+        if resume:  # what the first session did to the tokenizer
+            model.tokenizer_meta = saved_tokenizer_meta(args.out or "runs/ldae")
+        return LDAEObjective(model, augment=args.augment)
     from ..extractors.registry import family_module
     from ..train.ddpm import DDPMObjective
 
@@ -193,6 +246,13 @@ def run(args):
                       image_size=args.image_size, channels=channels, limit=args.limit)
     if args.family == "ldae":
         run_config["pca_patches"] = args.pca_patches
+        # only when used: runs begun before these options existed still resume
+        if args.augment != "none":
+            run_config["augment"] = args.augment
+        if args.tokenizer_checkpoint:
+            run_config["tokenizer_checkpoint"] = args.tokenizer_checkpoint
+        if args.tokenizer != "pca":
+            run_config["tokenizer_options"] = tokenizer_options(args)
     log = loop.train(objective, images, out, epochs=epochs, steps=args.steps,
                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                      warmup=args.warmup, seed=args.seed, device=args.device, state=state,
@@ -210,6 +270,36 @@ def run(args):
     else:
         print(f"  load:  probe extract --model {args.family} --checkpoint {model_path} "
               f"--config {os.path.join(out, 'config.json')} ...")
+    return 0
+
+
+def run_classifier(args):
+    from ..extractors.config import parse_config_items
+    from ..train.classifier import train_classifier
+
+    out = args.out or os.path.join("runs", "classifier")
+    vit = dict(patch_size=args.patch_size, embed_dim=args.hidden_size, depth=args.depth,
+               num_heads=args.num_heads)
+    log = train_classifier(
+        args.data, out, arch=args.arch, split=args.split, image_size=args.image_size,
+        channels=args.channels, limit=args.limit, vit=vit, config=parse_config_items(args.config),
+        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed, device=args.device,
+        resume=args.resume, overwrite=args.overwrite, save_every=args.save_every,
+        log_every=args.log_every, eval_split=args.eval_split, num_workers=args.num_workers,
+        progress=not args.quiet, command=_options(args))
+    final = log.get("final_loss")
+    print(f"trained classifier {args.arch}: step {log['step']} ({log['epochs_done']:.2f} "
+          f"epochs), final loss {final if final is None else f'{final:.4f}'}, "
+          f"{log['wall_time_s']:.1f} s")
+    if "eval" in log:
+        e = log["eval"]
+        print(f"  {e['split']} top-1: {100 * e['top1']:.2f} % ({e['num_images']:,} images)")
+    model_path = os.path.join(out, "model.pt")
+    print(f"  model: {model_path}")
+    print(f"  log:   {os.path.join(out, 'log.json')}")
+    print(f"  load:  probe extract --model timm:{args.arch} --checkpoint {model_path} "
+          f"--config {os.path.join(out, 'config.json')} ...")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Datasets by spec string: ``NAME[:ROOT]`` (see :data:`SPECS`), read from local disk.
 
-``load_dataset(spec, split, image_size, channels)`` returns a torch Dataset of
+``load_dataset(spec, split, image_size, channels, interpolation)`` returns a torch Dataset of
 ``(image in [0,1] (C,S,S), label)`` with ``ids``, ``class_names``, ``spec`` and ``split``.
 """
 from ..errors import ProbeError, suggest
@@ -33,9 +33,10 @@ def parse_spec(spec):
     return name, root or None
 
 
-def load_dataset(spec="demo", split="train", image_size=None, channels=None):
+def load_dataset(spec="demo", split="train", image_size=None, channels=None,
+                 interpolation="bicubic"):
     name, root = parse_spec(spec)
-    kw = dict(image_size=image_size, channels=channels)
+    kw = dict(image_size=image_size, channels=channels, interpolation=interpolation)
     if name == "demo":
         return _d.demo(split, **kw)
     if name == "fashion-mnist":

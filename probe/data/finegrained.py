@@ -85,9 +85,8 @@ SETS = {
 }
 
 
-def load(name, root, split, image_size=None, channels=None):
+def load(name, root, split, **kw):
     """``--data NAME:ROOT`` for the fine-grained sets -> FileDataset of the mapped split."""
-    kw = dict(image_size=image_size, channels=channels)
     if not root or not os.path.isdir(root):
         layout = CUB_LAYOUT if name == "cub200" else "expected " + SETS[name].layout
         raise ProbeError(f"{name}: folder {root} not found; {layout}")

@@ -7,13 +7,14 @@ Normalisation to the model's range is the model's own job (``Extractor.prepare``
 import torch
 
 
-def image_transform(size, channels):
+def image_transform(size, channels, interpolation="bicubic"):
     # torchvision's import pulls in torch._dynamo (over a second): only datasets pay for it
     from torchvision.transforms import v2 as T
 
     steps = [T.ToImage(), T.ToDtype(torch.float32, scale=True)]
     if size is not None:
-        steps += [T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        mode = T.InterpolationMode(interpolation)  # a reference network's own (timm, torchvision)
+        steps += [T.Resize(size, interpolation=mode, antialias=True),
                   T.CenterCrop(size)]
     steps.append(T.Lambda(lambda x: match_channels(x.clamp(0, 1), channels)))
     return T.Compose(steps)
@@ -31,6 +32,6 @@ def match_channels(x, channels):
     raise ValueError(f"cannot turn {x.shape[-3]} channels into {channels}")
 
 
-def describe(size, channels):
-    return (f"resize shorter side to {size} (bicubic, antialias), center crop {size}, "
+def describe(size, channels, interpolation="bicubic"):
+    return (f"resize shorter side to {size} ({interpolation}, antialias), center crop {size}, "
             f"to [0,1], channels -> {channels}")

@@ -52,12 +52,13 @@ def weights_sha256(model):
     for k, v in state:
         h.update(k.encode())
         if v.numel():  # hashed through the buffer, without a copy of the bytes
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy())
+            # flat first: a 0-dim tensor (BatchNorm's step count) has no byte view
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     model._weights_sha256 = (stamp, h.hexdigest())
     return model._weights_sha256[1]
 
 
-def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = 100,
+def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
             blocks: Spec = "all", out: str | os.PathLike | None = None, *,
             split: str = "train", pool: str = "mean", dtype: str = "float32",
             noise_seed: int = 0, ensemble: int = 1, add_noise: bool = True,
@@ -69,6 +70,8 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = 100,
     """Extract features of ``blocks`` at timesteps ``t`` for every image of ``data`` into
     the HDF5 file ``out`` (see :mod:`probe.store`).  Returns the path.
 
+    ``t``: default 100 for diffusion models; a network without timesteps (timm,
+    torchvision) takes none (then ``ensemble`` must be 1 and ``add_noise`` stays True).
     ``model``: an Extractor or a model name (then ``model_kwargs`` go to load_model).
     ``data``: a dataset spec (``demo``, ``fashion-mnist``, ``imagefolder:ROOT`` ...) or a
     dataset from :func:`probe.data.load_dataset`.  ``add_noise=False`` conditions on t
@@ -79,19 +82,16 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = 100,
 
     _check_options(batch_size, ensemble, num_workers, dtype)
     pool = parse_pool(pool)
-    ts = parse_t(t)
-    if ts is None:
-        raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "
-                         "e.g. --t 10,100,500")
     device = resolve_device(device)
     if isinstance(model, str):
         model = load_model(model, device=device, **model_kwargs)
     model = model.to(device).eval()
-    for tt in ts:
-        model.schedule.check_t(tt)
+    ts = _timesteps(model, t, ensemble, add_noise)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
-        data = load_dataset(data, split, model.image_size, model.image_channels)
+        data = load_dataset(data, split, model.data_size, model.image_channels,
+                            model.data_interpolation)
+    model.use_class_names(data.class_names)  # embeds a {class} prompt per class, before hashing
     n_total = len(data) if limit is None else min(int(limit), len(data))
     if n_total <= 0:
         raise ProbeError("nothing to extract: the dataset (or --limit) has zero images")
@@ -105,6 +105,27 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = 100,
          num_workers=num_workers, device=device, stack_t=stack_t, progress=progress, log=log,
          command=command)
     return out
+
+
+def _timesteps(model, t, ensemble, add_noise):
+    """The timesteps to extract, checked against the model: [] for a network without
+    timesteps, which refuses every option about noise."""
+    if not model.has_timesteps:
+        why = f"{model.name} has no timestep (it sees the clean image)"
+        if t is not None:
+            raise ProbeError(f"{why}: drop --t")
+        if int(ensemble) != 1:
+            raise ProbeError(f"{why} and no noise to average over: drop --ensemble")
+        if not add_noise:
+            raise ProbeError(f"{why}: drop --no-noise, its input is already clean")
+        return []
+    ts = parse_t(100 if t is None else t)
+    if ts is None:
+        raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "
+                         "e.g. --t 10,100,500")
+    for tt in ts:
+        model.schedule.check_t(tt)
+    return ts
 
 
 def _check_options(batch_size, ensemble, num_workers, dtype):
@@ -149,7 +170,7 @@ def _run(model, data, out, settings, *, overwrite, batch_size, num_workers, devi
         left = sum(len(b) for b in todo)
         if left < shard_size:
             log(f"resuming: {shard_size - left} of {shard_size} images already done")
-        keys = [(tt, b) for tt in settings["timesteps"] for b in settings["blocks"]]
+        keys = [(tt, b) for tt in settings["timesteps"] or [None] for b in settings["blocks"]]
         run_batches(model, data, todo, keys, work, settings, num_workers=num_workers,
                     device=device, stack_t=stack_t, progress=progress and rank == 0,
                     shard_size=shard_size)
@@ -190,7 +211,8 @@ def _file_attrs(model, settings, command):
                 model_blocks=model.block_names,  # block ids in every reader count in this
                 model_info=model.describe(), checkpoint=model.source,
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
-                schedule=model.schedule.describe(), settings=settings,
+                schedule=model.schedule.describe() if model.has_timesteps else None,
+                settings=settings,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
 

@@ -21,6 +21,14 @@ class _Indexed(torch.utils.data.Dataset):
         image, label = self.ds[i]
         return i, image, label, (self.ds.bad_reason(i) if image is None else None)
 
+    def __getitems__(self, indices):  # the DataLoader's batched fetch
+        if not hasattr(self.ds, "load_batch"):  # a dataset of the caller's own
+            return [self[i] for i in indices]
+        images = self.ds.load_batch(indices)
+        return [(i, image, int(self.ds.labels[i]),
+                 self.ds.bad_reason(i) if image is None else None)
+                for i, image in zip(indices, images)]
+
 
 def _collate(batch):
     good = [b for b in batch if b[1] is not None]
@@ -67,6 +75,10 @@ def features(model, images, ids, y, settings, stack_t):
     """{(t, block): pooled features (B, ...)} for one batch, averaged over ensemble draws."""
     x0 = model.prepare(images)
     b = x0.shape[0]
+    if not model.has_timesteps:  # a reference network: one pass on the clean image
+        feats = model.forward_intermediates(x0, None, settings["blocks"], stop_early=True)
+        return {(None, name): apply_pool(f, settings["pool"], model.num_prefix_tokens).float()
+                for name, f in feats.items()}
     draws = [(tt, k) for tt in settings["timesteps"] for k in range(settings["ensemble"])]
 
     def noised(tt, k):
@@ -85,7 +97,8 @@ def features(model, images, ids, y, settings, stack_t):
         feats = model.forward_intermediates(x, tvec, settings["blocks"], y=yy, stop_early=True)
         for j, (tt, _) in enumerate(group):
             for name, f in feats.items():
-                pooled = apply_pool(f[j * b:(j + 1) * b], settings["pool"]).float()
+                pooled = apply_pool(f[j * b:(j + 1) * b], settings["pool"],
+                                    model.num_prefix_tokens).float()
                 key = (tt, name)
                 out[key] = out[key] + pooled if key in out else pooled
     return {k: v / settings["ensemble"] for k, v in out.items()}

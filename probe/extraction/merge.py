@@ -78,4 +78,5 @@ def summary(out, n, elapsed, log, world=1):
             + f" in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.1f} img/s"
             + (f" on {world} ranks)" if world > 1 else ")"))
         for key in f.keys:
-            log(f"  t={key[0]:<5} {key[1]:<24} {tuple(f.dataset(key).shape)} {f.dataset(key).dtype}")
+            where = f"{key[1]:<30}" if key[0] is None else f"t={key[0]:<5} {key[1]:<24}"
+            log(f"  {where} {tuple(f.dataset(key).shape)} {f.dataset(key).dtype}")

@@ -7,6 +7,9 @@ latent models), its blocks in forward order, and how to treat class labels.
 Subclasses provide ``_forward(x, t, y)`` (the network's own call) and
 ``_block_modules()`` (an ordered ``name -> nn.Module`` of the probe-able blocks);
 everything else — block ids, hooks, early exit, the null class — lives here.
+
+A network that sees the clean image (a reference network: timm, torchvision) sets
+``has_timesteps = False`` and has no schedule: its t is None everywhere.
 """
 import math
 from collections.abc import Sequence
@@ -29,6 +32,8 @@ Labels: TypeAlias = Union[int, Sequence[int], torch.Tensor, None]
 class Extractor(nn.Module):
     family = "base"
     any_image_size = False  # a convolutional pixel-space net that runs at other sizes
+    has_timesteps = True    # False: no schedule, no noise, t is None (reference networks)
+    num_prefix_tokens = 0   # token outputs: class/register tokens before the patch grid
     schedule: Schedule
 
     def __init__(self, net, *, name, schedule, image_size, image_channels=3,
@@ -70,6 +75,9 @@ class Extractor(nn.Module):
         at t = 0; on the meta device (see ``registry.load_architecture``) it costs nothing.
         ``image_size``: another input side, for nets that take any (ADM U-Nets)."""
         c, h, w = self.input_shape
+        if image_size is not None and not self.any_image_size and not self.has_timesteps:
+            raise ProbeError(f"{self.name} takes {h}x{w} inputs (its own data config): "
+                             "drop --image-size")
         if image_size is not None:
             if not self.any_image_size or self.vae is not None:
                 raise ProbeError("--image-size (API image_size=...) applies to convolutional "
@@ -77,17 +85,20 @@ class Extractor(nn.Module):
             h = w = image_size
         device = next(self.parameters()).device
         x = torch.zeros(1, c, h, w, device=device)
-        t = torch.zeros(1, dtype=torch.long, device=device)
+        t = torch.zeros(1, dtype=torch.long, device=device) if self.has_timesteps else None
         y = None
         if self.num_classes is not None and self.null_class is None:
             y = torch.zeros(1, dtype=torch.long, device=device)  # shapes do not depend on it
-        with capture(self._block_modules()) as out:
-            run_until_stop(self.forward, x, t, y)
+        out = self.forward_intermediates(x, t, "all", y=y, stop_early=False)
         return [(i, n, tuple(out[n].shape[1:])) for i, n in enumerate(self.block_names, 1)]
 
     # ---- running the network --------------------------------------------------
     def _forward(self, x, t, y):
         raise NotImplementedError
+
+    def use_class_names(self, names: Sequence[str]) -> None:
+        """The dataset's class names, for models that build their conditioning from them
+        (a Stable Diffusion prompt with {class}); other models ignore them."""
 
     def labels(self, y: Labels, batch: int, device: torch.device) -> torch.Tensor | None:
         """The class labels to feed: y if given, else the null class; never the true labels
@@ -103,19 +114,27 @@ class Extractor(nn.Module):
         y = torch.as_tensor(y, device=device).long()
         return y.expand(batch) if y.dim() == 0 else y
 
-    def _timesteps(self, t: Timesteps, batch: int, device: torch.device) -> torch.Tensor:
+    def _timesteps(self, t: Timesteps | None, batch: int, device: torch.device) -> torch.Tensor:
+        if t is None:
+            raise ProbeError(f"{self.name} is a diffusion model: give a timestep t")
         if not (torch.is_tensor(t) and t.is_meta):  # shape-only runs carry no values
             self.schedule.check_t(t.cpu() if torch.is_tensor(t) else t)
         t = torch.as_tensor(t, device=device)
         t = t.long() if not t.is_floating_point() else t
         return t.expand(batch) if t.dim() == 0 else t
 
-    def forward(self, x: torch.Tensor, t: Timesteps, y: Labels = None) -> torch.Tensor:
-        """The network's full output for input x (already in model space) at timestep t."""
-        t = self._timesteps(t, x.shape[0], x.device)
-        return self._forward(x, t, self.labels(y, x.shape[0], x.device))
+    def forward(self, x: torch.Tensor, t: Timesteps | None, y: Labels = None) -> torch.Tensor:
+        """The network's full output for input x (already in model space) at timestep t
+        (None for a network without timesteps)."""
+        if not self.has_timesteps:
+            if t is not None:
+                raise ProbeError(f"{self.name} has no timestep (it sees the clean image): "
+                                 "pass t=None (CLI: drop --t)")
+            return self._forward(x, None, self.labels(y, x.shape[0], x.device))
+        tt = self._timesteps(t, x.shape[0], x.device)
+        return self._forward(x, tt, self.labels(y, x.shape[0], x.device))
 
-    def forward_intermediates(self, x: torch.Tensor, t: Timesteps, blocks: Any,
+    def forward_intermediates(self, x: torch.Tensor, t: Timesteps | None, blocks: Any,
                               y: Labels = None,
                               stop_early: bool = True) -> dict[str, torch.Tensor]:
         """Raw outputs of the requested blocks, as ``{name: tensor}`` in forward order.
@@ -134,10 +153,14 @@ class Extractor(nn.Module):
     # ---- the diffusion process ----------------------------------------------------
     @property
     def num_timesteps(self) -> int:
+        if not self.has_timesteps:
+            raise ProbeError(f"{self.name} has no timesteps (it sees the clean image)")
         return self.schedule.num_timesteps
 
     def q_sample(self, x0: torch.Tensor, t: Timesteps, noise: torch.Tensor) -> torch.Tensor:
         """Noise a model-space input x0 to timestep t with the given noise."""
+        if not self.has_timesteps:
+            raise ProbeError(f"{self.name} has no noise process (it sees the clean image)")
         t = self._timesteps(t, x0.shape[0], x0.device)
         return self.schedule.q_sample(x0, t, noise)
 
@@ -159,6 +182,17 @@ class Extractor(nn.Module):
             return (f"to [-1,1], VAE posterior mean x {self.vae_scale} "
                     f"({self.config.get('vae') or 'VAE'})")
         return "to [-1,1]"
+
+    @property
+    def data_size(self) -> int:
+        """The side datasets resize (shorter side) and centre-crop images to for this model;
+        :meth:`prepare` takes it from there (reference networks crop further)."""
+        return self.image_size
+
+    @property
+    def data_interpolation(self) -> str:
+        """How datasets resize images to :attr:`data_size` (torchvision's mode names)."""
+        return "bicubic"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -186,7 +220,7 @@ class Extractor(nn.Module):
         return {
             "model": self.name,
             "family": self.family,
-            "schedule": self.schedule.describe(),
+            "schedule": self.schedule.describe() if self.has_timesteps else None,
             "image_size": self.image_size,
             "image_channels": self.image_channels,
             "num_classes": self.num_classes,

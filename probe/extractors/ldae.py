@@ -8,21 +8,27 @@ position table (a different channel layout from DiT's) and the patch layout of t
 output (channel-major, like the tokenizer's).  The first ``encoder_depth`` blocks are
 the encoder (probed), the rest the decoder.
 
-The tokenizer (``ldae_tokenizer``) is patch-wise PCA fitted on training patches; its
-mean and full basis are buffers of the network, so a checkpoint carries them.  Noise
-lives in the first ``latent_dim`` PCA coordinates of each patch: the network sees
-``mean + V^T (gamma_t V (x - mean) + sigma_t eps)``.  With ``noise_space="pixel"`` it
-is the classical DAE: ``gamma_t x + sigma_t eps`` with no tokenizer.
+The tokenizer (``ldae_tokenizer``) is patch-wise PCA fitted on training patches (the
+default), a patch-wise linear AE or VAE, or a small convolutional VAE; it is a frozen
+submodule of the network, so a checkpoint carries it.  Noise lives in its latent of
+``latent_dim`` numbers per patch: with PCA the network sees
+``mean + V^T (gamma_t V (x - mean) + sigma_t eps)``, in general
+``decode(gamma_t encode(x) + sigma_t eps)`` (``net_input="projected"``, the inverse
+projection) or the noisy latent itself (``net_input="latent"``).  The network always
+predicts pixels: the original image (``net_output="original"``, the final recipe) or the
+image as the tokenizer keeps it (``"projected"``).  With ``noise_space="pixel"`` it is
+the classical DAE: ``gamma_t x + sigma_t eps`` with no tokenizer.
 
 Checkpoints (written by ``probe train ldae``) hold only plain types, so they load with
 ``torch.load(weights_only=True)``::
 
-    {"format": "probe-ldae", "version": 2, "config": {...}, "model": state_dict,
-     "meta": {...how it was trained...}}
+    {"format": "probe-ldae", "version": 3, "config": {...}, "model": state_dict,
+     "meta": {...how it was trained, "tokenizer": how the tokenizer was...}}
 
-Version 1 checkpoints (the shipped ``ldae-fmnist`` and ``dae-pixel-fmnist``, and
-``probe train ldae`` runs before version 2) load too: :func:`upgrade_state_dict`
-renames their keys.
+Older versions load too: version 2 configs have no tokenizer keys (their defaults, PCA
+and the final recipe, are what they were trained with), and version 1 checkpoints (the
+shipped ``ldae-fmnist`` and ``dae-pixel-fmnist``) also have the old timestep-MLP names,
+which :func:`upgrade_state_dict` renames.
 """
 import math
 
@@ -30,107 +36,20 @@ import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from torch import nn
 
-from ..errors import ProbeError, suggest
+from ..errors import ProbeError
 from .base import Extractor
 from .checkpoints import load_file, load_into, state_dict_from
-from .config import coerce
 from .dit_net import DiTBlock, FinalLayer, TimestepEmbedder
-from .ldae_tokenizer import PatchPCA, patchify, unpatchify
+from .ldae_config import DEFAULTS, _typed, patch_dim, validate_config  # noqa: F401 (API)
+from .ldae_tokenizer import PatchPCA, make_tokenizer, patchify, unpatchify
 from .schedules import LDAESchedule
 
 FORMAT = "probe-ldae"
 # 2: the timestep MLP is DiT's TimestepEmbedder (``t_embedder.mlp.0/2``); version 1 ran
 # it as diffusers' TimestepEmbedding (``t_embedder.linear_1/2``), see upgrade_state_dict.
-VERSION = 2
-NOISE_SPACES = ("latent", "pixel")
-SCHEDULES = ("sigma-linear", "gamma2-linear")
-TARGETS = ("clean", "noise")
-LOSS_WEIGHTS = ("sigma", "none")
-
-DEFAULTS = dict(
-    # architecture
-    image_size=32, in_channels=1, patch_size=4, hidden_size=192, depth=6, num_heads=3,
-    mlp_ratio=4.0, encoder_depth=None,          # None: the first half of the blocks
-    # noise (used by q_sample / prepare, hence part of the model)
-    noise_space="latent", latent_dim=None,      # None: a quarter of the patch dimension
-    schedule="sigma-linear", sigma_max=math.sqrt(2), num_timesteps=1000,
-    # training objective (recorded so a checkpoint says how it was made)
-    target="clean", residual_weight=0.1, loss_weight="sigma", single_t=None,
-)
-
-
-def patch_dim(config):
-    return config["in_channels"] * config["patch_size"] ** 2
-
-
-def validate_config(config):
-    """Fill defaults, type and check a config; every user mistake is a one-line ProbeError."""
-    c = _typed(config)
-    for key, choices in (("noise_space", NOISE_SPACES), ("schedule", SCHEDULES),
-                         ("target", TARGETS), ("loss_weight", LOSS_WEIGHTS)):
-        if c[key] not in choices:
-            raise ProbeError(f"ldae {key} must be one of {', '.join(choices)}, not {c[key]!r}")
-    for key in ("image_size", "in_channels", "patch_size", "hidden_size", "depth", "num_heads",
-                "num_timesteps"):
-        if c[key] < 1:
-            raise ProbeError(f"ldae {key} must be a positive integer, not {c[key]!r}")
-    s, p = c["image_size"], c["patch_size"]
-    if s % p:
-        raise ProbeError(f"image size {s} is not divisible by patch size {p}: choose an image "
-                         f"size that is a multiple of {p} (--image-size) or another --patch-size")
-    if c["hidden_size"] % c["num_heads"]:
-        raise ProbeError(f"hidden size {c['hidden_size']} is not divisible by "
-                         f"{c['num_heads']} heads: change --hidden-size or --num-heads")
-    if c["hidden_size"] % 4:
-        raise ProbeError(f"hidden size {c['hidden_size']} must be a multiple of 4 "
-                         "(2-D sin-cos positions)")
-    depth = c["depth"]
-    if c["encoder_depth"] is None:
-        if depth % 2:
-            raise ProbeError(f"depth {depth} cannot be split into equal encoder and decoder "
-                             f"halves: use an even --depth or set --encoder-depth (1..{depth - 1})")
-        c["encoder_depth"] = depth // 2
-    if not 1 <= c["encoder_depth"] <= depth - 1:
-        raise ProbeError(f"encoder depth {c['encoder_depth']} does not split {depth} blocks into "
-                         f"an encoder and a decoder: use 1..{depth - 1}")
-    D = patch_dim(c)
-    if c["noise_space"] == "pixel":
-        if config.get("latent_dim") is not None:
-            raise ProbeError("latent_dim (--latent-dim) only applies to noise_space='latent'; "
-                             "drop it for pixel noise")
-        c["latent_dim"] = None
-    else:
-        d = c["latent_dim"] if c["latent_dim"] is not None else max(1, D // 4)
-        if not 1 <= d <= D:
-            raise ProbeError(f"latent dim d={d} must be between 1 and the patch dimension "
-                             f"D = channels x patch^2 = {D}: lower --latent-dim or raise "
-                             "--patch-size")
-        c["latent_dim"] = d
-    if not c["sigma_max"] > 0:
-        raise ProbeError(f"sigma_max must be positive, not {c['sigma_max']}")
-    if c["num_timesteps"] < 2:
-        raise ProbeError("num_timesteps must be at least 2")
-    if c["single_t"] is not None and not 0 <= c["single_t"] < c["num_timesteps"]:
-        raise ProbeError(f"single_t {c['single_t']} is outside the schedule: use "
-                         f"0..{c['num_timesteps'] - 1}")
-    if not c["residual_weight"] >= 0:
-        raise ProbeError(f"residual_weight must be >= 0, not {c['residual_weight']}")
-    return c
-
-
-def _typed(config):
-    """The defaults, updated with ``config`` coerced to each option's type (None keeps the
-    default; the options whose default is None are integers)."""
-    unknown = [k for k in config if k not in DEFAULTS]
-    if unknown:
-        raise ProbeError(f"unknown ldae option {unknown[0]!r}{suggest(unknown[0], DEFAULTS)}; "
-                         f"valid: {', '.join(DEFAULTS)}")
-    c = dict(DEFAULTS)
-    for key, value in config.items():
-        if value is not None:
-            like = int if DEFAULTS[key] is None else DEFAULTS[key]
-            c[key] = coerce(key, value, like, "ldae option")
-    return c
+# 3: the config names the tokenizer (``tokenizer``, ``tokenizer_width``) and the pixel-side
+# variant (``net_input``, ``net_output``); absent from older configs = PCA, final recipe.
+VERSION = 3
 
 
 # ---- the network --------------------------------------------------------------------------
@@ -141,15 +60,19 @@ class LDAENet(nn.Module):
         super().__init__()
         c = self.config = config
         dim, p, s = c["hidden_size"], c["patch_size"], c["image_size"]
-        self.x_embedder = PatchEmbed(s, p, c["in_channels"], dim)
+        if c["net_input"] == "latent":  # the noisy latent map (d, S/p, S/p), one token per cell
+            self.x_embedder = PatchEmbed(s // p, 1, c["latent_dim"], dim)
+        else:
+            self.x_embedder = PatchEmbed(s, p, c["in_channels"], dim)
         self.register_buffer("pos_embed", build_sincos2d_pos_embed([s // p, s // p], dim)[None],
                              persistent=False)  # fixed, rebuilt from the config
         self.t_embedder = TimestepEmbedder(dim)
         self.blocks = nn.ModuleList(DiTBlock(dim, c["num_heads"], c["mlp_ratio"])
                                     for _ in range(c["depth"]))
         self.final_layer = FinalLayer(dim, p, c["in_channels"])
-        self.tokenizer = (PatchPCA(c["in_channels"], p, c["latent_dim"])
-                          if c["noise_space"] == "latent" else None)
+        self.tokenizer = make_tokenizer(c)
+        if self.tokenizer is not None:
+            self.tokenizer.requires_grad_(False)  # trained first (or fitted), then frozen
         self._init_weights()
         # `probe train --resume` loads a run's saved state directly, not through
         # read_checkpoint: a run begun before version 2 has the old names.
@@ -159,8 +82,9 @@ class LDAENet(nn.Module):
     def _init_weights(self):
         # DiT's initialisation: xavier everywhere, and every residual branch and the
         # output start at zero, so the untrained network is the identity on its tokens.
+        frozen = set(self.tokenizer.modules()) if self.tokenizer is not None else set()
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and m not in frozen:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         w = self.x_embedder.proj.weight
@@ -179,7 +103,8 @@ class LDAENet(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c)
         out = self.final_layer(tokens, c)
-        return unpatchify(out, self.config["patch_size"], *x.shape[1:])
+        s = self.config["image_size"]
+        return unpatchify(out, self.config["patch_size"], self.config["in_channels"], s, s)
 
 
 # ---- the extractor ----------------------------------------------------------------------------
@@ -188,7 +113,8 @@ class LDAEExtractor(Extractor):
 
     def __init__(self, net, *, name, source=None):
         cfg = net.config
-        super().__init__(net, name=name, schedule=LDAESchedule(cfg, net.tokenizer),
+        mixer = _LatentInput() if cfg["net_input"] == "latent" else net.tokenizer
+        super().__init__(net, name=name, schedule=LDAESchedule(cfg, mixer),
                          image_size=cfg["image_size"], image_channels=cfg["in_channels"],
                          config=cfg, source=source)
 
@@ -217,17 +143,39 @@ class LDAEExtractor(Extractor):
 
     @property
     def input_pipeline(self):
-        tok = self.net.tokenizer
-        return "to [-1,1]" + (", kept to its first d PCA components per patch (the l-DAE "
-                              "tokenizer)" if tok is not None else "")
+        tok, cfg = self.net.tokenizer, self.config
+        if tok is None:
+            return "to [-1,1]"
+        if cfg["net_input"] == "latent":
+            return f"to [-1,1], encoded by the l-DAE's {tok.kind} tokenizer (its latent map)"
+        if tok.kind == "pca":
+            return "to [-1,1], kept to its first d PCA components per patch (the l-DAE tokenizer)"
+        return f"to [-1,1], encoded and decoded by the l-DAE's {tok.kind} tokenizer"
+
+    @property
+    def input_shape(self):
+        cfg = self.config
+        if cfg["net_input"] == "latent":
+            side = cfg["image_size"] // cfg["patch_size"]
+            return (cfg["latent_dim"], side, side)
+        return super().input_shape
 
     @torch.no_grad()
     def prepare(self, images):
         """Images in [0, 1] -> the clean network input: [-1, 1], and for latent noise the
-        image as the tokenizer keeps it (its first d PCA components per patch), which is
-        what the network sees at sigma = 0 during training."""
-        x = self.to_pixels(images)
-        return self.net.tokenizer.project(x) if self.net.tokenizer is not None else x
+        image as the tokenizer keeps it (PCA: its first d components per patch), which is
+        what the network sees at sigma = 0 during training; with ``net_input="latent"``
+        the latent map itself, (B, d, S/p, S/p)."""
+        return self.clean_input(self.to_pixels(images))
+
+    def clean_input(self, x):
+        """Pixels in [-1, 1] -> the clean network input (see :meth:`prepare`)."""
+        tok = self.net.tokenizer
+        if tok is None:
+            return x
+        if self.config["net_input"] == "latent":
+            return latent_map(tok.encode(x))
+        return tok.project(x)
 
     @torch.no_grad()
     def encode(self, images, t=None, noise=None):
@@ -246,6 +194,24 @@ class LDAEExtractor(Extractor):
         state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
         return {"format": FORMAT, "version": VERSION, "config": dict(self.config),
                 "model": state, "meta": dict(meta or {})}
+
+
+def latent_map(tokens):
+    """Latent tokens (B, N, d) -> the map (B, d, sqrt N, sqrt N), tokens in row-major order."""
+    b, n, d = tokens.shape
+    side = math.isqrt(n)
+    return tokens.transpose(1, 2).reshape(b, d, side, side)
+
+
+class _LatentInput:
+    """The schedule's mixing when the network reads the latent map itself: the input is
+    already the latent, so the noise is added to it directly."""
+
+    def mix(self, x0, noise, gamma, sigma):
+        return gamma.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * noise
+
+    def project_noise(self, noise):
+        return noise
 
 
 def build(config, name="ldae", source=None):
@@ -310,16 +276,18 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
 
 
 def _untrained_like(name, checkpoint, overrides):
-    """The random-init baseline of a trained l-DAE: its architecture and its fitted PCA
-    tokenizer (part of the data pipeline, not learned by gradient), a fresh network."""
+    """The random-init baseline of a trained l-DAE: its architecture and its tokenizer
+    (fitted or trained before the network, and frozen), a fresh network."""
     config, state, _ = read_checkpoint(checkpoint)
     model = build({**config, **overrides}, name=name, source="random init")
-    if "tokenizer.mean" in state:
-        model.net.tokenizer.set_basis(state["tokenizer.mean"], state["tokenizer.components"],
-                                      state["tokenizer.variance"])
+    if model.net.tokenizer is not None:
+        prefix = "tokenizer."
+        load_into(model.net.tokenizer, {k[len(prefix):]: v for k, v in state.items()
+                                        if k.startswith(prefix)},
+                  what=f"the tokenizer of {checkpoint}", arch="the tokenizer its config names")
     return model
 
 
 __all__ = ["DEFAULTS", "LDAEExtractor", "LDAENet", "LDAESchedule", "PatchPCA", "build",
-           "create", "patchify", "unpatchify", "validate_config", "read_checkpoint",
-           "upgrade_state_dict"]
+           "create", "latent_map", "patchify", "unpatchify", "validate_config",
+           "read_checkpoint", "upgrade_state_dict"]

@@ -1,9 +1,24 @@
-"""The l-DAE's tokenizer: patches, and patch-wise PCA (``probe.train.pca`` fits it).
+"""The l-DAE's tokenizers: patches, and the four kinds of the paper's tokenizer table.
 
+Every tokenizer maps pixels (B, C, S, S) to a latent of ``d`` numbers per token, one
+token per ``p x p`` patch of the ViT's grid, and back:
+
+- ``pca``: patch-wise PCA (``probe.train.pca`` fits it); the latent is the first ``d``
+  coordinates in the PCA basis.
+- ``patch-ae``: a linear encoder V and decoder U^T per patch, around the patch mean:
+  ``x -> mean + U^T V (x - mean)``.
+- ``patch-vae``: the same with a second linear map giving the log-variance of a
+  Gaussian posterior; its latent (the code used by the l-DAE) is the posterior mean Vx.
+- ``conv-vae``: a small convolutional VAE (diffusers' ``AutoencoderKL``) whose latent grid
+  is the ViT's patch grid, so it has ``d`` channels per token (see ``ldae_convvae``).
+
+The l-DAE freezes its tokenizer; ``probe.train.tokenizers`` trains the AE and VAE kinds.
 A patch is flattened channel-major, ``(c, i, j)``; patches come in row-major order.
 """
 import torch
 from torch import nn
+
+KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")
 
 
 def patchify(x, p):
@@ -19,13 +34,64 @@ def unpatchify(tokens, p, c, h, w):
     return x.reshape(b, c, h, w)
 
 
-class PatchPCA(nn.Module):
-    """Patch-wise PCA: ``mean`` (D,), ``components`` (D, D) orthonormal rows in order of
-    decreasing ``variance``; the latent is the first ``d`` coordinates."""
+class Tokenizer(nn.Module):
+    """What the l-DAE needs of a tokenizer; subclasses give ``encode`` and ``decode``."""
+
+    kind = None
+    linear = True  # decode is affine: the added noise has a pixel-space form
 
     def __init__(self, channels, patch_size, d):
         super().__init__()
         self.channels, self.patch_size, self.d = channels, patch_size, d
+
+    def encode(self, x):
+        """Pixels (B, C, S, S) -> latent tokens (B, N, d)."""
+        raise NotImplementedError
+
+    def decode(self, z, shape):
+        """Latent tokens (B, N, d) -> pixels of ``shape`` (the inverse projection)."""
+        raise NotImplementedError
+
+    def latent_noise(self, noise):
+        """Pixel-shaped standard normal noise -> standard normal latent noise (B, N, d):
+        the first d numbers of each patch, so one noise draw per image serves every kind."""
+        return patchify(noise, self.patch_size)[..., : self.d]
+
+    def mix(self, x0, noise, gamma, sigma):
+        """decode(gamma encode(x0) + sigma eps): the noisy input of the latent DAE."""
+        return self.decode(gamma * self.encode(x0) + sigma * self.latent_noise(noise), x0.shape)
+
+    def project(self, x):
+        """x -> decode(encode(x)): the image as the tokenizer keeps it."""
+        return self.decode(self.encode(x), x.shape)
+
+    def project_noise(self, noise):
+        """Pixel-shaped noise -> the pixels it adds through the (affine) decoder."""
+        z = self.latent_noise(noise)
+        return self.decode(z, noise.shape) - self.decode(torch.zeros_like(z), noise.shape)
+
+    def weighted_error(self, r, residual_weight):
+        """Mean squared residual per image (B,): weight 1 inside the decoder's range, and
+        ``residual_weight`` outside it (PCA: the components beyond d)."""
+        t = patchify(r, self.patch_size)                         # (B, N, D)
+        with torch.no_grad():
+            basis, _ = torch.linalg.qr(self.decoder_rows().to(t.dtype).T)  # (D, d)
+        inside = (t @ basis).pow(2).sum(-1)
+        total = t.pow(2).sum(-1)
+        return ((inside + residual_weight * (total - inside)) / t.shape[-1]).mean(1)
+
+    def decoder_rows(self):
+        raise NotImplementedError
+
+
+class PatchPCA(Tokenizer):
+    """Patch-wise PCA: ``mean`` (D,), ``components`` (D, D) orthonormal rows in order of
+    decreasing ``variance``; the latent is the first ``d`` coordinates."""
+
+    kind = "pca"
+
+    def __init__(self, channels, patch_size, d):
+        super().__init__(channels, patch_size, d)
         D = channels * patch_size ** 2
         # Until fitted: the identity basis (pixel coordinates), so the module is usable.
         self.register_buffer("mean", torch.zeros(D))
@@ -51,6 +117,20 @@ class PatchPCA(nn.Module):
             t = t + self.mean.to(z.dtype)
         return unpatchify(t, self.patch_size, *shape[1:])
 
+    def encode(self, x):
+        return self.coords(x)[..., : self.d]
+
+    def decode(self, z, shape):
+        full = torch.zeros(*z.shape[:-1], self.components.shape[0], dtype=z.dtype,
+                           device=z.device)
+        full[..., : self.d] = z
+        return self.pixels(full, shape)
+
+    def latent_noise(self, noise):
+        return self.coords(noise, center=False)[..., : self.d]
+
+    # The PCA path keeps its own arithmetic (full basis, masked), which the shipped
+    # models' features were computed with (tests/extractors/test_features_unchanged.py).
     def mix(self, x0, noise, gamma, sigma):
         """mean + V^T (gamma V (x0 - mean) + sigma V noise): the noisy input of the latent
         DAE.  gamma, sigma broadcast over the batch; V is the first d components."""
@@ -71,5 +151,77 @@ class PatchPCA(nn.Module):
         n[..., self.d:] = 0
         return self.pixels(n, noise.shape, center=False)
 
+    def weighted_error(self, r, residual_weight):
+        z = self.coords(r, center=False)                          # (B, N, D)
+        w = torch.full((z.shape[-1],), residual_weight, device=r.device, dtype=r.dtype)
+        w[: self.d] = 1.0
+        return (z.pow(2) * w).mean(dim=(1, 2))
 
-__all__ = ["PatchPCA", "patchify", "unpatchify"]
+
+class PatchAE(Tokenizer):
+    """A linear autoencoder per patch: ``mean + U^T V (x - mean)``.  ``variational``
+    adds a log-variance map (the patch VAE); its code is the posterior mean."""
+
+    def __init__(self, channels, patch_size, d, variational=False):
+        super().__init__(channels, patch_size, d)
+        self.variational = variational
+        self.kind = "patch-vae" if variational else "patch-ae"
+        D = channels * patch_size ** 2
+        self.register_buffer("mean", torch.zeros(D))
+        # V and U start equal (orthonormal rows): gradient steps then keep the two
+        # factors at about the same scale, so the latent is not arbitrarily stretched.
+        # A private generator: the tokenizer's init must not shift the ViT's (global RNG).
+        q, _ = torch.linalg.qr(torch.randn(D, d, generator=torch.Generator().manual_seed(0)))
+        self.encoder = nn.Parameter(q.T.contiguous())             # V (d, D)
+        self.decoder = nn.Parameter(q.T.contiguous())             # U (d, D)
+        if variational:  # log-variance = W (x - mean) + b, starting small and constant
+            self.logvar_weight = nn.Parameter(torch.zeros(d, D))
+            self.logvar_bias = nn.Parameter(torch.full((d,), -4.0))
+
+    def _centered(self, x):
+        t = patchify(x, self.patch_size)
+        return t - self.mean.to(t.dtype)
+
+    def encode(self, x):
+        return self._centered(x) @ self.encoder.to(x.dtype).T
+
+    def decode(self, z, shape):
+        t = z @ self.decoder.to(z.dtype) + self.mean.to(z.dtype)
+        return unpatchify(t, self.patch_size, *shape[1:])
+
+    def decoder_rows(self):
+        return self.decoder
+
+    def losses(self, patches, generator):
+        """Training losses on patches (n, D): (squared error per patch / D, KL per patch
+        summed over the d latent coordinates / D); the KL is 0 for the plain AE."""
+        c = patches - self.mean
+        mu = c @ self.encoder.T
+        kl = torch.zeros((), dtype=patches.dtype)
+        z = mu
+        if self.variational:
+            logvar = c @ self.logvar_weight.T + self.logvar_bias
+            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+            z = mu + (0.5 * logvar).exp() * eps
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1).mean() / c.shape[-1]
+        recon = (z @ self.decoder - c).pow(2).mean()
+        return recon, kl
+
+
+def make_tokenizer(config):
+    """The (untrained) tokenizer an l-DAE config names, or None for pixel noise."""
+    if config["noise_space"] == "pixel":
+        return None
+    kind, c, p, d = config["tokenizer"], config["in_channels"], config["patch_size"], \
+        config["latent_dim"]
+    if kind == "pca":
+        return PatchPCA(c, p, d)
+    if kind in ("patch-ae", "patch-vae"):
+        return PatchAE(c, p, d, variational=kind == "patch-vae")
+    from .ldae_convvae import ConvVAE
+
+    return ConvVAE(c, p, d, config["image_size"], config["tokenizer_width"])
+
+
+__all__ = ["KINDS", "Tokenizer", "PatchPCA", "PatchAE", "make_tokenizer", "patchify",
+           "unpatchify"]

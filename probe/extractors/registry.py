@@ -22,7 +22,12 @@ FAMILIES = {
     "dit": "probe.extractors.dit",
     "adm": "probe.extractors.adm",
     "ldae": "probe.extractors.ldae",
+    "sd": "probe.extractors.sd",
+    "timm": "probe.extractors.reference",         # timm:NAME, any timm.list_models()
+    "torchvision": "probe.extractors.reference",  # torchvision:NAME
 }
+# reference networks are named PREFIX:ARCHITECTURE rather than listed in MODELS
+REFERENCE_PREFIXES = ("timm", "torchvision")
 
 _DIT_VAE = "stabilityai/sd-vae-ft-ema"
 _DIT_URL = "https://dl.fbaipublicfiles.com/DiT/models/{}.pt"
@@ -76,6 +81,21 @@ MODELS.update({
     "adm-fmnist": dict(family="adm", file="adm-fmnist.pt", image_size=28, schedule="linear",
                        config={"image_size": 28, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "14", "num_heads": 4, "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True, "learn_sigma": False, "class_cond": False},
                        note="small ADM U-Net (DDPM), trained here"),
+    # the supervised reference: dit-fmnist's size as a timm ViT, trained with cross-entropy
+    # (`probe train classifier`); it sees the clean image, so it has no timestep
+    "sup-fmnist": dict(family="timm", model_name="vit_tiny_patch16_224", file="sup-fmnist.pt",
+                       config={"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 128, "depth": 4, "num_heads": 2, "num_classes": 10},
+                       pretrained_cfg={"input_size": (1, 28, 28), "mean": (0.5,), "std": (0.5,), "interpolation": "bicubic", "crop_pct": 1.0},
+                       image_size=28, note="supervised ViT classifier (timm), trained here"),
+})
+
+# Stable Diffusion pipelines (diffusers folders on the hub; text encoder via transformers).
+# The U-Net architectures are in sd_load.ARCHITECTURES, so `probe blocks` needs no download.
+MODELS.update({
+    "sd-1.5": dict(family="sd", hub="stable-diffusion-v1-5/stable-diffusion-v1-5",
+                   image_size=512, vae="the pipeline's vae/"),
+    "sd-2.1-base": dict(family="sd", hub="stabilityai/stable-diffusion-2-1-base",
+                        image_size=512, vae="the pipeline's vae/"),
 })
 
 ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}
@@ -87,12 +107,18 @@ def register(name, spec):
 
 
 def resolve(name):
-    """Registry name or alias -> (canonical name, spec)."""
+    """Registry name or alias -> (canonical name, spec); ``timm:NAME`` and
+    ``torchvision:NAME`` -> a spec of that family (see probe/extractors/reference.py)."""
+    prefix, sep, arch = name.partition(":")
+    if sep and prefix in REFERENCE_PREFIXES:
+        return name, dict(family=prefix, model_name=arch.strip(), config={})
     name = ALIASES.get(name, name)
     if name not in MODELS:
         choices = list(MODELS) + list(ALIASES) + list(FAMILIES)
         raise ProbeError(f"unknown model {name!r}{suggest(name, choices)}; "
-                         f"see `probe models` for the list, or use a family: {', '.join(FAMILIES)}")
+                         f"see `probe models` for the list, or use a family: "
+                         f"{', '.join(f for f in FAMILIES if f not in REFERENCE_PREFIXES)}, "
+                         "or timm:NAME / torchvision:NAME")
     return name, MODELS[name]
 
 
@@ -114,8 +140,10 @@ def load_model(name: str, checkpoint: str | None = None, random_init: bool = Fal
                init_seed: int = 0, **config: Any) -> Extractor:
     """Build a model from the zoo or from a family, and load its weights.
 
-    ``name``: a registry name (``dit-xl-2``, ``adm-256-uncond`` ...) or a family
-    (``dit``, ``adm``, ``ldae``) with ``config`` in the original code's argument names.
+    ``name``: a registry name (``dit-xl-2``, ``adm-256-uncond`` ...), a family
+    (``dit``, ``adm``, ``ldae``) with ``config`` in the original code's argument names, or a
+    reference network ``timm:NAME`` / ``torchvision:NAME`` (``config``: the library's
+    keyword arguments; default weights: the library's hub).
     ``checkpoint``: a local file or folder, or a hub id; by default the entry's released
     weights.  ``random_init``: keep the random initialisation (an untrained baseline), drawn
     from ``init_seed`` so that every process and every run gets the same weights.

@@ -15,7 +15,7 @@ from ..errors import ProbeError
 @runtime_checkable
 class Schedule(Protocol):
     """What the rest of probe needs from a model's schedule (``Extractor.schedule``);
-    :class:`DDPMSchedule` and :class:`LDAESchedule` are two."""
+    :class:`DDPMSchedule`, :class:`PipelineSchedule` and :class:`LDAESchedule` are three."""
 
     num_timesteps: int  # t runs over 0 .. num_timesteps - 1, larger is noisier
 
@@ -59,6 +59,29 @@ class DDPMSchedule:
         abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype)
         abar = abar.view(-1, *([1] * (x0.dim() - 1)))
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+class PipelineSchedule:
+    """A diffusers pipeline's own forward process, read from its scheduler config (e.g.
+    Stable Diffusion's ``scaled_linear`` betas 0.00085 to 0.012): the same x_t as
+    :class:`DDPMSchedule`.  Only the betas matter for noising, so any diffusers scheduler
+    class (PNDM, DDIM, ...) in the config gives the same table."""
+
+    def __init__(self, scheduler: Any):
+        self.config = dict(scheduler.config)
+        self.kind = self.config.get("beta_schedule", "linear")
+        self.num_timesteps = int(self.config.get("num_train_timesteps", len(scheduler.betas)))
+        self.alphas_cumprod = torch.cumprod(1.0 - scheduler.betas.double(), dim=0)
+
+    def describe(self) -> dict:
+        keep = ("beta_start", "beta_end", "prediction_type", "rescale_betas_zero_snr")
+        return {"type": "ddpm", "kind": self.kind, "num_timesteps": self.num_timesteps,
+                **{k: self.config[k] for k in keep if k in self.config}}
+
+    def check_t(self, t: Any) -> None:
+        check_timesteps(t, self.num_timesteps)
+
+    q_sample = DDPMSchedule.q_sample
 
 
 class LDAESchedule:

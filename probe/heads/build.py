@@ -15,6 +15,9 @@ HEADS = {
     "mlp": (VEC, {"hidden": (512,)}),
     "cnn": (MAP, {"width": 128, "depth": 2}),
     "attention": (MAP, {"dim": 128, "depth": 1, "num_heads": 4, "pos_embed": False}),
+    # several keys at once (probe.heads.fusion); it reads maps with fusion_head="attention"
+    "fusion": (VEC, {"fusion_head": "linear", "dim": 128, "depth": 1, "num_heads": 4,
+                     "pos_embed": False}),
 }
 BASELINES = {"logreg": {"C": 1.0}, "knn": {"k": 20}}
 ALL_HEADS = list(HEADS) + list(BASELINES)
@@ -66,29 +69,36 @@ def _size_knob(name, opts):
     return {"mlp": "hidden", "cnn": "width"}[name], 1
 
 
+def closest_size(count, budget):
+    """The multiplier m >= 1 whose ``count(m)`` is closest to ``budget`` (``count`` grows
+    with m)."""
+    hi = 1
+    while count(hi) < budget and hi < 1 << 16:
+        hi *= 2
+    lo = max(1, hi // 2)
+    while lo < hi:  # smallest m with count(m) >= budget
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < budget else (lo, mid)
+    return min({max(1, lo - 1), lo}, key=lambda m: abs(count(m) - budget))
+
+
 def comparable_options(name, shape, num_classes, opts):
     """Options with the head's width chosen so that its parameter count is as close as
     possible to the linear probe's on the same (pooled) features."""
     if name == "linear":
         return opts
-    budget = linear_params(shape[0], num_classes)
     knob, step = _size_knob(name, opts)
 
-    def params(m):
+    def value(m):
         width = m * step
-        value = tuple([width] * max(1, len(opts["hidden"]))) if knob == "hidden" else width
-        with torch.device("meta"):  # count without allocating
-            return count_params(_make(name, shape, num_classes, {**opts, knob: value})), value
+        return tuple([width] * max(1, len(opts["hidden"]))) if knob == "hidden" else width
 
-    hi = 1
-    while params(hi)[0] < budget and hi < 1 << 16:
-        hi *= 2
-    lo = max(1, hi // 2)
-    while lo < hi:  # smallest m with params(m) >= budget (params grow with m)
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if params(mid)[0] < budget else (lo, mid)
-    best = min({max(1, lo - 1), lo}, key=lambda m: abs(params(m)[0] - budget))
-    return {**opts, knob: params(best)[1]}
+    def params(m):
+        with torch.device("meta"):  # count without allocating
+            return count_params(_make(name, shape, num_classes, {**opts, knob: value(m)}))
+
+    best = closest_size(params, linear_params(shape[0], num_classes))
+    return {**opts, knob: value(best)}
 
 
 def build_head(name, shape, num_classes, options=None, comparable_size=False):

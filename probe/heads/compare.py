@@ -1,18 +1,28 @@
 """`probe compare`: a grid of heads over (t, block) keys, as a CSV, a markdown table and
 plots.  Each neural head trains on every key in one pass over the data (sharing every
-batch); baselines fit per key."""
+batch); baselines fit per key; the fusion head is one head on all the keys."""
 import csv
 import os
 
 from ..errors import ProbeError
 from .build import ALL_HEADS, check_head
 from ..files import atomic_json, atomic_write
+from ..selection import key_label
 from ..store import opened
 from .fit import split_options, train_heads
+from .fusion import fusion_views, plot_key_weights
 from .setup import Setup
 
 COLUMNS = ["t", "block", "head", "params", "top1", "top5", "val_top1", "selected_epoch",
-           "epochs_run", "train_time_s", "keys_in_pass", "input"]
+           "epochs_run", "train_time_s", "keys_in_pass", "input", "keys"]
+FUSION_PLOT = "fusion_weights.png"
+
+
+def _row(summary):
+    """A CSV row; a fusion row has no t and block, its keys instead."""
+    row = {c: summary.get(c) for c in COLUMNS}
+    row["keys"] = " + ".join(summary["keys"]) if summary.get("keys") else None
+    return row
 
 
 def parse_heads(heads):
@@ -35,17 +45,23 @@ def compare(train, test=None, *, heads=("linear", "mlp", "cnn", "attention"), t=
     heads.png there.  Options as for :func:`probe.fit`.
     """
     heads = parse_heads(heads)
+    if heads == ["fusion"]:
+        raise ProbeError("compare the fusion head with single-key heads, e.g. --heads "
+                         "linear,attention,fusion (for the fusion head alone: probe fit --head "
+                         "fusion)")
     head_opts, cfg = split_options(options)
     with opened(train) as tr:
         keys = tr.select(t, blocks, keys)
         with Setup(tr, test, keys, cfg) as setup:
             for h in heads:  # fail on a head/feature mismatch before any training
-                for k in keys:
+                if h == "fusion":
+                    fusion_views(setup, keys, head_opts)
+                for k in keys if h != "fusion" else ():
                     setup.view(k, h)
             results = []
             for h in heads:
                 results += train_heads(setup, h, keys, head_opts, comparable_size, progress)
-            rows = [{c: r.summary[c] for c in COLUMNS} for r in results]
+            rows = [_row(r.summary) for r in results]
             if out is not None:
                 write_report(out, rows, [r.summary for r in results], setup)
     return rows
@@ -63,6 +79,9 @@ def write_report(out, rows, summaries, setup):
         f.write(markdown_table(rows, setup))
     plot_accuracy_vs_t(rows, os.path.join(out, "accuracy_vs_t.png"))
     plot_heads(rows, os.path.join(out, "heads.png"))
+    for s in summaries:
+        if s.get("key_weights"):
+            plot_key_weights(s, os.path.join(out, FUSION_PLOT))
 
 
 def _pct(x):
@@ -73,7 +92,19 @@ def _count(n):
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
+def _fusion_lines(fused):
+    lines = []
+    for r in fused:
+        n = len(r["keys"].split(" + "))
+        lines += ["", f"Fusion head: one head on all {n} keys, mixed with learned weights "
+                      f"(weights in results.json and {FUSION_PLOT}): top-1 {_pct(r['top1'])} "
+                      f"({_count(r['params'])} parameters)."]
+    return lines
+
+
 def markdown_table(rows, setup):
+    fused = [r for r in rows if r["keys"]]
+    rows = [r for r in rows if not r["keys"]]
     heads = list(dict.fromkeys(r["head"] for r in rows))
     blocks = list(dict.fromkeys(r["block"] for r in rows))
     keys = sorted(dict.fromkeys((r["t"], r["block"]) for r in rows),
@@ -88,13 +119,15 @@ def markdown_table(rows, setup):
     for t, b in keys:
         cells = [f"{_pct(cell[t, b, h]['top1'])} ({_count(cell[t, b, h]['params'])})"
                  for h in heads]
-        lines.append(f"| {b} | {t} | " + " | ".join(cells) + " |")
+        lines.append(f"| {b} | {'-' if t is None else t} | " + " | ".join(cells) + " |")
     lines += ["", "Best (t, block) per head:", ""]
     for h in heads:
         best = max((r for r in rows if r["head"] == h), key=lambda r: r["top1"])
         how = (f"trained on {best['keys_in_pass']} keys in one pass of {best['train_time_s']:.1f} s"
                if best["epochs_run"] is not None else f"fit in {best['train_time_s']:.1f} s")
-        lines.append(f"- {h}: {_pct(best['top1'])} at t={best['t']}, {best['block']} ({how})")
+        lines.append(f"- {h}: {_pct(best['top1'])} at {key_label((best['t'], best['block']))} "
+                     f"({how})")
+    lines += _fusion_lines(fused)
     notes = dict.fromkeys(setup.notes)
     if any("global-average-pooled" in r["input"] for r in rows):
         notes["linear/mlp/logreg/knn on spatial maps use the global-average-pooled map"] = None
@@ -112,8 +145,11 @@ def _pyplot():
 
 
 def plot_accuracy_vs_t(rows, path):
-    """One panel per block: top-1 against t, one line per head."""
+    """One panel per block: top-1 against t, one line per head (the fusion head, which
+    reads every key, as a dashed level)."""
     plt = _pyplot()
+    fused = [r for r in rows if r["keys"]]
+    rows = [r for r in rows if not r["keys"]]
     blocks = list(dict.fromkeys(r["block"] for r in rows))
     heads = list(dict.fromkeys(r["head"] for r in rows))
     cols = min(4, len(blocks))
@@ -123,8 +159,15 @@ def plot_accuracy_vs_t(rows, path):
     for ax, b in zip(axes.flat, blocks):
         for h in heads:
             pts = sorted((r["t"], 100 * r["top1"]) for r in rows
-                         if r["block"] == b and r["head"] == h)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=h)
+                         if r["block"] == b and r["head"] == h and r["t"] is not None)
+            colour = f"C{heads.index(h)}"
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=h, color=colour)
+            for r in rows:  # a network without timesteps: one level for all t
+                if r["t"] is None and r["block"] == b and r["head"] == h:
+                    ax.axhline(100 * r["top1"], ls=":", color=colour, label=f"{h} (no t)")
+        for r in fused:
+            ax.axhline(100 * r["top1"], ls="--", color="gray", label="fusion (all keys)")
         ax.set_title(b, fontsize=9)
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
@@ -140,10 +183,13 @@ def plot_accuracy_vs_t(rows, path):
 
 
 def plot_heads(rows, path):
-    """Heads side by side: per block, each head's best top-1 over t (labelled with that t)."""
+    """Heads side by side: per block, each head's best top-1 over t (labelled with that t);
+    the fusion head, on all keys, as a dashed level."""
     plt = _pyplot()
     import numpy as np
 
+    fused = [r for r in rows if r["keys"]]
+    rows = [r for r in rows if not r["keys"]]
     blocks = list(dict.fromkeys(r["block"] for r in rows))
     heads = list(dict.fromkeys(r["head"] for r in rows))
     width = 0.8 / len(heads)
@@ -155,20 +201,23 @@ def plot_heads(rows, path):
         bars = ax.bar(x + (i - (len(heads) - 1) / 2) * width, [100 * r["top1"] for r in best],
                       width, label=h)
         for bar, r in zip(bars, best):
-            ax.annotate(f"t{r['t']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ax.annotate("" if r["t"] is None else f"t{r['t']}",  # no t: nothing to label
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=6)
+    for r in fused:
+        ax.axhline(100 * r["top1"], ls="--", color="gray", label="fusion (all keys)")
     ax.set_xticks(x)
     tilt = len(blocks) > 4
     ax.set_xticklabels(blocks, rotation=30 if tilt else 0, ha="right" if tilt else "center",
                        fontsize=8)
     ax.set_ylabel("best top-1 over t (%)")
     ax.set_title("Heads side by side (label: the best t)")
-    lo = min(100 * r["top1"] for r in rows)
+    lo = min(100 * r["top1"] for r in rows + fused)
     ax.set_ylim(max(0, lo - 10), 104)
     ax.set_yticks([v for v in ax.get_yticks() if v <= 100])
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=len(heads), fontsize=8,
-               frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center",
+               ncol=len(heads) + len(fused), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -12,10 +12,16 @@ grouped into windows that fit the memory limit (at least 16 blocks each: blocks 
 when little fits), and rows are shuffled within a window.
 When one window holds every row, the order is the in-memory one, so results do not
 depend on how the data were read.
+
+Given a ``device``, batches come as tensors on it.  Features in memory are then moved
+there once and each batch is sliced out by index on the device (on the CPU the tensors
+share the arrays' memory), so the host never copies or uploads a batch; streamed
+windows are moved as read.
 """
 import math
 
 import numpy as np
+import torch
 
 MAP, VEC = "map", "vec"
 BLOCK_ROWS = 256
@@ -50,6 +56,20 @@ def epoch_windows(train_rows, num_rows, seed, epoch, window_rows, block_rows=BLO
     return windows
 
 
+def room_on(device, nbytes):
+    """Whether ``nbytes`` of features can be held on ``device`` next to a head's training
+    (on a GPU: within half its free memory)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return True
+    return nbytes <= torch.cuda.mem_get_info(device)[0] // 2
+
+
+def _tensors(xs, y, device):
+    return ({v: torch.from_numpy(np.ascontiguousarray(x)).to(device) for v, x in xs.items()},
+            torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device))
+
+
 def batches_of(order, batch_size):
     # BatchNorm cannot train on one sample: a last batch of one is dropped
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)
@@ -78,10 +98,29 @@ class FeatureSource:
         else:
             self.window_rows = self.num_rows
             self.arrays = {v: self._read_all(v) for v in self.views}
+        self._held = (None, {})  # (device, {view or "labels": tensor}): see held()
 
     @property
     def nbytes(self):
         return self.row_bytes * self.num_rows
+
+    def held(self, views, device):
+        """``({view: tensor}, labels)`` of the in-memory features on ``device``, moved there
+        once and kept; None when streamed or when they do not fit there."""
+        if self.streamed:
+            return None
+        device = torch.device(device)
+        if self._held[0] != device:
+            self._held = (device, {})
+        held = self._held[1]
+        missing = [v for v in views if v not in held]
+        if missing and not room_on(device, sum(self.arrays[v].nbytes for v in missing)):
+            return None
+        for v in missing:
+            held[v] = torch.from_numpy(self.arrays[v]).to(device)
+        if "labels" not in held:
+            held["labels"] = torch.from_numpy(np.asarray(self.ff.labels, np.int64)).to(device)
+        return {v: held[v] for v in views}, held["labels"]
 
     def _read_range(self, view, a, b):
         """Rows [a, b) of ``view``, read a few MB of stored data at a time (so pooling a
@@ -111,32 +150,50 @@ class FeatureSource:
             out[view] = np.concatenate(parts)
         return out
 
-    def epoch_batches(self, train_rows, batch_size, seed, epoch, views=None):
-        """Yield ``({view: array}, labels)`` over the training rows in this epoch's order."""
+    def epoch_batches(self, train_rows, batch_size, seed, epoch, views=None, device=None):
+        """Yield ``({view: array}, labels)`` over the training rows in this epoch's order;
+        with ``device``, tensors on it."""
         views = self.views if views is None else views
+        held = None if device is None else self.held(views, device)
         labels = self.ff.labels
         for window in epoch_windows(train_rows, self.num_rows, seed, epoch, self.window_rows,
                                     self.block_rows):
+            if held is not None:
+                xs, y = held
+                for rows in batches_of(torch.from_numpy(window).to(device), batch_size):
+                    yield {v: x.index_select(0, rows) for v, x in xs.items()}, y[rows]
+                continue
             if self.streamed:
                 rows = np.sort(window)
                 buf = self._read_rows(rows, views)
-                for pos in batches_of(np.searchsorted(rows, window), batch_size):
-                    yield {v: x[pos] for v, x in buf.items()}, labels[rows[pos]]
+                batches = (({v: x[pos] for v, x in buf.items()}, labels[rows[pos]])
+                           for pos in batches_of(np.searchsorted(rows, window), batch_size))
             else:
-                for rows in batches_of(window, batch_size):
-                    yield {v: self.arrays[v][rows] for v in views}, labels[rows]
+                batches = (({v: self.arrays[v][rows] for v in views}, labels[rows])
+                           for rows in batches_of(window, batch_size))
+            for xs, y in batches:
+                yield (xs, y) if device is None else _tensors(xs, y, device)
 
-    def eval_batches(self, rows, batch_size, views=None):
-        """Yield ``({view: array}, labels)`` over ``rows`` (sorted), in order."""
+    def eval_batches(self, rows, batch_size, views=None, device=None):
+        """Yield ``({view: array}, labels)`` over ``rows`` (sorted), in order; with
+        ``device``, tensors on it."""
         views = self.views if views is None else views
         rows = np.sort(np.asarray(rows))
+        held = None if device is None else self.held(views, device)
         step = max(batch_size, READ_BYTES // max(self.row_bytes, 1))
         for i in range(0, len(rows), step):
             chunk = rows[i:i + step]
+            if held is not None:
+                index = torch.from_numpy(chunk).to(device)
+                for j in range(0, len(chunk), batch_size):
+                    part = index[j:j + batch_size]
+                    yield {v: x.index_select(0, part) for v, x in held[0].items()}, held[1][part]
+                continue
             if self.streamed:
                 data = self._read_rows(chunk, views)
             else:
                 data = {v: self.arrays[v][chunk] for v in views}
             for j in range(0, len(chunk), batch_size):
-                yield ({v: x[j:j + batch_size] for v, x in data.items()},
-                       self.ff.labels[chunk[j:j + batch_size]])
+                xs = {v: x[j:j + batch_size] for v, x in data.items()}
+                y = self.ff.labels[chunk[j:j + batch_size]]
+                yield (xs, y) if device is None else _tensors(xs, y, device)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import ProbeError, suggest
-from ..selection import Spec
+from ..selection import Spec, key_label
 from ..store import FeatureFile, opened
 from .baselines import baseline_params, baseline_scores, make_baseline
 from .build import BASELINES, build_head, check_head, count_params, head_options
 from .data import FeatureSource, view_shape
+from .fusion import train_fusion
 from .linear import linear_grid_units
 from .result import FitResult, make_summary
 from .setup import GB, Setup
@@ -72,15 +73,18 @@ def _solve_linear(setup, views, source, cfg, progress, desc):
 
 def train_heads(setup, head, keys, options=None, comparable_size=False, progress=True):
     """Train ``head`` on each of ``keys`` (neural heads: in one pass sharing batches) and
-    evaluate; returns one :class:`FitResult` per key."""
+    evaluate; returns one :class:`FitResult` per key (the fusion head: one for all)."""
     check_head(head)
+    if head == "fusion":
+        with _deterministic(setup.cfg.device):
+            return [train_fusion(setup, keys, options, comparable_size, progress)]
     cfg = setup.cfg.for_head(head, len(setup.train_rows))
     views = [setup.view(k, head) for k in keys]
     if head in BASELINES:
         return [_fit_baseline(setup, head, view, options) for view in views]
     limit = cfg.memory_limit_gb * GB
     source = FeatureSource(setup.train, views, limit, cfg.stream)
-    desc = f"{head} x{len(keys)}" if len(keys) > 1 else f"{head} t{keys[0][0]}/{keys[0][1]}"
+    desc = f"{head} x{len(keys)}" if len(keys) > 1 else f"{head} {key_label(keys[0])}"
     with _deterministic(cfg.device):
         if head == "linear" and cfg.solver == "lbfgs":
             members, infos, elapsed = _solve_linear(setup, views, source, cfg, progress, desc)
@@ -135,7 +139,8 @@ def _fit_baseline(setup, head, view, options):
 
 
 TRAIN_OPTIONS = set(TrainConfig.__dataclass_fields__)
-HEAD_OPTIONS = {"hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C"}
+HEAD_OPTIONS = {"hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k", "C",
+                "fusion_head"}
 
 
 def split_options(kwargs):
@@ -155,13 +160,16 @@ def fit(train: str | os.PathLike | FeatureFile, *, t: Spec = None, blocks: Spec 
         out: str | os.PathLike | None = None, comparable_size: bool = False,
         progress: bool = True, block: Spec = None, **options: Any) -> FitResult:
     """Train ``head`` on one (t, block) of ``train`` and evaluate it on ``test`` (or on the
-    validation split carved from train when no test file is given).
+    validation split carved from train when no test file is given).  The ``"fusion"``
+    head reads every key selected (at least two; all keys of the file by default), mixed
+    with learned weights (:mod:`probe.heads.fusion`; ``summary["key_weights"]``).
 
     ``t``/``blocks``/``keys`` select the key with the grammar of :mod:`probe.selection`
     (blocks by name or 1-based id; ``block`` is an alias of ``blocks``); they may be
     omitted where the file leaves one choice.  ``train``/``test``: paths or open
-    :class:`~probe.store.FeatureFile`s.  ``head``: linear, mlp, cnn, attention, logreg or
-    knn.  ``options``: head options (hidden, width, depth, dim, num_heads, pos_embed, k, C)
+    :class:`~probe.store.FeatureFile`s.  ``head``: linear, mlp, cnn, attention, fusion,
+    logreg or knn.  ``options``: head options (hidden, width, depth, dim, num_heads,
+    pos_embed, k, C, fusion_head: linear or attention)
     and training options (see :class:`~probe.heads.train.TrainConfig`: epochs, batch_size,
     optimizer, lr, weight_decay, warmup_epochs, patience, val_fraction, seed, device,
     memory_limit_gb, stream).  ``out``: also save the summary as JSON there.
@@ -173,9 +181,11 @@ def fit(train: str | os.PathLike | FeatureFile, *, t: Spec = None, blocks: Spec 
         blocks = block
     head_opts, cfg = split_options(options)
     with opened(train) as tr:
-        key = tr.catalog.one(t, blocks, keys)
-        with Setup(tr, test, [key], cfg) as setup:
-            result = train_heads(setup, head, [key], head_opts, comparable_size, progress)[0]
+        # the fusion head reads every key selected (all by default), the others one
+        chosen = (tr.select(t, blocks, keys) if head == "fusion"
+                  else [tr.catalog.one(t, blocks, keys)])
+        with Setup(tr, test, chosen, cfg) as setup:
+            result = train_heads(setup, head, chosen, head_opts, comparable_size, progress)[0]
     if out is not None:
         result.save(out)
     return result

@@ -6,6 +6,7 @@ import os
 import numpy as np
 
 from ..errors import ProbeError
+from ..selection import key_label
 from ..store import check_compatible, opened
 from .build import MAP, VEC, head_view
 from .data import FeatureSource
@@ -90,7 +91,7 @@ class Setup:
         for k in self.keys:
             te.key(k)
             if tr.shape(k) != te.shape(k):
-                raise ProbeError(f"t{k[0]}/{k[1]} has shape {tr.shape(k)} in {tr.path} but "
+                raise ProbeError(f"{key_label(k)} has shape {tr.shape(k)} in {tr.path} but "
                                  f"{te.shape(k)} in {te.path}: extract both the same way")
         _check_labels(te, np.asarray(te.labels), self.num_classes)
         if os.path.abspath(tr.path) == os.path.abspath(te.path):
@@ -110,7 +111,7 @@ class Setup:
         shape = self.train.shape(key)
         if kind == MAP and len(shape) != 3:
             raise ProbeError(
-                f"the {head} head needs a spatial map but t{key[0]}/{key[1]} in {self.train.path} "
+                f"the {head} head needs a spatial map but {key_label(key)} in {self.train.path} "
                 f"is pooled to {shape} (--pool {self.train.attrs.get('pool', 'mean')}): re-extract "
                 "with --pool avg4 (or --pool none for the full map)")
         return (key, kind)

@@ -7,6 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import ProbeError
+from .result import t_label
 
 CMAP = "viridis"
 MAX_LINES = 8  # more lines than this are unreadable: pick evenly spaced blocks
@@ -101,9 +102,13 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False
                       fontsize=fontsize)
         ax.set_yticks(range(len(p.rows)), ylab, fontsize=fontsize)
         col_ts = {k[0] for k in col_keys}
-        at = f" at t={col_ts.pop()}" if across == "blocks" and len(col_ts) == 1 else ""
-        ax.set_xlabel(f"{name_b}: {what}{at}" if result.two_files else what)
-        ax.set_ylabel(f"{name_a}: {what}" if result.two_files else what)
+        at = (f" at t={col_ts.pop()}" if across == "blocks" and len(col_ts) == 1
+              and None not in col_ts else "")
+        # a network without timesteps has blocks only, whatever the other side is grouped by
+        what_c = "block" if all(k[0] is None for k in col_keys) else what
+        what_r = "block" if all(k[0] is None for k in row_keys) else what
+        ax.set_xlabel(f"{name_b}: {what_c}{at}" if result.two_files else what_c)
+        ax.set_ylabel(f"{name_a}: {what_r}" if result.two_files else what_r)
         if len(panels) > 1:
             ax.set_title(p.title, fontsize=10)
         if grouped:
@@ -131,7 +136,7 @@ def _group_timesteps(ax, ts, axis, fontsize):
         return
     ends = starts[1:] + [len(ts)]
     centres = [(a + b - 1) / 2 for a, b in zip(starts, ends)]
-    names = [f"t={ts[a]}" for a in starts]
+    names = [t_label(ts[a]) for a in starts]
     if axis == "x":
         sec = ax.secondary_xaxis("top")
         sec.set_xticks(centres, names, fontsize=fontsize + 1)

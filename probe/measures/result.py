@@ -120,15 +120,18 @@ class SimilarityResult:
             return [Panel("all keys", list(range(len(self.rows))), list(range(len(self.cols))),
                           self.row_labels, self.col_labels)]
         part = 0 if across == "blocks" else 1  # what a panel holds fixed
-        show = (lambda k: k[1]) if across == "blocks" else (lambda k: f"t={k[0]}")
+        show = (lambda k: k[1]) if across == "blocks" else (lambda k: t_label(k[0]))
         col_groups = list(dict.fromkeys(k[part] for k in self.cols))
+        row_groups = list(dict.fromkeys(k[part] for k in self.rows))
         out = []
-        for g in dict.fromkeys(k[part] for k in self.rows):
-            r = [i for i, k in enumerate(self.rows) if k[part] == g]
+        # a network without timesteps on the rows goes with every t of the columns
+        by_cols = across == "blocks" and row_groups == [None] and len(col_groups) > 1
+        for g in col_groups if by_cols else row_groups:
+            r = [i for i, k in enumerate(self.rows) if k[part] == g or by_cols]
             c = [j for j, k in enumerate(self.cols) if k[part] == g or len(col_groups) == 1]
             if not c:
                 continue
-            title = f"t = {g}" if across == "blocks" else str(g)
+            title = t_label(g, " = ") if across == "blocks" else str(g)
             out.append(Panel(title, r, c, [show(self.rows[i]) for i in r], [show(self.cols[j]) for j in c]))
         if not out:
             what = "timesteps" if across == "blocks" else "blocks"
@@ -143,6 +146,9 @@ class SimilarityResult:
         ``ref``: 'tT' -- the same block at timestep T (default: the smallest t, or in two
         files 'same' when the second file has the same keys); 'same' -- the same (t, block)
         in the second file; 'tT/BLOCK' -- one fixed column key."""
+        if all(t is None for t, _ in self.rows):
+            raise ProbeError(f"{self.files[0]} has no timesteps (a network that sees the clean "
+                             "image), so there is no line against t: swap the two files")
         col_ts = sorted({t for t, _ in self.cols})
         if ref is None:
             same = self.two_files and all(k in self.cols for k in self.rows)
@@ -229,6 +235,11 @@ class SimilarityResult:
 
 
 CKAResult = SimilarityResult  # its name before the other measures came
+
+
+def t_label(t, sep="="):
+    """'t=T' for a timestep; for a network without timesteps, what it sees instead."""
+    return "clean image (no t)" if t is None else f"t{sep}{t}"
 
 
 def re_t(s):

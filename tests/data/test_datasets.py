@@ -101,3 +101,27 @@ def test_parse_spec_and_read_idx_roundtrip(tmp_path):
     path.write_bytes(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
                      + arr.tobytes())
     np.testing.assert_array_equal(read_idx(str(path)), arr)
+
+
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (20, 3)])
+def test_batched_loading_equals_one_by_one(size, channels):
+    # extraction fetches whole batches (one transform call); the values must be those of
+    # the per-image path, including resize to a size other than the stored 28 px
+    ds = load_dataset("demo", "train", size, channels)
+    idx = [5, 0, 17, 3, 99]
+    one_by_one = torch.stack([ds[i][0] for i in idx])
+    assert torch.equal(torch.stack(ds.load_batch(idx)), one_by_one)
+
+
+def test_resize_uses_the_interpolation_asked_for():
+    # reference networks resize as their own transforms do (torchvision's weights: bilinear)
+    from torchvision.transforms import v2 as T
+
+    raw = load_dataset("demo", "train", None, 1)[7][0]
+    for mode in ("bilinear", "bicubic"):
+        ds = load_dataset("demo", "train", 40, 1, interpolation=mode)
+        want = T.Resize(40, interpolation=T.InterpolationMode(mode), antialias=True)(raw)
+        assert torch.allclose(ds[7][0], want.clamp(0, 1), atol=1e-6)
+        assert mode in ds.describe_transform()
+    bil, bic = (load_dataset("demo", "train", 40, 1, interpolation=m)[7][0] for m in ("bilinear", "bicubic"))
+    assert not torch.equal(bil, bic)

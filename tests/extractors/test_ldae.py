@@ -208,10 +208,11 @@ def as_version_1(state, prefix=""):
     return out
 
 
-def test_new_checkpoints_are_version_2_in_dits_layout(saved):
+def test_new_checkpoints_are_version_3_in_dits_layout(saved):
     _, path = saved
     obj = torch.load(path, weights_only=True)
-    assert obj["version"] == 2
+    assert obj["version"] == 3
+    assert obj["config"]["tokenizer"] == "pca" and obj["config"]["net_input"] == "projected"
     assert {"t_embedder.mlp.0.weight", "t_embedder.mlp.2.bias"} <= obj["model"].keys()
     assert not any("linear_1" in k or "t_proj" in k for k in obj["model"])
 
@@ -243,8 +244,21 @@ def test_version_1_checkpoints_and_training_states_load(saved, tmp_path):
         torch.testing.assert_close(fresh.eval()(x, t), model(x, t), rtol=0, atol=0)
 
 
+def test_version_2_checkpoints_load_as_pca_and_the_final_recipe(saved, tmp_path):
+    """Version 2 configs predate the tokenizer keys: they were PCA, pixel input and output."""
+    model, path = saved
+    obj = torch.load(path, weights_only=True)
+    new_keys = ("tokenizer", "tokenizer_width", "net_input", "net_output")
+    config = {k: v for k, v in obj["config"].items() if k not in new_keys}
+    torch.save(dict(obj, version=2, config=config), tmp_path / "v2.pt")
+    loaded = probe.load_model("ldae", checkpoint=str(tmp_path / "v2.pt"))
+    assert loaded.config == model.config
+    images = torch.rand(2, 1, 16, 16)
+    torch.testing.assert_close(loaded.prepare(images), model.prepare(images), rtol=0, atol=0)
+
+
 def test_checkpoints_of_a_newer_probe_are_refused(saved, tmp_path):
     _, path = saved
-    torch.save(dict(torch.load(path, weights_only=True), version=3), tmp_path / "v3.pt")
+    torch.save(dict(torch.load(path, weights_only=True), version=4), tmp_path / "v4.pt")
     with pytest.raises(ProbeError, match="newer probe .* upgrade probe"):
-        probe.load_model("ldae", checkpoint=str(tmp_path / "v3.pt"))
+        probe.load_model("ldae", checkpoint=str(tmp_path / "v4.pt"))

@@ -94,6 +94,48 @@ def test_streamed_batches_mix_the_classes_of_a_class_sorted_file(tmp_path):
     assert np.mean([len(np.unique(b)) >= 3 for b in batches]) >= 0.9
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_batches_on_the_device_are_the_host_batches(tmp_path, stream):
+    """Training slices batches from features held on the device: the same rows, values and
+    labels, in the same order, as the host arrays (which the streamed path reads)."""
+    tr, _ = blob_files(tmp_path, n_train=300)
+    with open_features(tr) as f:
+        views = [(f.keys[0], "map"), (f.keys[0], "vec")]
+        row_bytes = 4 * (8 * 4 * 4 + 8)  # windows of about 100 rows when streamed
+        src = FeatureSource(f, views, memory_limit=100 * row_bytes, stream=stream, block_rows=25)
+        rows = np.setdiff1d(np.arange(300), np.arange(0, 300, 7))
+        for host, dev in ((src.epoch_batches(rows, 32, 0, 1), src.epoch_batches(rows, 32, 0, 1,
+                                                                                 device="cpu")),
+                          (src.eval_batches(rows, 32), src.eval_batches(rows, 32, device="cpu"))):
+            host, dev = list(host), list(dev)
+            assert len(host) == len(dev) > 1
+            for (hx, hy), (dx, dy) in zip(host, dev):
+                assert list(dx) == views and dy.dtype == torch.int64
+                assert torch.equal(dy, torch.from_numpy(np.asarray(hy, np.int64)))
+                for v in views:
+                    assert torch.equal(dx[v], torch.from_numpy(hx[v]))
+        if not stream:  # held on the CPU without a copy of the arrays
+            held, _ = src.held(views, "cpu")
+            assert all(held[v].data_ptr() == src.arrays[v].ctypes.data for v in views)
+        else:
+            assert src.held(views, "cpu") is None
+
+
+def test_the_head_returned_is_the_selected_epochs(tmp_path):
+    """Early stopping keeps a copy of the best epoch and builds the head from it at the
+    end: scored again on the validation split, it gives the top-1 and loss recorded then."""
+    from probe.heads.setup import split_rows
+
+    tr, _ = blob_files(tmp_path, n_train=400)
+    r = probe.fit(tr, head="mlp", **dict(FAST, epochs=12, patience=4, lr=0.02, seed=1))
+    assert r["selected_epoch"] < r["epochs_run"]  # the last epoch is not the one kept
+    with open_features(tr) as f:
+        _, val = split_rows(np.asarray(f.labels), 0.1, 1)
+        y = np.asarray(f.labels)[val]
+    p = np.asarray(r.scores, np.float64)
+    assert r["top1"] == pytest.approx(np.mean(p.argmax(1) == y)) == pytest.approx(r["val_top1"])
+    assert -np.mean(np.log(p[np.arange(len(y)), y])) == pytest.approx(r["val_loss"], rel=1e-4)
+
 def test_epoch_windows_visit_every_training_row_once():
     rows = np.setdiff1d(np.arange(1000), np.arange(0, 1000, 7))
     whole = epoch_windows(rows, 1000, seed=0, epoch=0, window_rows=1000)

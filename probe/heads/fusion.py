@@ -1,0 +1,229 @@
+"""The fusion head: one head reading several (t, block) keys of a file, as the probes
+that fuse blocks and noise levels (diffusion hyperfeatures, DifFeed/DifFormer) do.
+
+Each key is pooled and projected to a common width: with ``fusion_head="linear"`` its
+map is global-average-pooled to (C,), standardised (BatchNorm without affine) and
+projected by a Linear; with ``"attention"`` its map is average-pooled to the smallest
+grid among the keys, standardised per channel and projected by a 1x1 conv to tokens.
+Every projection is then LayerNorm-ed (no affine), so that each key enters the mix at
+the same scale and its weight alone says how much of the mix it is.  The projections
+are summed with softmax weights (one learned logit per key), and a Linear (linear) or
+the attention head's trunk (a CLS token, timm ViT blocks, Linear on the CLS output)
+classifies the mix.
+
+Training is the other heads' (:func:`~probe.heads.train.train_pass`): the head is one
+unit whose member reads all its keys, so every batch holds every key's rows, served
+from memory or streamed from the file within the memory limit (:mod:`.data`).
+"""
+import copy
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ProbeError
+from ..store import key_name
+from .attention import AttentionHead
+from .build import MAP, VEC, closest_size, count_params, head_options
+from .data import FeatureSource, view_shape
+from .linear import EPS, linear_params
+from .result import FitResult, make_summary
+from .setup import GB
+from .train import Unit, head_seed, train_pass
+
+FUSION_HEADS = ("linear", "attention")
+# Adam moves a parameter by about lr per step whatever its gradient's scale: at lr 1e-3 a
+# mixing logit would move by ~0.2 over the few hundred steps of a small set and the
+# weights would stay near uniform.  The gain makes the logits move that many times faster.
+MIX_GAIN = 10.0
+
+
+class FusionHead(nn.Module):
+    """``shapes``: per key, (D,) vectors (``head="linear"``) or (C, H, W) maps
+    (``"attention"``).  ``forward(xs)`` takes one tensor per key, in that order."""
+
+    def __init__(self, shapes, num_classes, head="linear", dim=128, depth=1, num_heads=4,
+                 pos_embed=False):
+        super().__init__()
+        self.kind = head
+        if head == "linear":
+            self.branches = nn.ModuleList(
+                nn.Sequential(nn.BatchNorm1d(s[0], affine=False, eps=EPS), nn.Linear(s[0], dim))
+                for s in shapes)
+            self.fc = nn.Linear(dim, num_classes)
+        else:
+            self.grid = (min(s[1] for s in shapes), min(s[2] for s in shapes))
+            self.branches = nn.ModuleList(
+                nn.Sequential(nn.AdaptiveAvgPool2d(self.grid),
+                              nn.BatchNorm2d(s[0], affine=False, eps=EPS),
+                              nn.Conv2d(s[0], dim, 1)) for s in shapes)
+            # the attention head's trunk: its own norm and projection are the branches'
+            self.trunk = AttentionHead(dim, num_classes, dim=dim, depth=depth,
+                                       num_heads=num_heads, pos_embed=pos_embed,
+                                       num_tokens=self.grid[0] * self.grid[1])
+            self.trunk.norm_in, self.trunk.proj = nn.Identity(), nn.Identity()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mix_logits = nn.Parameter(torch.zeros(len(shapes)))
+
+    def weights(self):
+        """The softmax weight of each key (sums to 1)."""
+        return torch.softmax(MIX_GAIN * self.mix_logits, 0)
+
+    def forward(self, xs):
+        w = self.weights()
+        if self.kind == "linear":
+            return self.fc(sum(w[i] * self.norm(b(x)) for i, (b, x) in
+                               enumerate(zip(self.branches, xs))))
+        # LayerNorm over the channels of each position, then mix position by position
+        mixed = sum(w[i] * self.norm(b(x).movedim(1, -1)) for i, (b, x) in
+                    enumerate(zip(self.branches, xs)))
+        return self.trunk(mixed.movedim(-1, 1))
+
+
+class _Fused(nn.Module):
+    """A unit's module: one member, the fusion head, reading every view."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, xs):
+        return [self.head(xs)]
+
+
+def fusion_options(options):
+    opts = head_options("fusion", options)
+    if opts["fusion_head"] not in FUSION_HEADS:
+        raise ProbeError(f"unknown --fusion-head {opts['fusion_head']!r}: use linear or attention")
+    return opts
+
+
+def fusion_views(setup, keys, options, min_keys=2):
+    """The views the fusion head reads (all maps or all vectors), checked: enough keys,
+    each in the file, maps where the attention head needs them."""
+    opts = fusion_options(options)
+    if len(keys) < min_keys:
+        got = ", ".join(key_name(*k) for k in keys) or "none"
+        raise ProbeError(f"the fusion head mixes several keys but this selection gives "
+                         f"{len(keys)} ({got}): select at least {min_keys}, e.g. --keys "
+                         "t10/blocks.1,t100/blocks.2, or --t and --blocks")
+    kind = MAP if opts["fusion_head"] == "attention" else VEC
+    keys = [setup.train.key(k) for k in keys]
+    if kind == MAP:
+        flat = [key_name(*k) for k in keys if not setup.train.is_spatial(k)]
+        if flat:
+            raise ProbeError(
+                f"--fusion-head attention needs spatial maps but {flat[0]} in "
+                f"{setup.train.path} is pooled to {setup.train.shape(flat[0])} (--pool "
+                f"{setup.train.attrs.get('pool', 'mean')}): re-extract with --pool avg2 or "
+                "avg4, or use --fusion-head linear")
+    return [(k, kind) for k in keys], opts
+
+
+def build_fusion(shapes, num_classes, opts, comparable_size=False):
+    """(module, options used).  ``comparable_size``: the common width whose parameter
+    count is closest to a linear probe on all the keys' features side by side."""
+    opts = {k: opts[k] for k in ("fusion_head", "dim", "depth", "num_heads", "pos_embed")}
+    attention = opts["fusion_head"] == "attention"
+
+    def make(o):
+        return FusionHead(shapes, num_classes, o["fusion_head"], o["dim"], o["depth"],
+                          o["num_heads"], o["pos_embed"])
+
+    if comparable_size:
+        step = opts["num_heads"] if attention else 1  # token widths split over the heads
+
+        def params(m):
+            with torch.device("meta"):  # count without allocating
+                return count_params(make({**opts, "dim": m * step}))
+
+        budget = linear_params(sum(s[0] for s in shapes), num_classes)
+        opts["dim"] = closest_size(params, budget) * step
+    if attention and opts["dim"] % opts["num_heads"]:
+        raise ProbeError(f"fusion dim {opts['dim']} is not a multiple of num_heads "
+                         f"{opts['num_heads']}: change --dim or --num-heads")
+    module = make(opts)
+    if not attention:  # the trunk's options do not apply
+        opts = {k: opts[k] for k in ("fusion_head", "dim")}
+    return module, opts
+
+
+@torch.no_grad()
+def predict_fusion(head, views, source, rows, batch_size, device):
+    """Softmax scores of the fusion head over ``rows``."""
+    head.eval()
+    out = []
+    for xs, _ in source.eval_batches(rows, batch_size, views):
+        batch = [torch.from_numpy(np.ascontiguousarray(xs[v])).to(device) for v in views]
+        out.append(F.softmax(head(batch).float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _init_seed(seed, keys):
+    """The init seed: fixed by (seed, the keys fused), like every head's."""
+    label = "+".join(key_name(*k) for k in keys)
+    return head_seed(seed, (0, hashlib.sha1(label.encode()).hexdigest()), "fusion")
+
+
+def train_fusion(setup, keys, options=None, comparable_size=False, progress=True, min_keys=2):
+    """Train one fusion head on ``keys`` of ``setup`` and evaluate it: a
+    :class:`FitResult` whose summary has ``keys`` and ``key_weights`` (key -> weight).
+    ``min_keys=1`` allows a single key (the tests compare it with the single-key head)."""
+    views, opts = fusion_views(setup, keys, options, min_keys)
+    keys = [k for k, _ in views]
+    cfg = setup.cfg.for_head("fusion", len(setup.train_rows))
+    shapes = [view_shape(setup.train.shape(k), kind) for k, kind in views]
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(_init_seed(cfg.seed, keys))
+        module, opts = build_fusion(shapes, setup.num_classes, opts, comparable_size)
+    unit = Unit(_Fused(module), views, lambda m, i: copy.deepcopy(m.head).eval())
+    source = FeatureSource(setup.train, views, cfg.memory_limit_gb * GB, cfg.stream)
+    desc = f"fusion x{len(keys)}"
+    states, elapsed = train_pass([unit], source, setup.train_rows, setup.val_rows, cfg,
+                                 progress=progress, desc=desc)
+    s = states[0][0]
+    eval_src, rows = setup.eval_source(views)
+    scores = predict_fusion(s["head"], views, eval_src or source, rows, cfg.batch_size,
+                            torch.device(cfg.device))
+    weights = s["head"].weights().detach().cpu().tolist()
+    extra = dict(val_top1=s["val_top1"], val_loss=s["val_loss"],
+                 selected_epoch=s["selected_epoch"], epochs_run=s["epochs_run"],
+                 train_time_s=round(elapsed, 3), keys_in_pass=len(keys),
+                 streamed=source.streamed,
+                 key_weights={key_name(*k): round(float(w), 6) for k, w in zip(keys, weights)})
+    summary = make_summary(setup, "fusion", views, opts, count_params(module), comparable_size,
+                           scores, extra, cfg)
+    return FitResult(summary, scores, s["head"])
+
+
+def plot_key_weights(summary, path):
+    """A bar chart of the learned weight of each key, written atomically to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..files import atomic_path
+
+    labels, weights = zip(*summary["key_weights"].items())
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(labels) + 1.5), 3.6))
+    ax.bar(range(len(labels)), weights, color="tab:blue")
+    ax.axhline(1 / len(labels), color="gray", ls="--", lw=1, label="uniform")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=40 if len(labels) > 3 else 0,
+                       ha="right" if len(labels) > 3 else "center", fontsize=8)
+    ax.set_ylabel("learned weight")
+    head = summary["head_options"].get("fusion_head", "linear")
+    ax.set_title(f"fusion ({head}) of {len(labels)} keys: test top-1 "
+                 f"{100 * summary['top1']:.1f}%" if summary["evaluated_on"] == "test" else
+                 f"fusion ({head}) of {len(labels)} keys: validation top-1 "
+                 f"{100 * summary['top1']:.1f}%", fontsize=9)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path

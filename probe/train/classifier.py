@@ -1,0 +1,178 @@
+"""Supervised training of a timm image classifier: the reference the diffusion models'
+features are compared with (``probe train classifier``).
+
+Cross-entropy on the labels of a dataset spec, the network built by
+``timm.create_model(arch, pretrained=False, **config)``, and inputs normalised with
+mean = std = 0.5 on images in [0, 1], which is the [-1, 1] range the diffusion models
+see.  The loop (:mod:`.loop`) brings the run folder, checkpoints, exact resume and the
+log; ``model.pt`` is timm's plain state dict, so it loads with ``timm.create_model(arch,
+**config).load_state_dict(...)`` as well as through probe's timm family.
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ProbeError, suggest
+
+MEAN = STD = 0.5
+# The shipped DiT's size (probe/extractors/registry.py, dit-fmnist) as a timm ViT.
+DEFAULT_ARCH = "vit_tiny_patch16_224"
+VIT_DEFAULTS = dict(patch_size=7, embed_dim=128, depth=4, num_heads=2)
+
+
+def is_vit(arch):
+    """Whether ``arch`` is built by timm's VisionTransformer (which takes img_size,
+    patch_size, embed_dim, depth and num_heads)."""
+    import timm
+
+    return timm.models.model_entrypoint(arch).__module__ == "timm.models.vision_transformer"
+
+
+def check_arch(arch):
+    import timm
+
+    if not timm.is_model(arch):
+        raise ProbeError(f"unknown timm architecture {arch!r}{suggest(arch, timm.list_models())}"
+                         "; see timm.list_models()")
+    return arch
+
+
+def model_config(arch, image_size, channels, num_classes, vit=None, extra=None):
+    """The keyword arguments of ``timm.create_model``: channels and classes from the data,
+    for ViTs the image size and ``vit`` (patch_size, embed_dim, depth, num_heads; unset
+    ones from VIT_DEFAULTS), then ``extra`` (``--config``) over all of them."""
+    check_arch(arch)
+    cfg = dict(in_chans=channels, num_classes=num_classes)
+    given = {k: v for k, v in (vit or {}).items() if v is not None}
+    if is_vit(arch):
+        cfg.update(img_size=image_size, **dict(VIT_DEFAULTS, **given))
+    elif given:
+        raise ProbeError(f"{', '.join('--' + k.replace('_', '-') for k in given)} set a ViT's "
+                         f"size; {arch} is not a ViT: give its arguments with --config KEY=VALUE")
+    return {**cfg, **(extra or {})}
+
+
+def create(arch, config):
+    """A fresh timm network (initialised from torch's global RNG: seed it first)."""
+    import timm
+
+    try:
+        return timm.create_model(arch, pretrained=False, **config)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ProbeError(f"timm cannot build {arch} with {config}: {e}") from e
+
+
+def normalise(images):
+    return (images - MEAN) / STD
+
+
+def pretrained_cfg(image_size, channels):
+    """The input pipeline in timm's words (what timm's resolve_data_config reads)."""
+    return dict(input_size=(channels, image_size, image_size), mean=(MEAN,) * channels,
+                std=(STD,) * channels, interpolation="bicubic", crop_pct=1.0)
+
+
+class ClassifierObjective:
+    """Cross-entropy of a timm classifier; deterministic (no dropout, no augmentation:
+    the generator is unused)."""
+
+    family = "timm"
+
+    def __init__(self, arch, config, image_size):
+        self.arch, self.config = arch, dict(config)
+        self.model = create(arch, self.config)
+        # timm.create_model(arch, **config.json) rebuilds the network with its input
+        # pipeline (timm's pretrained_cfg argument); `probe extract --model timm:ARCH
+        # --config config.json` reads the same
+        self.kwargs = dict(self.config, pretrained_cfg=pretrained_cfg(
+            image_size, self.config["in_chans"]))
+
+    def loss(self, images, labels, generator):
+        return F.cross_entropy(self.model(normalise(images)), labels)
+
+    def extra_files(self):
+        return {"config.json": self.kwargs}
+
+    def export(self, meta=None):
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+@torch.no_grad()
+def predict(model, images, batch_size=256):
+    """Logits of ``model`` (a timm classifier, eval mode) on an :class:`Images`."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = list(range(len(images)))
+    out = [model(normalise(x.to(device))).float().cpu()
+           for x, _ in images.batches(order, batch_size)]
+    return torch.cat(out)
+
+
+def evaluate(model, images, class_names, batch_size=256):
+    """Top-1, top-5, per-class accuracy and the confusion matrix of a classifier on
+    ``images`` (probe's own metrics, as ``probe fit`` reports them)."""
+    from ..heads.metrics import classification_metrics
+
+    scores = predict(model, images, batch_size).numpy()
+    metrics = classification_metrics(images.labels.numpy(), scores, class_names)
+    metrics.pop("predictions")
+    return dict(metrics, num_images=len(images))
+
+
+def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, split="train",
+                     image_size=28, channels=None, limit=None, vit=None, config=None,
+                     epochs=None, steps=None, batch_size=128, lr=1e-3, weight_decay=0.0,
+                     warmup=0, seed=0, device="cpu", resume=False, overwrite=False,
+                     save_every=0, log_every=10, eval_split=None, num_workers=0,
+                     progress=True, command=None):
+    """Train a timm classifier on ``data`` (a dataset spec) into the run folder ``out``.
+
+    ``vit``: patch_size, embed_dim, depth, num_heads of a ViT (VIT_DEFAULTS: the shipped
+    DiT's size); ``config``: any other ``timm.create_model`` arguments.  ``eval_split``:
+    after training, measure the classifier on that split of ``data`` and record it in the
+    log as ``eval``.  Returns the log (``out/log.json``).
+    """
+    from ..data import load_dataset
+    from ..files import atomic_json
+    from . import loop
+
+    if epochs is None and steps is None:
+        epochs = 1
+    loop.check_options(epochs, steps, batch_size, lr, warmup, save_every, log_every)
+    loop.resolve_device(device)
+    if limit is not None and limit < 1:
+        raise ProbeError(f"--limit must be at least 1, not {limit}")
+    probe_set = load_dataset(data, split, image_size)
+    channels = channels or _first_image(probe_set).shape[0]
+    cfg = model_config(arch, image_size, channels, len(probe_set.class_names), vit, config)
+    dataset = load_dataset(data, split, image_size, channels)
+    test = load_dataset(data, eval_split, image_size, channels) if eval_split else None
+    loop.seed_everything(seed)
+    objective = ClassifierObjective(arch, cfg, image_size)  # bad --config: before any work
+    state = loop.prepare_out(out, resume, overwrite)
+    images = loop.Images(dataset, limit=limit, num_workers=num_workers, progress=progress)
+    run_config = dict(family="classifier", arch=arch, model=cfg, data=data, split=split,
+                      image_size=image_size, channels=channels, limit=limit,
+                      normalise=dict(mean=MEAN, std=STD))
+    log = loop.train(objective, images, out, epochs=epochs, steps=steps, batch_size=batch_size,
+                     lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, device=device,
+                     state=state, save_every=save_every, log_every=log_every,
+                     run_config=run_config, command=command, progress=progress)
+    if test is not None:
+        test_images = loop.Images(test, num_workers=num_workers, progress=progress)
+        log["eval"] = dict(evaluate(objective.model, test_images, test.class_names),
+                           data=data, split=eval_split, step=log["step"])
+        atomic_json(log, os.path.join(out, loop.LOG_FILE))
+    return log
+
+
+def _first_image(dataset):
+    image = dataset[0][0]
+    if image is None:
+        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
+    return image
+
+
+__all__ = ["ClassifierObjective", "DEFAULT_ARCH", "VIT_DEFAULTS", "create", "evaluate",
+           "model_config", "predict", "train_classifier"]
