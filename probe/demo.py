@@ -23,10 +23,9 @@ from .store import open_features
 
 def shipped_models():
     """The shipped diffusion models (weights in the package)."""
-    from .demo_reference import REFERENCE_FAMILIES
-    from .extractors.registry import MODELS
+    from .extractors.registry import MODELS, REFERENCE_PREFIXES
 
-    return [n for n, s in MODELS.items() if s.get("file") and s["family"] not in REFERENCE_FAMILIES]
+    return [n for n, s in MODELS.items() if s.get("file") and s["family"] not in REFERENCE_PREFIXES]
 
 
 def _spread(items, k):

@@ -8,20 +8,20 @@ features.
 """
 import os
 
-REFERENCE_FAMILIES = ("timm", "torchvision")  # networks without timesteps
+from .extractors.registry import REFERENCE_PREFIXES  # the registry imports no torch
 
 
 def shipped_references():
     """The shipped reference networks (no timesteps): the supervised ``sup-fmnist``."""
     from .extractors.registry import MODELS
 
-    return [n for n, s in MODELS.items() if s.get("file") and s["family"] in REFERENCE_FAMILIES]
+    return [n for n, s in MODELS.items() if s.get("file") and s["family"] in REFERENCE_PREFIXES]
 
 
 def is_reference(name):
     from .extractors.registry import resolve
 
-    return resolve(name)[1]["family"] in REFERENCE_FAMILIES
+    return resolve(name)[1]["family"] in REFERENCE_PREFIXES
 
 
 def level(section):

@@ -217,7 +217,7 @@ def _build(args, cfg, images, resume):
 
 
 def run(args):
-    from ..data import load_dataset
+    from ..data import data_channels, load_dataset
     from ..train import loop
 
     out = args.out or os.path.join("runs", args.family)
@@ -233,7 +233,7 @@ def run(args):
                              "drop --channels")
         channels = 3
     else:
-        channels = args.channels or _data_channels(load_dataset(args.data, args.split,
+        channels = args.channels or data_channels(load_dataset(args.data, args.split,
                                                                 args.image_size))
     cfg = _model_config(args, channels)
     dataset = load_dataset(args.data, args.split, args.image_size, channels)
@@ -301,13 +301,6 @@ def run_classifier(args):
     print(f"  load:  probe extract --model timm:{args.arch} --checkpoint {model_path} "
           f"--config {os.path.join(out, 'config.json')} ...")
     return 0
-
-
-def _data_channels(dataset):
-    image = dataset[0][0]
-    if image is None:
-        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
-    return image.shape[0]
 
 
 def _options(args):

@@ -1,8 +1,7 @@
 """`probe train tokenizer`, and the tokenizer flags of `probe train ldae`."""
 import os
 
-from ..errors import ProbeError
-from .common import add_device, add_overwrite, add_quiet, add_seed, add_threads
+from .common import add_device, add_overwrite, add_quiet, add_seed, add_threads, refuse_existing
 
 KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")  # probe.extractors.ldae_tokenizer.KINDS
 
@@ -58,7 +57,7 @@ def tokenizer_options(args):
 
 
 def run_tokenizer(args):
-    from ..data import load_dataset
+    from ..data import data_channels, load_dataset
     from ..device import resolve_device
     from ..extractors.ldae import validate_config
     from ..extractors.ldae_tokenizer import make_tokenizer
@@ -73,8 +72,7 @@ def run_tokenizer(args):
                                patch_size=args.patch_size, latent_dim=args.latent_dim,
                                tokenizer=args.tokenizer, tokenizer_width=args.tokenizer_width))
     out = args.out or os.path.join("runs", f"tokenizer-{args.tokenizer}-d{cfg['latent_dim']}.pt")
-    if os.path.exists(out) and not args.overwrite:
-        raise ProbeError(f"{out} exists: pass --overwrite or choose another --out")
+    refuse_existing([out], args.overwrite)
     images = loop.Images(load_dataset(args.data, args.split, args.image_size, channels),
                          limit=args.limit, progress=not args.quiet)
     loop.seed_everything(args.seed)
@@ -82,7 +80,6 @@ def run_tokenizer(args):
     meta = fit_tokenizer(tok, images, lambda x: x * 2.0 - 1.0, patches=args.pca_patches,
                          seed=args.seed, progress=not args.quiet, **tokenizer_options(args))
     meta.update(data=args.data, split=args.split, limit=args.limit)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_tokenizer(tok, cfg, meta, out)
     recon = meta.get("final_recon")
     print(f"trained a {args.tokenizer} tokenizer (d={cfg['latent_dim']}) in "
@@ -101,9 +98,3 @@ def saved_tokenizer_meta(out):
     return (torch.load(path, map_location="cpu", weights_only=True).get("meta") or {}).get(
         "tokenizer")
 
-
-def data_channels(dataset):
-    image = dataset[0][0]
-    if image is None:
-        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
-    return image.shape[0]

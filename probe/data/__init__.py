@@ -50,4 +50,13 @@ def load_dataset(spec="demo", split="train", image_size=None, channels=None,
     return finegrained.load(name, root, split, **kw)
 
 
-__all__ = ["SPECS", "parse_spec", "load_dataset"]
+def data_channels(dataset):
+    """The channel count of a dataset's images as stored (1 for grayscale), read from its
+    first image: what a model trained on it takes when no channel count is given."""
+    image = dataset[0][0]
+    if image is None:
+        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
+    return image.shape[0]
+
+
+__all__ = ["SPECS", "parse_spec", "load_dataset", "data_channels"]

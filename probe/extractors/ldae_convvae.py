@@ -27,7 +27,6 @@ def vae_config(channels, patch_size, d, image_size, width):
 
 class ConvVAE(Tokenizer):
     kind = "conv-vae"
-    linear = False
 
     def __init__(self, channels, patch_size, d, image_size, width):
         super().__init__(channels, patch_size, d)

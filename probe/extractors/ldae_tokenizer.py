@@ -38,7 +38,6 @@ class Tokenizer(nn.Module):
     """What the l-DAE needs of a tokenizer; subclasses give ``encode`` and ``decode``."""
 
     kind = None
-    linear = True  # decode is affine: the added noise has a pixel-space form
 
     def __init__(self, channels, patch_size, d):
         super().__init__()
@@ -197,11 +196,12 @@ class PatchAE(Tokenizer):
         summed over the d latent coordinates / D); the KL is 0 for the plain AE."""
         c = patches - self.mean
         mu = c @ self.encoder.T
-        kl = torch.zeros((), dtype=patches.dtype)
+        kl = torch.zeros((), dtype=patches.dtype, device=patches.device)
         z = mu
         if self.variational:
             logvar = c @ self.logvar_weight.T + self.logvar_bias
-            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+            # drawn on the CPU generator, so a run draws the same noise on any device
+            eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
             z = mu + (0.5 * logvar).exp() * eps
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(-1).mean() / c.shape[-1]
         recon = (z @ self.decoder - c).pow(2).mean()

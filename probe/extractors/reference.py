@@ -48,7 +48,6 @@ from ..errors import ProbeError, suggest
 from .base import Extractor
 from .checkpoints import load_file, load_into, no_weights_error, state_dict_from
 
-PREFIXES = ("timm", "torchvision")
 _HEADS = {"fc", "classifier", "head", "heads", "avgpool", "global_pool", "dropout", "flatten",
           "AuxLogits", "aux1", "aux2", "pre_logits", "head_drop", "fc_norm"}
 _TRUNKS = ("features", "trunk_output", "layers")

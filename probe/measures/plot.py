@@ -2,6 +2,7 @@
 pyplot state)."""
 import math
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -121,7 +122,10 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.colorbar(im, ax=axes[:len(panels)].tolist(), label=_bar_label(result, minus_null), shrink=0.9)
-    fig.suptitle(_title(result), fontsize=10)
+    # wrapped to the figure's width (about 14 characters per inch at 10 pt), so a narrow
+    # grid (one reference network's few blocks) does not clip it
+    fig.suptitle(textwrap.fill(_title(result), max(30, int(fig.get_figwidth() * 14))),
+                 fontsize=10)
     fig.savefig(path, dpi=dpi)
     return path
 

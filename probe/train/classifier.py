@@ -133,7 +133,7 @@ def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, s
     after training, measure the classifier on that split of ``data`` and record it in the
     log as ``eval``.  Returns the log (``out/log.json``).
     """
-    from ..data import load_dataset
+    from ..data import data_channels, load_dataset
     from ..files import atomic_json
     from . import loop
 
@@ -144,7 +144,7 @@ def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, s
     if limit is not None and limit < 1:
         raise ProbeError(f"--limit must be at least 1, not {limit}")
     probe_set = load_dataset(data, split, image_size)
-    channels = channels or _first_image(probe_set).shape[0]
+    channels = channels or data_channels(probe_set)
     cfg = model_config(arch, image_size, channels, len(probe_set.class_names), vit, config)
     dataset = load_dataset(data, split, image_size, channels)
     test = load_dataset(data, eval_split, image_size, channels) if eval_split else None
@@ -165,13 +165,6 @@ def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, s
                            data=data, split=eval_split, step=log["step"])
         atomic_json(log, os.path.join(out, loop.LOG_FILE))
     return log
-
-
-def _first_image(dataset):
-    image = dataset[0][0]
-    if image is None:
-        raise ProbeError(f"cannot read the first training image: {dataset.bad_reason(0)}")
-    return image
 
 
 __all__ = ["ClassifierObjective", "DEFAULT_ARCH", "VIT_DEFAULTS", "create", "evaluate",

@@ -60,6 +60,7 @@ def fit_tokenizer(tok, images, to_pixels, *, patches=50000, seed=0, steps=None,
             curve = _train_conv(tok, images, to_pixels, seed, opts, progress)
         else:
             sample = sample_patches(images, tok.patch_size, patches, seed, to_pixels).float()
+            sample = sample.to(tok.mean.device)  # once: every step draws its batch from it
             tok.mean.copy_(sample.mean(0))
             meta["patches"] = patches
             curve = _train_patches(tok, sample, seed, opts, progress)
@@ -100,7 +101,7 @@ def _steps(tok, opts, batch, seed, progress):
 def _train_patches(tok, patches, seed, opts, progress):
     def batch(step, generator):
         idx = torch.randint(0, len(patches), (opts["batch_size"],), generator=generator)
-        return tok.losses(patches[idx], generator)
+        return tok.losses(patches[idx.to(patches.device)], generator)
 
     return _steps(tok, opts, batch, seed, progress)
 
