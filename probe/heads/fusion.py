@@ -155,9 +155,8 @@ def predict_fusion(head, views, source, rows, batch_size, device):
     """Softmax scores of the fusion head over ``rows``."""
     head.eval()
     out = []
-    for xs, _ in source.eval_batches(rows, batch_size, views):
-        batch = [torch.from_numpy(np.ascontiguousarray(xs[v])).to(device) for v in views]
-        out.append(F.softmax(head(batch).float(), dim=1).cpu().numpy())
+    for batch, _ in source.eval_batches(rows, batch_size, views, device=device):
+        out.append(F.softmax(head([batch[v] for v in views]).float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -178,7 +177,7 @@ def train_fusion(setup, keys, options=None, comparable_size=False, progress=True
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(_init_seed(cfg.seed, keys))
         module, opts = build_fusion(shapes, setup.num_classes, opts, comparable_size)
-    unit = Unit(_Fused(module), views, lambda m, i: copy.deepcopy(m.head).eval())
+    unit = Unit(_Fused(module), views, lambda m, i: copy.deepcopy(m.head).eval(), members=1)
     source = FeatureSource(setup.train, views, cfg.memory_limit_gb * GB, cfg.stream)
     desc = f"fusion x{len(keys)}"
     states, elapsed = train_pass([unit], source, setup.train_rows, setup.val_rows, cfg,

@@ -135,10 +135,12 @@ def head_seed(seed, key, head):
 
 class Unit:
     """``module`` maps ``{view: tensor}`` to one logits tensor per member; ``views[i]`` is
-    member i's input; ``snapshot(i)`` copies member i out as a standalone head."""
+    member i's input, unless ``members`` says how many there are (a fusion head: one member
+    reading every view); ``snapshot(i)`` copies member i out as a standalone head."""
 
-    def __init__(self, module, views, snapshot):
+    def __init__(self, module, views, snapshot, members=None):
         self.module, self.views, self._snapshot = module, list(views), snapshot
+        self.members = len(self.views) if members is None else members
 
     def __call__(self, batch):
         return self.module([batch[v] for v in self.views])
@@ -222,7 +224,7 @@ def _val_top1(units, source, rows, batch_size, device):
     out = []
     for u, p in zip(units, parts):
         if not p:
-            out.append([(0.0, 0.0)] * len(u.views))
+            out.append([(0.0, 0.0)] * u.members)
             continue
         correct = torch.stack(p[0::2]).cpu().numpy().sum(0)
         loss = np.zeros(len(p[1]))
@@ -273,7 +275,7 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     early = cfg.patience > 0 and len(val_rows) > 0
     state = [[dict(head=None, val_top1=None, val_loss=None, selected_epoch=None, epochs_run=0,
                    stopped=False, min_loss=math.inf, improved=0)
-              for _ in u.views] for u in units]
+              for _ in range(u.members)] for u in units]
     active = list(range(len(units)))
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     start = time.perf_counter()
@@ -289,7 +291,6 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
                 # forward and backward one unit at a time, while its inputs are in cache;
                 # units share no parameters, so each gets exactly its own loss's gradient
                 zs = units[j](batch)
-                del state[j][len(zs):]  # a unit with one member may read several views
                 sum(F.cross_entropy(z, y) for z in zs).backward()
             opt.step()
             sched.step()
