@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ProbeError
 from ..files import atomic_torch_save
-from .pca import fit_pca, sample_patches
+from .pca import fit_patch_pca, sample_patches
 
 FORMAT = "probe-ldae-tokenizer"
 VERSION = 1
@@ -48,8 +48,7 @@ def fit_tokenizer(tok, images, to_pixels, *, patches=50000, seed=0, steps=None,
     start = time.perf_counter()
     meta = {"kind": tok.kind, "seed": seed}
     if tok.kind == "pca":
-        mean, comps, var = fit_pca(sample_patches(images, tok.patch_size, patches, seed,
-                                                  to_pixels))
+        mean, comps, var = fit_patch_pca(images, tok.patch_size, patches, seed, to_pixels)
         tok.set_basis(mean.float(), comps.float(), var.float())
         meta["patches"] = patches
     else:
