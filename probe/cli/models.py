@@ -52,7 +52,8 @@ def run_blocks(args):
     if args.image_size:
         h = w = args.image_size
     print(f"{model.name}: {len(shapes)} blocks, input {(c, h, w)}")
-    print(f"{'id':>4}  {'block':<20} output shape (C, H, W) or (tokens, D)")
+    width = max([20] + [len(name) for _, name, _ in shapes])  # SD's names run to 30
+    print(f"{'id':>4}  {'block':<{width}} output shape (C, H, W) or (tokens, D)")
     for i, name, shape in shapes:
-        print(f"{i:>4}  {name:<20} {shape}")
+        print(f"{i:>4}  {name:<{width}} {shape}")
     return 0
