@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .extraction import extract
+    from .pipeline.run import extract
     from .extractors.registry import load_model
     from .heads.fit import fit
     from .measures import cka, similarity
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 _API = {
     "load_model": "probe.extractors.registry",
-    "extract": "probe.extraction",
+    "extract": "probe.pipeline.run",
     "open_features": "probe.store",
     "fit": "probe.heads.fit",
     "cka": "probe.measures",

@@ -14,8 +14,7 @@ import json
 import os
 import time
 
-from .demo_reference import (is_reference, level, plot_linear_vs_t, plot_versus,
-                             shipped_references, versus, versus_md)
+from .demo_reference import is_reference, level, plot_linear_vs_t, plot_versus, shipped_references, versus, versus_md
 from .errors import ProbeError
 from .selection import parse_t
 from .store import open_features
@@ -125,7 +124,7 @@ def _study_model(out, label, name, random_init, plan, log):
     from .measures import cka as cka_fn
     from . import extract, load_model
     from .measures.plot import heatmaps
-    from .extraction import weights_sha256
+    from .pipeline.run import weights_sha256
     from .heads.compare import compare
     from .files import atomic_json
 

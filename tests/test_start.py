@@ -51,7 +51,7 @@ def test_info_does_not_import_torch(small_file):
 
 
 def test_the_api_names_resolve_to_their_modules():
-    from probe.extraction import extract
+    from probe.pipeline.run import extract
     from probe.extractors.registry import load_model
     from probe.heads.fit import fit
     from probe.measures import cka, similarity

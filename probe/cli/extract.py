@@ -1,7 +1,7 @@
 """`probe extract`: block features at chosen timesteps -> one HDF5 file."""
 import argparse
 
-from ..pooling import POOL_HELP
+from ..pipeline.pooling import POOL_HELP
 from .common import add_run_flags, add_selection
 
 
@@ -38,7 +38,7 @@ def model_kwargs(args):
     if getattr(args, "vae", None):
         kw["vae"] = None if args.vae == "none" else args.vae
     if args.model_flags:
-        from ..extractors.adm import parse_flags
+        from ..extractors.adm.extractor import parse_flags
 
         kw.update({k: config_value(v) for k, v in parse_flags(args.model_flags).items()})
     kw.update(parse_config_items(args.config))
@@ -80,8 +80,8 @@ def register(sub):
 
 
 def run(args):
-    from .. import distributed
-    from ..extraction import extract
+    from ..pipeline import distributed
+    from ..pipeline.run import extract
 
     label = "true" if args.true_labels else args.class_label
     device = distributed.setup(args.device)

@@ -6,8 +6,7 @@ import sys
 
 from ..errors import ProbeError
 from ..selection import key_label
-from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, \
-    add_selection, add_threads, refuse_existing, selection
+from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_selection, add_threads, refuse_existing, selection
 
 HEAD_CHOICES = ("linear | mlp | cnn | attention | logreg | knn, or fusion: one head on several "
                 "keys (--keys/--t/--blocks; all keys by default)")

@@ -4,8 +4,7 @@ import os
 
 from ..errors import ProbeError
 from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_threads
-from .train_tokenizer import (add_tokenizer_parser, saved_tokenizer_meta, tokenizer_flags,
-                              tokenizer_options)
+from .train_tokenizer import add_tokenizer_parser, saved_tokenizer_meta, tokenizer_flags, tokenizer_options
 
 # Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
 SMALL_DIT = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3, class_dropout_prob=0.0,
@@ -178,11 +177,11 @@ def _model_config(args, channels):
             for key, default in (("tokenizer", "pca"), ("net_input", "projected"),
                                  ("net_output", "original")):
                 cfg[key] = None if cfg[key] == default else cfg[key]
-        from ..extractors.ldae import validate_config
+        from ..extractors.ldae.extractor import validate_config
 
         return validate_config({**cfg, **extra})
     if args.family == "dit":
-        from ..extractors.dit import resolve_config
+        from ..extractors.dit.extractor import resolve_config
 
         cfg = dict(SMALL_DIT, input_size=args.image_size, in_channels=channels,
                    patch_size=args.patch_size, hidden_size=args.hidden_size, depth=args.depth,
@@ -191,8 +190,8 @@ def _model_config(args, channels):
             raise ProbeError("probe train dit trains on pixels; latent (VAE) DiTs are not "
                              "supported here")
         return resolve_config({**cfg, **extra})
-    from ..extractors.adm import resolve_flags
-    from ..extractors.adm_unet import check_attention_reached
+    from ..extractors.adm.extractor import resolve_flags
+    from ..extractors.adm.unet import check_attention_reached
 
     cfg = {**SMALL_ADM, "image_size": args.image_size, **extra}
     check_attention_reached(resolve_flags(cfg))  # bad flags fail here, before any work

@@ -3,7 +3,7 @@ import os
 
 from .common import add_device, add_overwrite, add_quiet, add_seed, add_threads, refuse_existing
 
-KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")  # probe.extractors.ldae_tokenizer.KINDS
+KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")  # probe.extractors.ldae.tokenizer.KINDS
 
 
 def add_tokenizer_parser(fam, patch_size):
@@ -59,8 +59,8 @@ def tokenizer_options(args):
 def run_tokenizer(args):
     from ..data import data_channels, load_dataset
     from ..device import resolve_device
-    from ..extractors.ldae import validate_config
-    from ..extractors.ldae_tokenizer import make_tokenizer
+    from ..extractors.ldae.extractor import validate_config
+    from ..extractors.ldae.tokenizer import make_tokenizer
     from ..train import loop
     from ..train.tokenizers import fit_tokenizer, options, save_tokenizer
 

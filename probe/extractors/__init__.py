@@ -1,8 +1,8 @@
-"""Model families (one module each), the registry and the block hooks."""
+"""Model families (one folder each), the registry, the block hooks, the schedules and the
+one weights loader."""
 from typing import TYPE_CHECKING, Any
 
-from .registry import (ALIASES, FAMILIES, MODELS, block_shapes, load_architecture, load_model,
-                       register)
+from .registry import ALIASES, FAMILIES, MODELS, block_shapes, load_architecture, load_model, register
 
 if TYPE_CHECKING:
     from .base import Extractor

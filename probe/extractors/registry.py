@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from .base import Extractor
 
+# family -> its folder; the folder's package exports ``create(name, spec, ...)``
 FAMILIES = {
     "dit": "probe.extractors.dit",
     "adm": "probe.extractors.adm",
@@ -108,7 +109,7 @@ def register(name, spec):
 
 def resolve(name):
     """Registry name or alias -> (canonical name, spec); ``timm:NAME`` and
-    ``torchvision:NAME`` -> a spec of that family (see probe/extractors/reference.py)."""
+    ``torchvision:NAME`` -> a spec of that family (see probe/extractors/reference/extractor.py)."""
     prefix, sep, arch = name.partition(":")
     if sep and prefix in REFERENCE_PREFIXES:
         return name, dict(family=prefix, model_name=arch.strip(), config={})

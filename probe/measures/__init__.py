@@ -23,8 +23,7 @@ from ..store import FeatureFile, key_name, opened
 from . import grid, pairs
 from .core import make_estimator
 from .reading import dims
-from .result import (ACROSS, DISTANCES, LABELS, METRICS, STATS, CKAResult, Panel,
-                     SimilarityResult, interval_method)
+from .result import ACROSS, DISTANCES, LABELS, METRICS, STATS, CKAResult, Panel, SimilarityResult, interval_method
 
 __all__ = ["cka", "cka_matrix", "similarity", "METRICS", "CKAResult", "SimilarityResult", "Panel"]
 

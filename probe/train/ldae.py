@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ProbeError
-from ..extractors import ldae
+from ..extractors.ldae import extractor as ldae
 from .tokenizers import fit_tokenizer, load_tokenizer
 
 AUGMENTS = ("none", "crop")

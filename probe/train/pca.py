@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import ProbeError
-from ..extractors.ldae_tokenizer import patchify
+from ..extractors.ldae.tokenizer import patchify
 
 
 def sample_patches(images, patch_size, num_patches, seed, transform=None, chunk=1024):

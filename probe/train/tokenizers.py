@@ -140,7 +140,7 @@ def save_tokenizer(tok, config, meta, path):
 def load_tokenizer(tok, config, path):
     """Load the tokenizer file ``path`` into ``tok`` (of the l-DAE ``config``); returns its
     meta.  A file made for another shape is refused with the option that differs."""
-    from ..extractors.checkpoints import load_file, load_into
+    from ..extractors.weights import load_file, load_into
 
     obj = load_file(path)
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT):

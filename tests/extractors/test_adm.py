@@ -13,7 +13,7 @@ import probe
 from probe.cli import main
 from probe.errors import ProbeError
 from probe.extractors import registry
-from probe.extractors.adm import create, parse_flags
+from probe.extractors.adm.extractor import create, parse_flags
 from probe.extractors.hooks import capture, run_until_stop
 
 REF = Path(__file__).resolve().parents[1] / "fixtures" / "reference"

@@ -6,7 +6,9 @@ import pytest
 
 from probe.cli import main
 from probe.errors import ProbeError
-from probe.extractors import adm, dit, ldae
+from probe.extractors.adm import extractor as adm
+from probe.extractors.dit import extractor as dit
+from probe.extractors.ldae import extractor as ldae
 from probe.extractors.config import parse_config_items
 
 # Each family's own entry point, typing one boolean and one integer argument.

@@ -11,7 +11,7 @@ import torch
 
 import probe
 from probe.errors import ProbeError
-from probe.extractors.dit import to_diffusers
+from probe.extractors.dit.extractor import to_diffusers
 
 REF = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 CKPT = str(REF / "dit" / "dit_tiny.pt")

@@ -7,7 +7,7 @@ import torch
 
 import probe
 from probe.errors import ProbeError
-from probe.extractors import ldae
+from probe.extractors.ldae import extractor as ldae
 
 TINY = dict(image_size=16, in_channels=1, patch_size=4, hidden_size=32, depth=4, num_heads=2,
             latent_dim=5)

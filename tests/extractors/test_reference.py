@@ -93,7 +93,7 @@ def test_blocks_equal_timms_forward_intermediates(lite0, photos):
 
 
 def test_vit_tokens_pool_cls_mean_and_grid():
-    from probe.pooling import apply_pool
+    from probe.pipeline.pooling import apply_pool
 
     model = probe.load_model("timm:vit_tiny_patch16_224", random_init=True, **TINY_VIT)
     assert model.num_prefix_tokens == 1 and model.input_shape == (1, 28, 28)

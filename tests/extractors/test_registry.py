@@ -108,7 +108,7 @@ def test_dit_q_sample_is_the_ddpm_forward_process():
 def test_released_dits_carry_the_sd_vae(monkeypatch):
     from diffusers import AutoencoderKL
 
-    from probe.extractors import dit
+    from probe.extractors.dit import extractor as dit
 
     asked = []
 

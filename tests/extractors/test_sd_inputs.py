@@ -34,7 +34,7 @@ def extract(tmp_path, *extra):
 
 def test_cli_extract_on_a_saved_folder_offline(offline, tmp_path):
     from probe.data import load_dataset
-    from probe.noise import per_sample_noise
+    from probe.pipeline.noise import per_sample_noise
 
     code, out = extract(tmp_path)
     assert code == 0
@@ -143,7 +143,7 @@ def test_ensemble_averages_noise_draws_as_dift_does(tmp_path):
     """DIFT repeats the image K times in one batch, each copy with its own noise, and
     averages the block output over the copies; --ensemble K --stack-t does the same."""
     from probe.data import load_dataset
-    from probe.noise import per_sample_noise
+    from probe.pipeline.noise import per_sample_noise
 
     model = probe.load_model("sd", checkpoint=str(TINY))
     out = probe.extract(model, "demo", t=261, blocks="up_blocks.1", pool="none", ensemble=3,

@@ -6,7 +6,8 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 
 import probe
-from probe.extractors import dit_net, ldae
+from probe.extractors.dit import net as dit_net
+from probe.extractors.ldae import extractor as ldae
 from probe.extractors.embeddings import timestep_embedding
 from probe.extractors.schedules import DDPMSchedule, LDAESchedule, Schedule
 

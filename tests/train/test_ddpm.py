@@ -5,7 +5,8 @@ from diffusers import DDPMScheduler
 
 import probe
 from probe.errors import ProbeError
-from probe.extractors import adm, dit
+from probe.extractors.adm import extractor as adm
+from probe.extractors.dit import extractor as dit
 from probe.train.ddpm import DDPMObjective
 
 SMALL_DIT = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2,

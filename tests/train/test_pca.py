@@ -5,7 +5,7 @@ from sklearn.decomposition import PCA
 
 from probe.data import load_dataset
 from probe.errors import ProbeError
-from probe.extractors.ldae import patchify, unpatchify
+from probe.extractors.ldae.extractor import patchify, unpatchify
 from probe.train.pca import fit_pca, fit_patch_pca, sample_patches
 
 

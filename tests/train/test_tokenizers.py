@@ -8,8 +8,8 @@ import probe
 from probe.cli import main
 from probe.data import load_dataset
 from probe.errors import ProbeError
-from probe.extractors import ldae
-from probe.extractors.ldae_tokenizer import make_tokenizer, patchify
+from probe.extractors.ldae import extractor as ldae
+from probe.extractors.ldae.tokenizer import make_tokenizer, patchify
 from probe.train.ldae import LDAEObjective, build, random_crop
 from probe.train.loop import Images
 from probe.train.pca import sample_patches

@@ -1,6 +1,6 @@
 """probe extract: its promises, each checked against a source other than the code under test.
 
-Noise is recomputed from the derivation documented in probe/noise.py (blake2b of
+Noise is recomputed from the derivation documented in probe/pipeline/noise.py (blake2b of
 "seed|id|t|draw"), the DDPM forward process from its formula, block outputs by running the
 model by hand, hashes with hashlib, sample order/ids/labels from the bundled npz itself,
 and peak memory (VmHWM) in child processes.  Models: the shipped ``dit-fmnist`` (and
@@ -61,7 +61,7 @@ def read_all(path):
 
 # ---- the same computation, written out -----------------------------------------------------
 def documented_noise(shape, seed, ids, t, draw=0):
-    """probe/noise.py's documented derivation: per sample, a CPU generator seeded with the
+    """probe/pipeline/noise.py's documented derivation: per sample, a CPU generator seeded with the
     first 8 bytes of blake2b("seed|id|t|draw") read little-endian, top bit dropped."""
     out = []
     for sid in ids:

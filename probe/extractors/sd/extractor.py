@@ -17,10 +17,10 @@ from collections import OrderedDict
 
 import torch
 
-from ..errors import ProbeError
-from . import sd_load
-from .base import Extractor
-from .schedules import PipelineSchedule
+from ...errors import ProbeError
+from . import load as sd_load
+from ..base import Extractor
+from ..schedules import PipelineSchedule
 
 CLASS_FIELD = "{class}"
 NET_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -288,7 +288,7 @@ def _vae(own, given, weights):
         if given is None or given == "none":
             raise ProbeError("the sd family works on VAE latents: --vae takes a folder, a hub id "
                              "or 'random', not none")
-        from .dit_diffusers import load_vae, vae_label
+        from ..dit.diffusers_format import load_vae, vae_label
 
         vae, label = load_vae(given), vae_label(given, None)
     vae.decoder = None  # as DIFT does: only the encoder runs, and the decoder is half the VAE

@@ -5,9 +5,9 @@ and every mistake is a one-line ProbeError naming the flag to change.
 """
 import math
 
-from ..errors import ProbeError, suggest
-from .config import coerce
-from .ldae_tokenizer import KINDS
+from ...errors import ProbeError, suggest
+from ..config import coerce
+from .tokenizer import KINDS
 
 NET_INPUTS = ("projected", "latent")
 NET_OUTPUTS = ("original", "projected")

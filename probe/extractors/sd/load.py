@@ -8,8 +8,8 @@ are kept here too, so that ``probe blocks sd-1.5`` needs no download.
 import json
 import os
 
-from ..errors import ProbeError
-from . import checkpoints
+from ...errors import ProbeError
+from .. import weights as checkpoints
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _CONFIG_FILE = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
@@ -55,7 +55,7 @@ def locate(name, spec, checkpoint, random_init):
         return dict(kind="folder", source=path, folder=path)
     if os.path.isfile(path):
         return dict(kind="single", source=os.path.abspath(path), file=os.path.abspath(path))
-    from .dit_diffusers import looks_like_hub_id
+    from ..dit.diffusers_format import looks_like_hub_id
 
     if looks_like_hub_id(path):
         return _hub(path)
@@ -161,7 +161,7 @@ def load_parts(weights):
 def _single_file(path):
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from .dit_diffusers import _quiet_diffusers
+    from ..dit.diffusers_format import _quiet_diffusers
 
     try:  # diffusers takes the pipeline's configs from the hub cache, else from the hub
         with _quiet_diffusers(True):  # its multi-line advice; ours is one line
@@ -183,7 +183,7 @@ def random_parts(arch):
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from .dit_diffusers import SD_VAE
+    from ..dit.diffusers_format import SD_VAE
 
     with torch.device("cpu"):  # the schedule's table stays real on the meta device
         scheduler = DDPMScheduler(**SD_SCHEDULER)

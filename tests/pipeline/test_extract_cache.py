@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from probe.extraction import weights_sha256
-from probe.extractors import checkpoints
+from probe.pipeline.run import weights_sha256
+from probe.extractors import weights as checkpoints
 
 
 def test_a_checkpoint_is_hashed_once_until_it_changes(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from ..errors import ProbeError
-from ..noise import per_sample_noise
-from ..pooling import apply_pool
+from .noise import per_sample_noise
+from .pooling import apply_pool
 
 DTYPES = {"float32": np.float32, "float16": np.float16}
 

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .ldae_tokenizer import Tokenizer
+from .tokenizer import Tokenizer
 
 
 def vae_config(channels, patch_size, d, image_size, width):

@@ -10,7 +10,7 @@ their prefix tokens, so every pooling but ``cls`` works for every family.
 """
 import re
 
-from .errors import ProbeError
+from ..errors import ProbeError
 
 POOL_HELP = ("mean | avgK (e.g. avg4: adaptive average pool to 4x4) | none | cls (ViTs: the "
              "class token)")
@@ -32,7 +32,7 @@ def apply_pool(feature, pool, prefix_tokens=0):
     # imported here: the CLI reads POOL_HELP and parse_pool for `--help` without torch
     import torch.nn.functional as F
 
-    from .extractors.base import Extractor
+    from ..extractors.base import Extractor
 
     if pool == "cls":
         if feature.dim() != 3 or prefix_tokens < 1:

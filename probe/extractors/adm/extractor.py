@@ -12,12 +12,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ProbeError, suggest
-from . import checkpoints
-from .adm_unet import unet_from_flags
-from .base import Extractor
-from .config import coerce
-from .schedules import DDPMSchedule
+from ...errors import ProbeError, suggest
+from .. import weights as checkpoints
+from .unet import unet_from_flags
+from ..base import Extractor
+from ..config import coerce
+from ..schedules import DDPMSchedule
 
 # guided-diffusion's script defaults (model_and_diffusion_defaults), i.e. what a
 # flag means when MODEL_FLAGS leaves it out.

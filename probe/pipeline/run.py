@@ -21,8 +21,8 @@ import torch
 from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ProbeError
-from ..extractors.checkpoints import sha256
-from ..pooling import parse_pool
+from ..extractors.weights import sha256
+from .pooling import parse_pool
 from ..selection import Spec, parse_t
 from ..version import __version__
 from .loop import DTYPES, run_batches

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .device import resolve_device
+from ..device import resolve_device
 
 
 def launched():

@@ -36,13 +36,13 @@ import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from torch import nn
 
-from ..errors import ProbeError
-from .base import Extractor
-from .checkpoints import load_file, load_into, state_dict_from
-from .dit_net import DiTBlock, FinalLayer, TimestepEmbedder
-from .ldae_config import DEFAULTS, _typed, patch_dim, validate_config  # noqa: F401 (API)
-from .ldae_tokenizer import PatchPCA, make_tokenizer, patchify, unpatchify
-from .schedules import LDAESchedule
+from ...errors import ProbeError
+from ..base import Extractor
+from ..weights import load_file, load_into, state_dict_from
+from ..dit.net import DiTBlock, FinalLayer, TimestepEmbedder
+from .config import DEFAULTS, _typed, patch_dim, validate_config  # noqa: F401 (API)
+from .tokenizer import PatchPCA, make_tokenizer, patchify, unpatchify
+from ..schedules import LDAESchedule
 
 FORMAT = "probe-ldae"
 # 2: the timestep MLP is DiT's TimestepEmbedder (``t_embedder.mlp.0/2``); version 1 ran
@@ -254,7 +254,7 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     The config comes from the checkpoint; ``spec['config']`` may only repeat it."""
     overrides = {k: v for k, v in (spec.get("config") or {}).items() if v is not None}
     if random_init and spec.get("file"):
-        from .registry import shipped_weights
+        from ..registry import shipped_weights
 
         return _untrained_like(name, shipped_weights(spec["file"]), overrides)
     if checkpoint is None:

@@ -11,11 +11,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..errors import ProbeError
-from . import checkpoints
-from .base import Extractor
-from .config import coerce
-from .dit_net import DEFAULTS, describe, resolve_config, sincos_pos_embed
+from ...errors import ProbeError
+from .. import weights as checkpoints
+from ..base import Extractor
+from ..config import coerce
+from .net import DEFAULTS, describe, resolve_config, sincos_pos_embed
 
 # The Stable Diffusion VAE's shape (sd-vae-ft-ema / -mse), for vae="random".
 SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,

@@ -12,9 +12,9 @@ import torch
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
-from ..errors import ProbeError, suggest
-from .config import coerce
-from .embeddings import timestep_embedding
+from ...errors import ProbeError, suggest
+from ..config import coerce
+from ..embeddings import timestep_embedding
 
 # The DiT constructor's arguments and defaults (DiT-XL/2, 256px).
 DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, depth=28,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ProbeError
-from .embeddings import timestep_embedding
+from ...errors import ProbeError
+from ..embeddings import timestep_embedding
 
 NUM_CLASSES = 1000
 

@@ -218,7 +218,7 @@ def make_tokenizer(config):
         return PatchPCA(c, p, d)
     if kind in ("patch-ae", "patch-vae"):
         return PatchAE(c, p, d, variational=kind == "patch-vae")
-    from .ldae_convvae import ConvVAE
+    from .convvae import ConvVAE
 
     return ConvVAE(c, p, d, config["image_size"], config["tokenizer_width"])
 

@@ -18,13 +18,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ..errors import ProbeError
-from . import checkpoints
-from .base import Extractor
-from .dit_diffusers import (DiffusersDiT, hub_weights, load_diffusers, load_vae,
-                            looks_like_hub_id, model_subfolder, to_diffusers, vae_label)
-from .dit_net import DEFAULTS, DiT, check_keys, describe, resolve_config
-from .schedules import DDPMSchedule
+from ...errors import ProbeError
+from .. import weights as checkpoints
+from ..base import Extractor
+from .diffusers_format import DiffusersDiT, hub_weights, load_diffusers, load_vae, looks_like_hub_id, model_subfolder, to_diffusers, vae_label
+from .net import DEFAULTS, DiT, check_keys, describe, resolve_config
+from ..schedules import DDPMSchedule
 
 VAE_SCALE = 0.18215
 _NO_VAE_GIVEN = object()

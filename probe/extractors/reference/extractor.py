@@ -44,9 +44,9 @@ import math
 
 import torch
 
-from ..errors import ProbeError, suggest
-from .base import Extractor
-from .checkpoints import load_file, load_into, no_weights_error, state_dict_from
+from ...errors import ProbeError, suggest
+from ..base import Extractor
+from ..weights import load_file, load_into, no_weights_error, state_dict_from
 
 _HEADS = {"fc", "classifier", "head", "heads", "avgpool", "global_pool", "dropout", "flatten",
           "AuxLogits", "aux1", "aux2", "pre_logits", "head_drop", "fc_norm"}

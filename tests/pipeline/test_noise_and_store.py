@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from probe.errors import ProbeError
-from probe.noise import per_sample_noise
-from probe.pooling import apply_pool, parse_pool
+from probe.pipeline.noise import per_sample_noise
+from probe.pipeline.pooling import apply_pool, parse_pool
 from probe.store import open_features, parse_key, write_features
 
 

@@ -11,7 +11,7 @@ import probe
 from probe.cli import main
 from probe.data import load_dataset
 from probe.errors import ProbeError
-from probe.noise import per_sample_noise
+from probe.pipeline.noise import per_sample_noise
 from probe.store import open_features
 
 from refdata import reference_checkpoint, reference_config
@@ -100,7 +100,7 @@ def test_clean_input_mode_and_float16(tiny_adm, tmp_path):
 
 
 def test_resume_after_interruption_matches(tiny_adm, reference_file, tmp_path, monkeypatch):
-    from probe.extraction.workdir import Workdir
+    from probe.pipeline.workdir import Workdir
 
     out = tmp_path / "resumed.h5"
     calls = {"n": 0}
