@@ -5,18 +5,18 @@ and ``DIFFUSION_FLAGS`` of its README); flags left out take the defaults of its
 scripts (``model_and_diffusion_defaults``).  Blocks are the U-Net's
 ``input_blocks.i``, ``middle_block`` and ``output_blocks.i`` in forward order.
 """
-import os
 import shlex
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from ...errors import ProbeError, suggest
-from .. import weights as checkpoints
+from ...errors import ProbeError
+from .. import weights
 from .unet import unet_from_flags
 from ..base import Extractor
-from ..config import coerce
+from ..config import read_config
 from ..schedules import DDPMSchedule
 
 # guided-diffusion's script defaults (model_and_diffusion_defaults), i.e. what a
@@ -90,14 +90,10 @@ def parse_flags(text):
     return flags
 
 
-def resolve_flags(config):
+def resolve_flags(config: Mapping[str, Any]) -> dict[str, Any]:
     """User config -> complete, typed flags.  Values may be strings, as from a shell."""
-    unknown = [k for k in config if k not in DEFAULTS]
-    if unknown:
-        k = unknown[0]
-        raise ProbeError(f"unknown ADM flag {k!r}{suggest(k, DEFAULTS)}; ADM takes "
-                         f"guided-diffusion's model and diffusion flags: {', '.join(DEFAULTS)}")
-    return {k: coerce(k, config.get(k, d), d, "ADM flag") for k, d in DEFAULTS.items()}
+    return read_config(config, DEFAULTS, "ADM flag", "ADM takes guided-diffusion's model and "
+                       f"diffusion flags: {', '.join(DEFAULTS)}")
 
 
 def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
@@ -119,28 +115,9 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
 
 def _load_weights(net, name, spec, checkpoint, trust_checkpoint, flags):
     """Fill ``net`` from the checkpoint (or the entry's released URL); return the source."""
-    if checkpoint is None:
-        url = spec.get("url")
-        if not url:
-            note = f" ({spec['note']})" if spec.get("note") else ""
-            raise ProbeError(f"{name} has no released weights{note}: pass a checkpoint "
-                             "(--checkpoint PATH, API checkpoint=...) or random_init=True "
-                             "(--random-init) for an untrained baseline")
-        checkpoint = url
-    if isinstance(checkpoint, Mapping):
-        state, source = checkpoints.state_dict_from(checkpoint, "the given state dict"), "state dict"
-    else:
-        source = os.fspath(checkpoint)
-        if os.path.exists(source):
-            state = checkpoints.state_dict_from(
-                checkpoints.load_file(source, trust_checkpoint), source)
-            source = os.path.abspath(source)
-        elif source.startswith(("http://", "https://")):
-            state = checkpoints.state_dict_from(checkpoints.fetch_url(source), source)
-        else:
-            raise ProbeError(f"checkpoint not found: {source} (give a local .pt file or an "
-                             "https:// URL)")
+    checkpoint = weights.released(name, spec, checkpoint, "a guided-diffusion .pt file")
+    state, source = weights.read_state_dict(checkpoint, trust_checkpoint)
     arch = (f"the ADM U-Net of {name} (image_size={flags['image_size']}, "
             f"num_channels={flags['num_channels']}, class_cond={flags['class_cond']})")
-    checkpoints.load_into(net, state, what=source, arch=arch)
+    weights.load_into(net, state, what=source, arch=arch)
     return source

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ...errors import ProbeError
-from .. import weights as checkpoints
+from .. import weights
 from ..base import Extractor
-from ..config import coerce
+from ..config import read_config
 from .net import DEFAULTS, describe, resolve_config, sincos_pos_embed
 
 # The Stable Diffusion VAE's shape (sd-vae-ft-ema / -mse), for vae="random".
@@ -70,23 +70,15 @@ def model_subfolder(folder, sub):
 
 
 def hub_weights(repo_id):
-    folder = _hub_configs(repo_id, lambda e: checkpoints.no_weights_error(repo_id, e))
+    folder = weights.hub_snapshot(repo_id, _HUB_CONFIGS)
     sub = model_subfolder(folder, "transformer")
     has_vae = sub is not None and os.path.exists(os.path.join(folder, "vae", "config.json"))
     return dict(kind="hub", source=repo_id, repo=repo_id, subfolder=sub,
                 vae=(repo_id, "vae") if has_vae else None)
 
 
-def _hub_configs(repo_id, error):
-    """The config files of a hub repo, from the cache or the hub.  This fails at once
-    when offline, where diffusers' from_pretrained retries for half a minute."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, allow_patterns=[
-            "model_index.json", "config.json", "transformer/config.json", "vae/config.json"])
-    except Exception as e:  # offline, no such repo, gated ...
-        raise error(e) from e
+# Fetched up front: offline this fails at once, where from_pretrained retries for half a minute.
+_HUB_CONFIGS = ["model_index.json", "config.json", "transformer/config.json", "vae/config.json"]
 
 
 def _from_pretrained(cls, where, subfolder, error):
@@ -97,41 +89,36 @@ def _from_pretrained(cls, where, subfolder, error):
             return cls.from_pretrained(where, local_files_only=True, **kwargs)
         except Exception:  # not cached (completely): fetch it
             pass
-    try:
-        return cls.from_pretrained(where, **kwargs)
-    except Exception as e:
-        raise error(e) from e
+    return weights.fetched(lambda: cls.from_pretrained(where, **kwargs), where, error)
 
 
 # ---- diffusers weights -------------------------------------------------------------------
 
-def load_diffusers(weights, name, given):
-    """The DiT that ``weights`` (a folder or hub id, see ``dit._locate_weights``) hold, as
+def load_diffusers(located, name, given):
+    """The DiT that ``located`` (a folder or hub id, see ``extractor._locate_weights``) holds, as
     ``(DiffusersDiT, its config in the original's arguments)``; ``given`` arguments must
     agree with it."""
     from diffusers import DiTTransformer2DModel
 
-    where = weights.get("repo", weights["source"])
-    if weights["kind"] == "folder":
-        _check_class(where, weights["subfolder"])
+    where = located.get("repo", located["source"])
+    folder = located["kind"] == "folder"
+    if folder:
+        _check_class(where, located["subfolder"])
+    # a hub id that fails to load is weights.fetched's "could not fetch weights"
+    error = (lambda e: ProbeError(f"cannot load a diffusers DiT from {where}: "
+                                  f"{weights.first_line(e)}")) if folder else None
 
-        def error(e):
-            return ProbeError(f"cannot load a diffusers DiT from {where}: "
-                              f"{checkpoints._first_line(e)}")
-    else:
-        def error(e):
-            return checkpoints.no_weights_error(where, e)
-
-    pos = _saved_pos_embed(where, weights["subfolder"]) if weights["kind"] == "folder" else None
+    pos = _saved_pos_embed(where, located["subfolder"]) if folder else None
     with _quiet_diffusers(pos is not None):  # it would warn that it skips the saved table
-        transformer = _from_pretrained(DiTTransformer2DModel, where, weights["subfolder"], error)
+        transformer = _from_pretrained(DiTTransformer2DModel, where, located["subfolder"], error)
     if pos is not None:
         transformer.pos_embed.pos_embed.copy_(pos)
     config = config_from_diffusers(transformer.config)
+    typed = read_config(given, DEFAULTS, "DiT argument")
     wrong = [f"{k}={config[k]} (not {given[k]})" for k in given if k != "class_dropout_prob"
-             and config[k] != coerce(k, given[k], DEFAULTS[k], "DiT argument")]
+             and config[k] != typed[k]]
     if wrong:
-        raise ProbeError(f"{weights['source']} does not fit {name}: it is a DiT with "
+        raise ProbeError(f"{located['source']} does not fit {name}: it is a DiT with "
                          f"{', '.join(wrong)}; use the family 'dit' to take its own config")
     return DiffusersDiT(transformer), config
 
@@ -213,7 +200,7 @@ def to_diffusers(model, config=None):
     elif isinstance(model, nn.Module):
         state = model.state_dict()
     else:
-        state = checkpoints.state_dict_from(model, "the state dict")
+        state = weights.state_dict_from(model, "the state dict")
     if config is None:
         raise ProbeError("to_diffusers needs the DiT config of a bare state dict")
     c = resolve_config({k: v for k, v in config.items() if k != "vae"})
@@ -235,7 +222,7 @@ def to_diffusers(model, config=None):
         # Not the fixed table diffusers would rebuild: save it along (see _saved_pos_embed).
         transformer.pos_embed.register_buffer("pos_embed", pos.clone(), persistent=True)
         out[_POS_KEY] = pos
-    checkpoints.load_into(transformer, out, what="the DiT state dict",
+    weights.load_into(transformer, out, what="the DiT state dict",
                           arch=f"diffusers' DiTTransformer2DModel for {describe('it', c)}")
     return transformer
 
@@ -277,7 +264,7 @@ def load_vae(source, subfolder=None):
     def error(e):
         return ProbeError(
             f"could not load the VAE {vae_label(source, subfolder)} "
-            f"({checkpoints._first_line(e)}): download it on a machine with internet and pass "
+            f"({weights.first_line(e)}): download it on a machine with internet and pass "
             "its folder (--vae FOLDER, API vae=...), or use --vae random (API vae='random') "
             "for an untrained one")
 
@@ -286,7 +273,7 @@ def load_vae(source, subfolder=None):
         subfolder = subfolder or model_subfolder(source, "vae")
     elif looks_like_hub_id(source):
         if subfolder is None:
-            subfolder = model_subfolder(_hub_configs(source, error), "vae")
+            subfolder = model_subfolder(weights.hub_snapshot(source, _HUB_CONFIGS, error), "vae")
     else:
         raise ProbeError(f"VAE not found: {source} (give a hub id such as "
                          "stabilityai/sd-vae-ft-ema, a saved AutoencoderKL folder, or 'random')")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import torch
 
 from ...errors import ProbeError
-from .. import weights as checkpoints
+from .. import weights
 from ..base import Extractor
 from .diffusers_format import DiffusersDiT, hub_weights, load_diffusers, load_vae, looks_like_hub_id, model_subfolder, to_diffusers, vae_label
 from .net import DEFAULTS, DiT, check_keys, describe, resolve_config
@@ -66,20 +66,19 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     given = dict(spec.get("config", {}))
     vae_source = given.pop("vae", _NO_VAE_GIVEN)
     check_keys(given)
-    weights = _locate_weights(name, spec, checkpoint, random_init)
-    if weights["kind"] in ("folder", "hub"):
-        net, config = load_diffusers(weights, name, given)
+    located = _locate_weights(name, spec, checkpoint, random_init)
+    if located["kind"] in ("folder", "hub"):
+        net, config = load_diffusers(located, name, given)
     else:
         config = resolve_config(given)
         net = DiT(**config)
-        if weights["kind"] != "random":
-            state = checkpoints.state_dict_from(weights["state"](trust_checkpoint),
-                                                weights["source"])
-            checkpoints.load_into(net, state, what=weights["source"], arch=describe(name, config))
+        if located["kind"] == "state":
+            state, _ = weights.read_state_dict(located["checkpoint"], trust_checkpoint)
+            weights.load_into(net, state, what=located["source"], arch=describe(name, config))
 
     vae_subfolder = None
     if vae_source is _NO_VAE_GIVEN:
-        vae_source, vae_subfolder = weights.get("vae") or (spec.get("vae"), None)
+        vae_source, vae_subfolder = located.get("vae") or (spec.get("vae"), None)
     vae = load_vae(vae_source, vae_subfolder)
     vae_source = vae_label(vae_source, vae_subfolder) if vae is not None else None
     if vae is not None and vae.config.latent_channels != config["in_channels"]:
@@ -101,7 +100,7 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
         null_class=config["num_classes"] if has_null else None,
         vae=vae, vae_scale=VAE_SCALE,
         config={**config, "vae": vae_source},
-        source=weights["source"])
+        source=located["source"])
 
 
 # ---- where the weights are ----------------------------------------------------------------
@@ -109,22 +108,16 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
 def _locate_weights(name, spec, checkpoint, random_init):
     """Work out where the weights come from without fetching them yet (so a missing
     checkpoint is reported before a VAE download).  Returns a dict with kind
-    random | file | url | state | folder | hub, the source, and a pipeline's own VAE."""
+    random | state (a state dict, a file or a URL, read by ``weights.read``) | folder | hub,
+    the source, and a pipeline's own VAE."""
     if random_init:
         return dict(kind="random", source="random init")
-    if checkpoint is None:
-        if spec.get("url"):
-            url = spec["url"]
-            return dict(kind="url", source=url, state=lambda _: checkpoints.fetch_url(url))
-        if spec.get("hub"):
-            return hub_weights(spec["hub"])
-        what = ("the dit family has no default weights" if name == "dit"
-                else f"{name} has no released weights")
-        raise ProbeError(f"{what}: pass a checkpoint (--checkpoint PATH, API checkpoint=...: a "
-                         "DiT .pt or train.py checkpoint, or a diffusers folder) or --random-init "
-                         "(API random_init=True) for an untrained baseline")
+    if checkpoint is None and spec.get("hub") and not spec.get("url"):
+        return hub_weights(spec["hub"])
+    checkpoint = weights.released(name, spec, checkpoint, "a DiT .pt or train.py checkpoint, "
+                                  "or a diffusers folder")
     if isinstance(checkpoint, Mapping):
-        return dict(kind="state", source="state dict", state=lambda _: checkpoint)
+        return dict(kind="state", source="state dict", checkpoint=checkpoint)
     path = os.fspath(checkpoint)
     if os.path.isdir(path):
         path = os.path.abspath(path)
@@ -132,12 +125,9 @@ def _locate_weights(name, spec, checkpoint, random_init):
         has_vae = sub and os.path.exists(os.path.join(path, "vae", "config.json"))
         return dict(kind="folder", source=path, subfolder=sub,
                     vae=(os.path.join(path, "vae"), None) if has_vae else None)
-    if os.path.exists(path):
-        path = os.path.abspath(path)
-        return dict(kind="file", source=path,
-                    state=lambda trust: checkpoints.load_file(path, trust))
-    if path.startswith(("http://", "https://")):
-        return dict(kind="url", source=path, state=lambda _: checkpoints.fetch_url(path))
+    if os.path.exists(path) or weights.is_url(path):
+        source = path if weights.is_url(path) else os.path.abspath(path)
+        return dict(kind="state", source=source, checkpoint=source)
     if looks_like_hub_id(path):
         return hub_weights(path)
     raise ProbeError(f"checkpoint not found: {path} (give a DiT .pt file, a diffusers folder, "

@@ -7,13 +7,16 @@ unconditional DiT (no label embedding), for models trained with this toolkit.  T
 l-DAE (``ldae.py``) is built from the same block, final layer and timestep embedder.
 """
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from timm.models.vision_transformer import Attention, Mlp, PatchEmbed
 from torch import nn
 
-from ...errors import ProbeError, suggest
-from ..config import coerce
+from ...errors import ProbeError
+from ..config import check_keys as refuse_unknown
+from ..config import read_config
 from ..embeddings import timestep_embedding
 
 # The DiT constructor's arguments and defaults (DiT-XL/2, 256px).
@@ -22,10 +25,9 @@ DEFAULTS = dict(input_size=32, patch_size=2, in_channels=4, hidden_size=1152, de
                 learn_sigma=True)
 
 
-def resolve_config(given):
+def resolve_config(given: Mapping[str, Any]) -> dict[str, Any]:
     """User arguments -> the complete, typed DiT constructor arguments."""
-    check_keys(given)
-    c = {**DEFAULTS, **{k: coerce(k, v, DEFAULTS[k], "DiT argument") for k, v in given.items()}}
+    c = read_config(given, DEFAULTS, "DiT argument", _TAKES)
     if c["hidden_size"] % c["num_heads"] or c["hidden_size"] % 4:
         raise ProbeError(f"DiT hidden_size={c['hidden_size']} must be a multiple of num_heads="
                          f"{c['num_heads']} and of 4")
@@ -35,11 +37,12 @@ def resolve_config(given):
     return c
 
 
-def check_keys(given):
-    for key in given:
-        if key not in DEFAULTS:
-            raise ProbeError(f"unknown DiT argument {key!r}{suggest(key, DEFAULTS)}; DiT takes "
-                             f"{', '.join(DEFAULTS)} and vae")
+_TAKES = f"DiT takes {', '.join(DEFAULTS)} and vae"
+
+
+def check_keys(given: Mapping[str, Any]) -> None:
+    """Refuse an argument DiT does not take, before anything is loaded."""
+    refuse_unknown(given, DEFAULTS, "DiT argument", _TAKES)
 
 
 def describe(name, config):

@@ -4,9 +4,11 @@ Every option is a key of ``DEFAULTS``; a config is validated once (:func:`valida
 and every mistake is a one-line ProbeError naming the flag to change.
 """
 import math
+from collections.abc import Mapping
+from typing import Any
 
-from ...errors import ProbeError, suggest
-from ..config import coerce
+from ...errors import ProbeError
+from ..config import read_config
 from .tokenizer import KINDS
 
 NET_INPUTS = ("projected", "latent")
@@ -36,7 +38,7 @@ def patch_dim(config):
 
 def validate_config(config):
     """Fill defaults, type and check a config; every user mistake is a one-line ProbeError."""
-    c = _typed(config)
+    c = read_options(config)
     for key, choices in (("noise_space", NOISE_SPACES), ("schedule", SCHEDULES),
                          ("target", TARGETS), ("loss_weight", LOSS_WEIGHTS),
                          ("tokenizer", KINDS), ("net_input", NET_INPUTS),
@@ -105,16 +107,10 @@ def _check_pixel_noise(config):
                              "pixel DAE has no tokenizer): drop it for pixel noise")
 
 
-def _typed(config):
+def read_options(config: Mapping[str, Any]) -> dict[str, Any]:
     """The defaults, updated with ``config`` coerced to each option's type (None keeps the
     default; the options whose default is None are integers)."""
-    unknown = [k for k in config if k not in DEFAULTS]
-    if unknown:
-        raise ProbeError(f"unknown ldae option {unknown[0]!r}{suggest(unknown[0], DEFAULTS)}; "
-                         f"valid: {', '.join(DEFAULTS)}")
-    c = dict(DEFAULTS)
-    for key, value in config.items():
-        if value is not None:
-            like = int if DEFAULTS[key] is None else DEFAULTS[key]
-            c[key] = coerce(key, value, like, "ldae option")
-    return c
+    return read_config(config, DEFAULTS, "ldae option", types=_INTEGERS, none_keeps_default=True)
+
+
+_INTEGERS = {k: int for k, v in DEFAULTS.items() if v is None}

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .tokenizer import Tokenizer
+from .patches import Tokenizer
 
 
 def vae_config(channels, patch_size, d, image_size, width):

@@ -38,9 +38,9 @@ from torch import nn
 
 from ...errors import ProbeError
 from ..base import Extractor
-from ..weights import load_file, load_into, state_dict_from
+from .. import weights
 from ..dit.net import DiTBlock, FinalLayer, TimestepEmbedder
-from .config import DEFAULTS, _typed, patch_dim, validate_config  # noqa: F401 (API)
+from .config import DEFAULTS, patch_dim, read_options, validate_config  # noqa: F401 (API)
 from .tokenizer import PatchPCA, make_tokenizer, patchify, unpatchify
 from ..schedules import LDAESchedule
 
@@ -221,15 +221,16 @@ def build(config, name="ldae", source=None):
 
 def read_checkpoint(path, trust_checkpoint=False):
     """A checkpoint file (or its loaded contents) -> (config, state dict, meta)."""
-    obj = path if isinstance(path, dict) else load_file(path, trust_checkpoint)
-    path = "the checkpoint" if isinstance(path, dict) else path
+    obj, path = weights.read(path, trust_checkpoint, hint="give a checkpoint from `probe train "
+                             "ldae`")
+    path = "the checkpoint" if path == "state dict" else path
     if not (isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj):
         raise ProbeError(f"{path} is not an l-DAE checkpoint (no 'format': '{FORMAT}' entry); "
                          "train one with `probe train ldae`")
     if obj.get("version", 0) > VERSION:
         raise ProbeError(f"{path} was written by a newer probe (l-DAE checkpoint version "
                          f"{obj['version']}): upgrade probe")
-    state = upgrade_state_dict(dict(state_dict_from(obj, path)))
+    state = upgrade_state_dict(dict(weights.state_dict_from(obj, path)))
     return dict(obj["config"]), state, dict(obj.get("meta") or {})
 
 
@@ -257,13 +258,11 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
         from ..registry import shipped_weights
 
         return _untrained_like(name, shipped_weights(spec["file"]), overrides)
-    if checkpoint is None:
-        if not random_init:
-            raise ProbeError("the ldae family has no released weights: pass a checkpoint from "
-                             "`probe train ldae` (--checkpoint PATH) or --random-init")
+    if random_init:
         return build(overrides, name=name, source="random init")
+    checkpoint = weights.released(name, spec, checkpoint, "a checkpoint from `probe train ldae`")
     config, state, _ = read_checkpoint(checkpoint, trust_checkpoint)
-    typed = _typed(overrides)  # "4" from a shell repeats depth=4
+    typed = read_options(overrides)  # "4" from a shell repeats depth=4
     clash = {k: typed[k] for k in overrides if k in config and config[k] != typed[k]}
     if clash:
         k = next(iter(clash))
@@ -271,7 +270,7 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
                          "an l-DAE's config comes from its checkpoint, drop that option")
     source = "checkpoint contents" if isinstance(checkpoint, dict) else str(checkpoint)
     model = build({**config, **overrides}, name=name, source=source)
-    load_into(model.net, state, what=source, arch="the l-DAE its config describes")
+    weights.load_into(model.net, state, what=source, arch="the l-DAE its config describes")
     return model
 
 
@@ -282,7 +281,7 @@ def _untrained_like(name, checkpoint, overrides):
     model = build({**config, **overrides}, name=name, source="random init")
     if model.net.tokenizer is not None:
         prefix = "tokenizer."
-        load_into(model.net.tokenizer, {k[len(prefix):]: v for k, v in state.items()
+        weights.load_into(model.net.tokenizer, {k[len(prefix):]: v for k, v in state.items()
                                         if k.startswith(prefix)},
                   what=f"the tokenizer of {checkpoint}", arch="the tokenizer its config names")
     return model

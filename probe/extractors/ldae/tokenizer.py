@@ -10,7 +10,7 @@ token per ``p x p`` patch of the ViT's grid, and back:
 - ``patch-vae``: the same with a second linear map giving the log-variance of a
   Gaussian posterior; its latent (the code used by the l-DAE) is the posterior mean Vx.
 - ``conv-vae``: a small convolutional VAE (diffusers' ``AutoencoderKL``) whose latent grid
-  is the ViT's patch grid, so it has ``d`` channels per token (see ``ldae_convvae``).
+  is the ViT's patch grid, so it has ``d`` channels per token (see ``convvae.py``).
 
 The l-DAE freezes its tokenizer; ``probe.train.tokenizers`` trains the AE and VAE kinds.
 A patch is flattened channel-major, ``(c, i, j)``; patches come in row-major order.
@@ -18,69 +18,10 @@ A patch is flattened channel-major, ``(c, i, j)``; patches come in row-major ord
 import torch
 from torch import nn
 
+from .convvae import ConvVAE
+from .patches import Tokenizer, patchify, unpatchify
+
 KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")
-
-
-def patchify(x, p):
-    """(B, C, H, W) -> (B, N, C*p*p), patches in row-major order, each flattened (c, i, j)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens, p, c, h, w):
-    b = tokens.shape[0]
-    x = tokens.reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(b, c, h, w)
-
-
-class Tokenizer(nn.Module):
-    """What the l-DAE needs of a tokenizer; subclasses give ``encode`` and ``decode``."""
-
-    kind = None
-
-    def __init__(self, channels, patch_size, d):
-        super().__init__()
-        self.channels, self.patch_size, self.d = channels, patch_size, d
-
-    def encode(self, x):
-        """Pixels (B, C, S, S) -> latent tokens (B, N, d)."""
-        raise NotImplementedError
-
-    def decode(self, z, shape):
-        """Latent tokens (B, N, d) -> pixels of ``shape`` (the inverse projection)."""
-        raise NotImplementedError
-
-    def latent_noise(self, noise):
-        """Pixel-shaped standard normal noise -> standard normal latent noise (B, N, d):
-        the first d numbers of each patch, so one noise draw per image serves every kind."""
-        return patchify(noise, self.patch_size)[..., : self.d]
-
-    def mix(self, x0, noise, gamma, sigma):
-        """decode(gamma encode(x0) + sigma eps): the noisy input of the latent DAE."""
-        return self.decode(gamma * self.encode(x0) + sigma * self.latent_noise(noise), x0.shape)
-
-    def project(self, x):
-        """x -> decode(encode(x)): the image as the tokenizer keeps it."""
-        return self.decode(self.encode(x), x.shape)
-
-    def project_noise(self, noise):
-        """Pixel-shaped noise -> the pixels it adds through the (affine) decoder."""
-        z = self.latent_noise(noise)
-        return self.decode(z, noise.shape) - self.decode(torch.zeros_like(z), noise.shape)
-
-    def weighted_error(self, r, residual_weight):
-        """Mean squared residual per image (B,): weight 1 inside the decoder's range, and
-        ``residual_weight`` outside it (PCA: the components beyond d)."""
-        t = patchify(r, self.patch_size)                         # (B, N, D)
-        with torch.no_grad():
-            basis, _ = torch.linalg.qr(self.decoder_rows().to(t.dtype).T)  # (D, d)
-        inside = (t @ basis).pow(2).sum(-1)
-        total = t.pow(2).sum(-1)
-        return ((inside + residual_weight * (total - inside)) / t.shape[-1]).mean(1)
-
-    def decoder_rows(self):
-        raise NotImplementedError
 
 
 class PatchPCA(Tokenizer):
@@ -218,8 +159,6 @@ def make_tokenizer(config):
         return PatchPCA(c, p, d)
     if kind in ("patch-ae", "patch-vae"):
         return PatchAE(c, p, d, variational=kind == "patch-vae")
-    from .convvae import ConvVAE
-
     return ConvVAE(c, p, d, config["image_size"], config["tokenizer_width"])
 
 

@@ -46,7 +46,7 @@ import torch
 
 from ...errors import ProbeError, suggest
 from ..base import Extractor
-from ..weights import load_file, load_into, no_weights_error, state_dict_from
+from .. import weights
 
 _HEADS = {"fc", "classifier", "head", "heads", "avgpool", "global_pool", "dropout", "flatten",
           "AuxLogits", "aux1", "aux2", "pre_logits", "head_drop", "fc_norm"}
@@ -177,17 +177,15 @@ def _timm_hub_file(arch):
     cfg = get_pretrained_cfg(arch)
     if cfg is None or not cfg.hf_hub_id:
         return {}
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(cfg.hf_hub_id.split("@")[0],
-                                   allow_patterns=["model.safetensors", "pytorch_model.bin"])
-    except Exception as e:  # offline, no such repo, gated ...
-        raise no_weights_error(f"the Hugging Face hub ({cfg.hf_hub_id})", e) from e
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    folder = weights.hub_snapshot(cfg.hf_hub_id.split("@")[0], _TIMM_HUB_FILES,
+                                  source=f"the Hugging Face hub ({cfg.hf_hub_id})")
+    for name in _TIMM_HUB_FILES:
         if os.path.exists(os.path.join(folder, name)):
             return {"file": os.path.join(folder, name)}
     return {}
+
+
+_TIMM_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _built_size(config):
@@ -222,25 +220,25 @@ def _torchvision(name, arch, spec, checkpoint, random_init, trust_checkpoint):
                          f"{suggest(arch, known)}; see torchvision.models.list_models()")
     config = dict(spec.get("config") or {})
     hub = not checkpoint and not random_init
-    weights = _tv_weights(arch)
-    if hub and weights is None:
+    released = _tv_weights(arch)
+    if hub and released is None:
         raise ProbeError(f"torchvision:{arch} has no released weights: pass --checkpoint PATH "
                          "or --random-init")
-    net = _build(lambda: torchvision.models.get_model(arch, weights=weights if hub else None,
+    net = _build(lambda: torchvision.models.get_model(arch, weights=released if hub else None,
                                                       **config),
-                 f"torchvision:{arch}", config, hub, source=weights and weights.url)
+                 f"torchvision:{arch}", config, hub, source=released and released.url)
     if checkpoint:
         _load(net, checkpoint, trust_checkpoint, f"torchvision:{arch}")
-    tf = weights.transforms() if weights is not None else None
+    tf = released.transforms() if released is not None else None
     crop = tf.crop_size[0] if tf is not None else 224
     data_cfg = dict(input_size=(3, crop, crop),
                     resize=tf.resize_size[0] if tf is not None else 256,
                     interpolation=tf.interpolation.value if tf is not None else "bilinear",
                     mean=tuple(tf.mean) if tf is not None else (0.485, 0.456, 0.406),
                     std=tuple(tf.std) if tf is not None else (0.229, 0.224, 0.225),
-                    origin=f"torchvision {weights} transforms" if weights is not None
+                    origin=f"torchvision {released} transforms" if released is not None
                     else "ImageNet defaults (no released weights)")
-    source = checkpoint or (None if random_init else weights.url)
+    source = checkpoint or (None if random_init else released.url)
     vit = hasattr(getattr(net, "encoder", None), "layers") and hasattr(net, "class_token")
     return ReferenceNet(net, name=name, family="torchvision", blocks=torchvision_blocks(net),
                         data_cfg=data_cfg, num_prefix_tokens=1 if vit else 0,
@@ -279,23 +277,24 @@ def torchvision_blocks(net) -> list[str]:
 
 # ---- building and loading -------------------------------------------------------------
 def _build(make, what, config, hub, source=None):
-    try:
-        return make()
-    except TypeError as e:  # a config key the architecture does not take
-        raise ProbeError(f"{what} does not take {sorted(config)} ({e}): check --config") from e
-    except ProbeError:
-        raise
-    except Exception as e:  # the hub: no network, proxy, 404 ...
-        if hub:
-            raise no_weights_error(source or f"the {what.split(':')[0]} hub ({what})", e) from e
-        raise
+    def build():
+        try:
+            return make()
+        except TypeError as e:  # a config key the architecture does not take
+            raise ProbeError(f"{what} does not take {sorted(config)} ({e}): check "
+                             "--config") from e
+
+    if not hub:
+        return build()
+    # the library downloads: its failure is the one-line no-weights error
+    return weights.fetched(build, source or f"the {what.split(':')[0]} hub ({what})")
 
 
 def _load(net, path, trust_checkpoint, what, timm_layout=False):
-    state = state_dict_from(load_file(path, trust_checkpoint), path)
+    state, source = weights.read_state_dict(path, trust_checkpoint)
     if timm_layout and is_efficientnet_pytorch(state):
         state = convert_efficientnet_pytorch(state, net, path)
-    load_into(net, state, what=path, arch=what)
+    weights.load_into(net, state, what=source, arch=what)
 
 
 def is_efficientnet_pytorch(state) -> bool:

@@ -20,11 +20,11 @@ import torch
 from ...errors import ProbeError
 from . import load as sd_load
 from ..base import Extractor
+from ..config import coerce, is_off, read_config
 from ..schedules import PipelineSchedule
 
 CLASS_FIELD = "{class}"
 NET_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPTIONS = ("prompt", "torch_dtype", "attention_slice", "vae")
 _NO_VAE_GIVEN = object()
 
 
@@ -177,8 +177,8 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     ``prompt``, ``torch_dtype`` (auto|float32|float16|bfloat16), ``attention_slice``
     (auto|max|N) and ``vae`` (another VAE: a folder, a hub id or "random")."""
     options = _options(spec.get("config", {}))
-    weights = sd_load.locate(name, spec, checkpoint, random_init)
-    if weights["kind"] == "random":
+    located = sd_load.locate(name, spec, checkpoint, random_init)
+    if located["kind"] == "random":
         if name not in sd_load.ARCHITECTURES:
             raise ProbeError("--random-init needs a registry architecture: sd-1.5 or "
                              "sd-2.1-base (the sd family has no default one)")
@@ -188,10 +188,10 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
         parts = sd_load.random_parts(sd_load.ARCHITECTURES[name])
     else:
         _need_transformers()
-        parts = sd_load.load_parts(weights)
+        parts = sd_load.load_parts(located)
     unet = parts["unet"]
-    _check_unet(unet, name, weights["source"])
-    vae, vae_label = _vae(parts["vae"], options["vae"], weights)
+    _check_unet(unet, name, located["source"])
+    vae, vae_label = _vae(parts["vae"], options["vae"], located)
     if vae.config.latent_channels != unet.config.in_channels:
         raise ProbeError(f"the VAE {vae_label} makes {vae.config.latent_channels}-channel latents "
                          f"but the U-Net takes {unet.config.in_channels} channels")
@@ -213,12 +213,12 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
                 "unet": _plain(unet.config), "prompt": options["prompt"],
                 "torch_dtype": options["torch_dtype"],
                 "attention_slice": options["attention_slice"], "vae": vae_label},
-        source=weights["source"])
+        source=located["source"])
     if parts["text_encoder"] is not None and not model.is_template:
         model.prompt_embeds = model.encode([options["prompt"]])  # in float32, before settling
     model.settle_dtype()
     if model.prompt_embeds.shape[-1] != width:
-        raise ProbeError(f"{weights['source']}: the text encoder's width "
+        raise ProbeError(f"{located['source']}: the text encoder's width "
                          f"{model.prompt_embeds.shape[-1]} does not fit the U-Net's "
                          f"cross_attention_dim {width}")
     return model
@@ -232,29 +232,38 @@ def _need_transformers():
                          "pip install probe-diffusion[sd]") from None
 
 
+_TAKES = ("it takes prompt, torch_dtype (auto|float32|float16|bfloat16), attention_slice "
+          "(auto|max|N, off by default) and vae")
+
+
 def _options(given):
-    unknown = sorted(set(given) - set(OPTIONS))
-    if unknown:
-        raise ProbeError(f"the sd family has no option {unknown[0]!r}: it takes prompt, "
-                         "torch_dtype (auto|float32|float16|bfloat16), attention_slice "
-                         "(auto|max|N) and vae")
-    prompt = given.get("prompt") or ""
-    dtype = str(given.get("torch_dtype") or "auto")
-    if dtype != "auto" and dtype not in NET_DTYPES:
-        raise ProbeError(f"bad torch_dtype {dtype!r}: use auto, {', '.join(NET_DTYPES)}")
-    slicing = given.get("attention_slice")
-    if isinstance(slicing, str) and slicing.lower() in ("none", "off", "false", "0", ""):
-        slicing = None
-    if slicing is not None and slicing not in ("auto", "max"):
-        try:
-            slicing = int(slicing)
-        except (TypeError, ValueError):
-            slicing = -1
-        if slicing < 1:
-            raise ProbeError(f"bad attention_slice {given['attention_slice']!r}: use auto, max "
-                             "or a positive integer (the slice size)")
-    return dict(prompt=str(prompt), torch_dtype=dtype, attention_slice=slicing,
-                vae=given.get("vae", _NO_VAE_GIVEN))
+    # None keeps the default prompt ("") and dtype ("auto"); vae=None is refused in _vae
+    options = read_config(given, dict(prompt=None, torch_dtype=None, attention_slice=None,
+                                      vae=_NO_VAE_GIVEN), "sd option", _TAKES,
+                          types=dict(prompt=str, torch_dtype=str, attention_slice=None, vae=None))
+    options["prompt"] = options["prompt"] or ""
+    options["torch_dtype"] = options["torch_dtype"] or "auto"
+    if options["torch_dtype"] != "auto" and options["torch_dtype"] not in NET_DTYPES:
+        raise ProbeError(f"bad torch_dtype {options['torch_dtype']!r}: use auto, "
+                         f"{', '.join(NET_DTYPES)}")
+    options["attention_slice"] = _attention_slice(options["attention_slice"])
+    return options
+
+
+def _attention_slice(value):
+    """auto | max | a slice size; None or a false spelling (config.is_off) switches it off."""
+    if is_off(value):
+        return None
+    if value in ("auto", "max"):
+        return value
+    try:
+        size = coerce("attention_slice", value, int, "sd option")
+    except ProbeError:
+        size = 0
+    if size < 1:
+        raise ProbeError(f"bad attention_slice {value!r}: use auto, max, a positive integer "
+                         "(the slice size) or false (off)")
+    return size
 
 
 def _check_unet(unet, name, source):
@@ -280,10 +289,10 @@ def _plain(config):
     return {k: _norm(v) for k, v in dict(config).items() if not k.startswith("_")}
 
 
-def _vae(own, given, weights):
+def _vae(own, given, located):
     """The pipeline's VAE, or the one given (``--vae``); its decoder is never used."""
     if given is _NO_VAE_GIVEN:
-        vae, label = own, "random" if weights["kind"] == "random" else f"{weights['source']}/vae"
+        vae, label = own, "random" if located["kind"] == "random" else f"{located['source']}/vae"
     else:
         if given is None or given == "none":
             raise ProbeError("the sd family works on VAE latents: --vae takes a folder, a hub id "

@@ -9,7 +9,7 @@ import json
 import os
 
 from ...errors import ProbeError
-from .. import weights as checkpoints
+from .. import weights
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _CONFIG_FILE = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json",
@@ -65,12 +65,7 @@ def locate(name, spec, checkpoint, random_init):
 
 
 def _hub(repo_id):
-    from huggingface_hub import snapshot_download
-
-    try:  # fails at once when offline (from the cache if it is there)
-        folder = snapshot_download(repo_id, allow_patterns=_HUB_FILES)
-    except Exception as e:  # offline, no such repo, gated ...
-        raise checkpoints.no_weights_error(repo_id, e) from e
+    folder = weights.hub_snapshot(repo_id, _HUB_FILES)  # its five parts only
     check_folder(folder, what=repo_id)
     return dict(kind="folder", source=repo_id, folder=folder)
 
@@ -80,7 +75,7 @@ def _read_json(path):
         with open(path) as fh:
             return json.load(fh)
     except (OSError, ValueError) as e:
-        raise ProbeError(f"cannot read {path}: {checkpoints._first_line(e)}") from e
+        raise ProbeError(f"cannot read {path}: {weights.first_line(e)}") from e
 
 
 def check_folder(folder, what=None):
@@ -120,11 +115,11 @@ def _has_part(folder, part):
     return os.path.exists(os.path.join(sub, _CONFIG_FILE[part]))
 
 
-def load_parts(weights):
+def load_parts(located):
     """``{unet, vae, text_encoder, tokenizer, scheduler}`` of a located pipeline."""
-    if weights["kind"] == "single":
-        return _single_file(weights["file"])
-    folder = weights["folder"]
+    if located["kind"] == "single":
+        return _single_file(located["file"])
+    folder = located["folder"]
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
@@ -135,7 +130,7 @@ def load_parts(weights):
         name = (index.get(part) or [None, default])[1] or default
         cls = getattr(transformers, name, None)
         if cls is None:
-            raise ProbeError(f"{weights['source']}/{part} is a {name}, which this transformers "
+            raise ProbeError(f"{located['source']}/{part} is a {name}, which this transformers "
                              f"{transformers.__version__} does not have")
         return cls
 
@@ -150,8 +145,8 @@ def load_parts(weights):
             try:
                 parts[part] = cls.from_pretrained(folder, subfolder=part)
             except Exception as e:  # no weights file, a damaged file, a wrong class ...
-                raise ProbeError(f"cannot load the {part} of {weights['source']} "
-                                 f"({part}/): {checkpoints._first_line(e)}") from e
+                raise ProbeError(f"cannot load the {part} of {located['source']} "
+                                 f"({part}/): {weights.first_line(e)}") from e
     finally:
         if bar:
             transformers.utils.logging.enable_progress_bar()
@@ -169,7 +164,7 @@ def _single_file(path):
     except Exception as e:  # not a checkpoint, an unknown layout, no configs offline
         raise ProbeError(
             f"diffusers cannot read {path} as a single-file Stable Diffusion checkpoint "
-            f"({checkpoints._first_line(e)}); it needs the pipeline's configs from the "
+            f"({weights.first_line(e)}); it needs the pipeline's configs from the "
             "Hugging Face hub or its cache, so offline: convert it once with internet "
             "(StableDiffusionPipeline.from_single_file(PATH).save_pretrained(FOLDER)) and pass "
             "--checkpoint FOLDER") from e
