@@ -11,7 +11,6 @@ everything else — block ids, hooks, early exit, the null class — lives here.
 A network that sees the clean image (a reference network: timm, torchvision) sets
 ``has_timesteps = False`` and has no schedule: its t is None everywhere.
 """
-import math
 from collections.abc import Sequence
 from typing import Any, TypeAlias, Union
 
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..errors import ProbeError
 from ..selection import resolve_blocks
+from ..tokens import to_map
 from .hooks import capture, run_until_stop
 from .schedules import Schedule
 
@@ -201,19 +201,7 @@ class Extractor(nn.Module):
         s = self.config.get("input_size", self.image_size)
         return (c, s, s)
 
-    @staticmethod
-    def to_map(feature: torch.Tensor) -> torch.Tensor:
-        """Block output -> spatial map (B, C, H, W).  Token sequences (B, N, D) on a square
-        grid are reshaped to (B, D, sqrt N, sqrt N)."""
-        if feature.dim() == 4:
-            return feature
-        if feature.dim() == 3:
-            b, n, d = feature.shape
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ProbeError(f"cannot lay {n} tokens on a square grid")
-            return feature.transpose(1, 2).reshape(b, d, side, side)
-        raise ProbeError(f"cannot make a spatial map from a feature of shape {tuple(feature.shape)}")
+    to_map = staticmethod(to_map)  # the one in probe.tokens, shared with the pooling
 
     def describe(self) -> dict[str, Any]:
         """What a feature file records about the model."""

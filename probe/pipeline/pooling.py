@@ -32,7 +32,7 @@ def apply_pool(feature, pool, prefix_tokens=0):
     # imported here: the CLI reads POOL_HELP and parse_pool for `--help` without torch
     import torch.nn.functional as F
 
-    from ..extractors.base import Extractor
+    from ..tokens import to_map
 
     if pool == "cls":
         if feature.dim() != 3 or prefix_tokens < 1:
@@ -42,7 +42,7 @@ def apply_pool(feature, pool, prefix_tokens=0):
         return feature[:, 0]
     if feature.dim() == 3 and prefix_tokens:
         feature = feature[:, prefix_tokens:]
-    fmap = Extractor.to_map(feature)
+    fmap = to_map(feature)
     if pool == "mean":
         return fmap.mean(dim=(2, 3))
     if pool == "none":
