@@ -34,6 +34,8 @@ def apply_pool(feature, pool, prefix_tokens=0):
 
     from ..tokens import to_map
 
+    if feature.dim() == 2:  # already a vector (a classifier's pre-logits): nothing to pool
+        return feature
     if pool == "cls":
         if feature.dim() != 3 or prefix_tokens < 1:
             raise ProbeError(f"--pool cls needs a class token: this block gives "

@@ -84,12 +84,57 @@ def test_blocks_equal_timms_forward_intermediates(lite0, photos):
         ours = lite0.forward_intermediates(x, None, "all")
         theirs = lite0.net.forward_intermediates(x, intermediates_only=True)
         early = lite0.forward_intermediates(x, None, [1, 3])
-    assert list(ours) == [f["module"] for f in lite0.net.feature_info]
-    assert len(theirs) == len(ours) == 5
+    assert list(ours) == [f["module"] for f in lite0.net.feature_info] + ["features", "head"]
+    assert len(theirs) == len(ours) - 2 == 5
     for a, b in zip(ours.values(), theirs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     assert list(early) == ["blocks.0", "blocks.2"]
     torch.testing.assert_close(early["blocks.2"], theirs[2], atol=1e-5, rtol=0)
+
+
+def test_head_blocks_are_what_timms_classifier_reads(lite0, photos):
+    """`features` is timm's forward_features (conv_head and bn2 after the last stage, 1280
+    channels), recomputed here from timm's own modules; `head` is forward_head's pre-logits,
+    the global average of `features`, and the classifier of it gives the logits."""
+    from probe.pipeline.pooling import apply_pool
+
+    net = lite0.net
+    x = lite0.prepare(photos[0][:4])
+    with torch.inference_mode():
+        ours = lite0.forward_intermediates(x, None, ["blocks.6", "features", "head"])
+        features = net.bn2(net.conv_head(ours["blocks.6"]))
+        logits = lite0(x, None)
+        early = lite0.forward_intermediates(x, None, ["features"])
+    assert lite0.block_names[-2:] == ["features", "head"]
+    assert ours["features"].shape == (4, 1280, 7, 7) and ours["head"].shape == (4, 1280)
+    torch.testing.assert_close(ours["features"], features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(early["features"], features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours["head"], features.mean((2, 3)), atol=1e-5, rtol=0)
+    with torch.inference_mode():
+        torch.testing.assert_close(net.forward_head(net.forward_features(x), pre_logits=True),
+                                   ours["head"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(net.classifier(ours["head"]), logits, atol=1e-4, rtol=0)
+    for pool in ("mean", "none", "cls", "avg2"):  # a vector is stored as it is
+        assert torch.equal(apply_pool(ours["head"], pool), ours["head"])
+    shapes = dict((n, s) for _, n, s in lite0.block_shapes())
+    assert shapes["features"] == (1280, 7, 7) and shapes["head"] == (1280,)
+
+
+@pytest.mark.parametrize("arch, node", [("resnet18", "flatten"),
+                                        ("mobilenet_v3_small", "classifier.2")])
+def test_torchvision_head_is_the_input_of_its_classifier(arch, node):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = probe.load_model(f"torchvision:{arch}", random_init=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        ours = model.forward_intermediates(x, None, ["head"])["head"]
+        theirs = create_feature_extractor(model.net, return_nodes=[node])(x)[node]
+        logits = model(x, None)
+    assert model.block_names[-1] == "head" and ours.shape == theirs.shape
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.net.get_submodule(
+        "fc" if arch == "resnet18" else "classifier.3")(ours), logits, atol=1e-5, rtol=0)
 
 
 def test_vit_tokens_pool_cls_mean_and_grid():
@@ -117,12 +162,13 @@ def test_torchvision_blocks_equal_its_feature_extractor():
     model = probe.load_model("torchvision:resnet18", random_init=True)
     # bn1's output is overwritten by the in-place ReLU after it: not a block
     assert model.block_names == ["conv1", "relu", "maxpool", "layer1", "layer2", "layer3",
-                                 "layer4"]
+                                 "layer4", "head"]
+    modules = model.block_names[:-1]  # head: the classifier's input, tested above
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         ours = model.forward_intermediates(x, None, "all")
-        theirs = create_feature_extractor(model.net, return_nodes=model.block_names)(x)
-    for name in model.block_names:
+        theirs = create_feature_extractor(model.net, return_nodes=modules)(x)
+    for name in modules:
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-5, rtol=0)
     again = probe.load_model("torchvision:resnet18", random_init=True)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),

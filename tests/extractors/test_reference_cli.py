@@ -71,7 +71,8 @@ def test_cli_lite0_offline_then_cka_against_a_diffusion_file(tmp_path, capsys, o
                  "1"]) == 0
     with open_features(ref) as f:
         assert f.attrs["timesteps"] == [] and f.attrs["schedule"] is None
-        assert f.blocks == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6"]
+        assert f.blocks == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "blocks.6", "features",
+                            "head"]
         assert "normalise mean=[0.5, 0.5, 0.5]" in f.attrs["transform"]
         assert "resize shorter side to 256" in f.attrs["transform"]
         mine = {b: f.load((None, b)) for b in f.blocks}

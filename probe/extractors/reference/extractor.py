@@ -26,6 +26,16 @@ with a new resolution; ViTs: every transformer block); torchvision: the children
 feature trunk (``features.N``, ``trunk_output.blockN``, ``layers.N``), a ViT's encoder
 layers, or else the top-level children before the head.  A module whose output the
 next one overwrites in place (a BatchNorm before ``ReLU(inplace=True)``) is left out.
+Then what the classifier reads, the features thingsvision users extract:
+
+* ``features`` (timm): the output of timm's ``forward_features``, the map or tokens the
+  head pools (EfficientNets: after ``conv_head`` and ``bn2``, 1280 channels; ViTs: the
+  normed tokens, class and register tokens first, which pooling drops: ``mean`` of it
+  is the mean of the normed patch tokens, as REPA takes DINOv2's);
+* ``head``: the pre-logits vector (B, C), the classifier's input: timm's
+  ``forward_head(features, pre_logits=True)`` (the pooled vector after any head norm);
+  torchvision's input to its last ``nn.Linear`` (ResNets: the pooled ``layer4``; VGG: fc7;
+  ViTs: the normed class token).  A vector is stored as it is, whatever ``--pool``.
 
 Input pipeline: the model's own data config (timm ``resolve_data_config``, torchvision
 the default weights' transforms): datasets resize the shorter side to the config's resize
@@ -43,14 +53,36 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from ...errors import ProbeError, suggest
 from ..base import Extractor
+from .layouts import convert_efficientnet_pytorch, is_efficientnet_pytorch, last_linear, torchvision_blocks
 from .. import weights
 
-_HEADS = {"fc", "classifier", "head", "heads", "avgpool", "global_pool", "dropout", "flatten",
-          "AuxLogits", "aux1", "aux2", "pre_logits", "head_drop", "fc_norm"}
-_TRUNKS = ("features", "trunk_output", "layers")
+class _Step(nn.Module):
+    """A step of the network's own forward that is not one of its modules (timm's
+    ``forward_features``, the pre-logits of ``forward_head``, the input of a torchvision
+    classifier), made a module so that the block hooks see its output."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step  # a function (net, x) -> tensor
+
+    def forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return self.step(net, x)
+
+
+def _forward_features(net, x):
+    return net.forward_features(x)
+
+
+def _pre_logits(net, features):
+    return net.forward_head(features, pre_logits=True)
+
+
+def _same(net, x):
+    return x
 
 
 class ReferenceNet(Extractor):
@@ -64,6 +96,13 @@ class ReferenceNet(Extractor):
         super().__init__(net, name=name, schedule=None, image_size=h, image_channels=c,
                          config=config, source=source)
         self.family = family
+        self.steps = nn.ModuleDict()  # the blocks that are steps of forward (module doc)
+        if family == "timm":
+            self._add_step(blocks, "features", _forward_features)
+            self._add_step(blocks, "head", _pre_logits)
+        elif (classifier := last_linear(net)) is not None and self._add_step(blocks, "head",
+                                                                           _same):
+            classifier.register_forward_pre_hook(self._classifier_input)
         self._blocks = list(blocks)
         self.data_cfg = dict(data_cfg)
         self.num_prefix_tokens = int(num_prefix_tokens)
@@ -71,12 +110,29 @@ class ReferenceNet(Extractor):
         self.register_buffer("mean", torch.tensor(data_cfg["mean"]).view(1, -1, 1, 1), False)
         self.register_buffer("std", torch.tensor(data_cfg["std"]).view(1, -1, 1, 1), False)
 
+    def _add_step(self, blocks, name, step):
+        if name in blocks:  # a module of the net has that name: it stays the block
+            return False
+        blocks.append(name)
+        self.steps[name] = _Step(step)
+        return True
+
+    def _classifier_input(self, module, args):
+        self.steps["head"](self.net, args[0])  # seen by the hooks; the input goes on as it is
+
     def _block_modules(self):
         modules = dict(self.net.named_modules())
-        return {n: modules[n] for n in self._blocks}
+        return {n: self.steps[n] if n in self.steps else modules[n] for n in self._blocks}
 
     def _forward(self, x, t, y):
-        return self.net(x)
+        if self.family != "timm":
+            return self.net(x)
+        # timm's forward is forward_head(forward_features(x)); run as steps, they are blocks
+        features = self.steps["features"](self.net, x) if "features" in self.steps \
+            else self.net.forward_features(x)
+        if "head" in self.steps:
+            self.steps["head"](self.net, features)
+        return self.net.forward_head(features)
 
     def forward_intermediates(self, x, t, blocks, y=None, stop_early=True):
         out = super().forward_intermediates(x, t, blocks, y=y, stop_early=stop_early)
@@ -255,26 +311,6 @@ def _tv_weights(arch):
         return None
 
 
-def torchvision_blocks(net) -> list[str]:
-    """The natural blocks of a torchvision classifier, in forward order (module doc)."""
-    from torch import nn
-
-    encoder = getattr(net, "encoder", None)
-    if encoder is not None and hasattr(encoder, "layers"):  # ViT
-        return [f"encoder.layers.{n}" for n, _ in encoder.layers.named_children()]
-    out = []
-    for name, child in net.named_children():
-        if name in _HEADS:
-            continue
-        if name in _TRUNKS and isinstance(child, nn.Sequential) and len(child) > 1:
-            out += [(f"{name}.{n}", c) for n, c in child.named_children()]
-        else:
-            out.append((name, child))
-    # a module whose output the next one overwrites in place would be captured changed
-    return [n for (n, _), (_, nxt) in zip(out, out[1:] + [(None, None)])
-            if not getattr(nxt, "inplace", False)]
-
-
 # ---- building and loading -------------------------------------------------------------
 def _build(make, what, config, hub, source=None):
     def build():
@@ -295,28 +331,3 @@ def _load(net, path, trust_checkpoint, what, timm_layout=False):
     if timm_layout and is_efficientnet_pytorch(state):
         state = convert_efficientnet_pytorch(state, net, path)
     weights.load_into(net, state, what=source, arch=what)
-
-
-def is_efficientnet_pytorch(state) -> bool:
-    """A state dict in the layout of lukemelas' ``efficientnet_pytorch`` (``_conv_stem``,
-    ``_blocks.N._depthwise_conv`` ...)."""
-    return "_conv_stem.weight" in state and any(k.startswith("_blocks.") for k in state)
-
-
-def convert_efficientnet_pytorch(state, net, path="checkpoint"):
-    """``efficientnet_pytorch`` weights -> timm's ``tf_efficientnet_*`` names.
-
-    The two layouts hold the same tensors in the same order (stem, every block in forward
-    order, head, classifier) under other names, so the i-th tensor goes to the i-th name,
-    and every shape must match: a checkpoint of another size or network is refused."""
-    own = net.state_dict()
-    src = list(state.items())
-    if len(src) != len(own) or any(tuple(v.shape) != tuple(w.shape)
-                                   for (_, v), w in zip(src, own.values())):
-        first = next((f"{k} {tuple(v.shape)} vs {n} {tuple(w.shape)}"
-                      for (k, v), (n, w) in zip(src, own.items()) if v.shape != w.shape),
-                     f"{len(src)} tensors vs {len(own)}")
-        raise ProbeError(f"{path} is in efficientnet_pytorch's layout but does not fit this "
-                         f"timm model by tensor order ({first}): use the matching "
-                         "tf_efficientnet_* (e.g. timm:tf_efficientnet_lite0)")
-    return {n: v for n, (_, v) in zip(own, src)}
