@@ -95,8 +95,10 @@ def summary(result):
             "rsa": f" ({e.get('rsa_corr')} of {e.get('rdm')} RDMs)"}.get(result.metric, "")
     sub = e.get("subsample")
     of = f" (a random subset of {sub['of']}, seed {sub['seed']})" if sub else ""
+    i, j = divmod(int(m.argmax()), m.shape[1])  # the pair the platonic-rep code reports
     lines = [f"{result.metric}{what} over {result.num_samples} samples{of}: {m.shape[0]} x "
-             f"{m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}"]
+             f"{m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f} "
+             f"({result.row_labels[i]} vs {result.col_labels[j]})"]
     if result.distance:
         lines.append(f"{result.metric} is a distance: 0 is the same up to rotation, shift and "
                      "scale, 2 the farthest")

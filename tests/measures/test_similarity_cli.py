@@ -109,3 +109,15 @@ def test_help_does_not_import_torch():
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_summary_names_the_pair_of_the_max(tmp_path, files, capsys):
+    """The platonic-representation code reports the best layer pair: so does the summary."""
+    out = tmp_path / "cknna.png"
+    assert main(["similarity", *files, "--metric", "cknna", "--k", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = read_rows(tmp_path / "cknna.csv")
+    cols, rows = table[0][1:], [r[0] for r in table[1:]]
+    m = np.array([[float(v) for v in r[1:]] for r in table[1:]])
+    i, j = np.unravel_index(np.argmax(m), m.shape)
+    assert f"max {m.max():.3f} ({rows[i]} vs {cols[j]})" in printed
