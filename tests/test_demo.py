@@ -60,7 +60,9 @@ def check_reference_parts(out, report, models):
     versus = json.loads((out / "cka-vs-reference.json").read_text())
     assert [v["model"] for v in versus] == models
     with open_features(str(out / "features" / "sup-fmnist-test.h5")) as ref:
-        assert len(ref.keys) == 4 and all(t is None for t, _ in ref.keys)
+        # sup-fmnist's 6 blocks (4 transformer blocks, features, head) spread to 5
+        assert len(ref.keys) == 5 and all(t is None for t, _ in ref.keys)
+        assert ref.keys[-1] == (None, "head")
         ref_last = ref.load(ref.keys[-1])
         for v in versus:
             assert (out / v["png"]).stat().st_size > 1000 and v["png"] in report

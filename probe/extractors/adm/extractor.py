@@ -5,6 +5,8 @@ and ``DIFFUSION_FLAGS`` of its README); flags left out take the defaults of its
 scripts (``model_and_diffusion_defaults``).  Blocks are the U-Net's
 ``input_blocks.i``, ``middle_block`` and ``output_blocks.i`` in forward order.
 """
+from __future__ import annotations
+
 import shlex
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -69,7 +71,7 @@ class ADMExtractor(Extractor):
                              f"use 0..{self.num_classes - 1} (ImageNet class indices)")
 
 
-def parse_flags(text):
+def parse_flags(text: str) -> dict[str, str]:
     """Flags as pasted from guided-diffusion's README (``"--image_size 256 --class_cond
     True ..."``, several strings may be joined) -> a dict for ``load_model("adm", **flags)``."""
     tokens = shlex.split(text)
@@ -96,7 +98,8 @@ def resolve_flags(config: Mapping[str, Any]) -> dict[str, Any]:
                        f"diffusion flags: {', '.join(DEFAULTS)}")
 
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> ADMExtractor:
     """Build an ADM from a registry entry or from flags (family load) and load its weights."""
     config = dict(spec.get("config", {}))
     flags = resolve_flags(config)

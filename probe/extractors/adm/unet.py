@@ -156,7 +156,7 @@ class AttentionBlock(nn.Module):
 class EmbSequential(nn.Sequential):
     """A U-Net block: layers in order, residual blocks also get the embedding."""
 
-    def forward(self, x, emb):
+    def forward(self, x, emb):  # type: ignore[override]  # a U-Net block also takes emb
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x

@@ -5,7 +5,11 @@ folder, or a hub id such as ``facebook/DiT-XL-2-256``).  :class:`DiffusersDiT` r
 behind the original's call, :func:`to_diffusers` converts original-format weights to
 it, and :func:`load_vae` loads the ``AutoencoderKL`` that latent DiTs encode images with.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Mapping
+from typing import Any
 from contextlib import contextmanager
 
 import torch
@@ -44,22 +48,23 @@ class DiffusersDiT(nn.Module):
             block.norm3.eps = 1e-6
 
     @property
-    def blocks(self):
+    def blocks(self) -> nn.ModuleList:
         return self.transformer.transformer_blocks
 
-    def forward(self, x, t, y=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         return self.transformer(x, timestep=t, class_labels=y, return_dict=False)[0]
 
 
 # ---- hub ids and folders ---------------------------------------------------------------------
 
-def looks_like_hub_id(text):
+def looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith(".") and \
         not text.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
-def model_subfolder(folder, sub):
+def model_subfolder(folder: str, sub: str) -> str | None:
     """None if ``folder`` itself holds a model config, ``sub`` if its subfolder does."""
     if os.path.exists(os.path.join(folder, "config.json")):
         return None
@@ -69,7 +74,7 @@ def model_subfolder(folder, sub):
                      f"{sub}/config.json (save_pretrained writes them)")
 
 
-def hub_weights(repo_id):
+def hub_weights(repo_id: str) -> dict[str, Any]:
     folder = weights.hub_snapshot(repo_id, _HUB_CONFIGS)
     sub = model_subfolder(folder, "transformer")
     has_vae = sub is not None and os.path.exists(os.path.join(folder, "vae", "config.json"))
@@ -94,7 +99,8 @@ def _from_pretrained(cls, where, subfolder, error):
 
 # ---- diffusers weights -------------------------------------------------------------------
 
-def load_diffusers(located, name, given):
+def load_diffusers(located: Mapping[str, Any], name: str, given: Mapping[str, Any]
+                   ) -> tuple[DiffusersDiT, dict[str, Any]]:
     """The DiT that ``located`` (a folder or hub id, see ``extractor._locate_weights``) holds, as
     ``(DiffusersDiT, its config in the original's arguments)``; ``given`` arguments must
     agree with it."""
@@ -134,7 +140,7 @@ def _check_class(folder, subfolder):
                          "(DiTTransformer2DModel)")
 
 
-def config_from_diffusers(c):
+def config_from_diffusers(c: Any) -> dict[str, Any]:
     """A DiTTransformer2DModel config -> the original DiT's constructor arguments."""
     out_channels = c.out_channels or c.in_channels
     return dict(
@@ -185,7 +191,7 @@ _BLOCK = {"adaLN_modulation.1": "norm1.linear", "attn.proj": "attn1.to_out.0",
           "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}
 
 
-def to_diffusers(model, config=None):
+def to_diffusers(model: Any, config: Mapping[str, Any] | None = None) -> Any:
     """Original-format DiT weights -> a diffusers ``DiTTransformer2DModel``, e.g. to
     ``save_pretrained`` them.  ``model`` is a DiT extractor (its config is used), or a
     :class:`~.dit_net.DiT` or a state dict with ``config`` its DiT arguments.  Loaded back
@@ -251,7 +257,7 @@ def _rename_state(state, depth):
 
 # ---- the VAE ---------------------------------------------------------------------------------
 
-def load_vae(source, subfolder=None):
+def load_vae(source: Any, subfolder: str | None = None) -> Any:
     """A diffusers AutoencoderKL from a hub id or local folder; ``"random"`` for an
     untrained one of the SD-VAE's shape; None (or "none") for no VAE: a pixel-space DiT."""
     if source is None or source == "none":
@@ -280,7 +286,7 @@ def load_vae(source, subfolder=None):
     return _from_pretrained(AutoencoderKL, source, subfolder, error)
 
 
-def vae_label(source, subfolder):
+def vae_label(source: Any, subfolder: str | None) -> str | None:
     if source is None:
         return None
     return f"{os.fspath(source)}/{subfolder}" if subfolder else os.fspath(source)

@@ -12,9 +12,12 @@ Blocks are ``blocks.0 .. blocks.{depth-1}`` in forward order for both; each outp
 (B, tokens, hidden_size).  Latent DiTs take images through a diffusers
 ``AutoencoderKL`` (``Extractor.prepare`` encodes).
 """
+from __future__ import annotations
+
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -56,7 +59,8 @@ class DiTExtractor(Extractor):
 
 # ---- building a model ---------------------------------------------------------------------
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> DiTExtractor:
     """Build a DiT from a registry entry or from constructor arguments (family load).
 
     ``spec["config"]`` holds DiT's arguments plus optionally ``vae``: a hub id, a local
@@ -67,6 +71,7 @@ def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=Fals
     vae_source = given.pop("vae", _NO_VAE_GIVEN)
     check_keys(given)
     located = _locate_weights(name, spec, checkpoint, random_init)
+    net: DiT | DiffusersDiT
     if located["kind"] in ("folder", "hub"):
         net, config = load_diffusers(located, name, given)
     else:

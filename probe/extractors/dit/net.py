@@ -51,6 +51,12 @@ def describe(name, config):
             f"input_size={config['input_size']}, num_classes={config['num_classes']})")
 
 
+def as_linear(module: nn.Module) -> nn.Linear:
+    """An item of an nn.Sequential (typed nn.Module) that is a linear layer, as one."""
+    assert isinstance(module, nn.Linear), module
+    return module
+
+
 def modulate(x, shift, scale):
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
@@ -173,10 +179,10 @@ class DiT(nn.Module):
         nn.init.zeros_(self.x_embedder.proj.bias)
         if self.num_classes:
             nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for m in [b.adaLN_modulation[-1] for b in self.blocks] + [
-                self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
+        nn.init.normal_(as_linear(self.t_embedder.mlp[0]).weight, std=0.02)
+        nn.init.normal_(as_linear(self.t_embedder.mlp[2]).weight, std=0.02)
+        for m in [as_linear(b.adaLN_modulation[-1]) for b in self.modules()
+                  if isinstance(b, (DiTBlock, FinalLayer))] + [self.final_layer.linear]:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -32,11 +32,11 @@ DEFAULTS = dict(
 )
 
 
-def patch_dim(config):
+def patch_dim(config: Mapping[str, Any]) -> int:
     return config["in_channels"] * config["patch_size"] ** 2
 
 
-def validate_config(config):
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill defaults, type and check a config; every user mistake is a one-line ProbeError."""
     c = read_options(config)
     for key, choices in (("noise_space", NOISE_SPACES), ("schedule", SCHEDULES),

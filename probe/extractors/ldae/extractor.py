@@ -30,7 +30,11 @@ and the final recipe, are what they were trained with), and version 1 checkpoint
 shipped ``ldae-fmnist`` and ``dae-pixel-fmnist``) also have the old timestep-MLP names,
 which :func:`upgrade_state_dict` renames.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from timm.layers import PatchEmbed, build_sincos2d_pos_embed
@@ -39,7 +43,7 @@ from torch import nn
 from ...errors import ProbeError
 from ..base import Extractor
 from .. import weights
-from ..dit.net import DiTBlock, FinalLayer, TimestepEmbedder
+from ..dit.net import DiTBlock, FinalLayer, TimestepEmbedder, as_linear
 from .config import DEFAULTS, patch_dim, read_options, validate_config  # noqa: F401 (API)
 from .tokenizer import PatchPCA, make_tokenizer, patchify, unpatchify
 from ..schedules import LDAESchedule
@@ -91,13 +95,13 @@ class LDAENet(nn.Module):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
         for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(lin.weight, std=0.02)
-        for m in [b.adaLN_modulation[-1] for b in self.blocks] + [
-                self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
+            nn.init.normal_(as_linear(lin).weight, std=0.02)
+        for m in [as_linear(b.adaLN_modulation[-1]) for b in self.modules()
+                  if isinstance(b, (DiTBlock, FinalLayer))] + [self.final_layer.linear]:
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x, t):
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t)
         for block in self.blocks:
@@ -125,24 +129,24 @@ class LDAEExtractor(Extractor):
         return self.net(x, t)
 
     @property
-    def encoder_blocks(self):
+    def encoder_blocks(self) -> list[str]:
         return self.block_names[: self.config["encoder_depth"]]
 
     @property
-    def decoder_blocks(self):
+    def decoder_blocks(self) -> list[str]:
         return self.block_names[self.config["encoder_depth"]:]
 
     @property
-    def encoder_output(self):
+    def encoder_output(self) -> str:
         """The block the paper probes: the last encoder block."""
         return self.encoder_blocks[-1]
 
-    def to_pixels(self, images):
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> [-1, 1], with nothing removed (the training target)."""
         return images * 2.0 - 1.0
 
     @property
-    def input_pipeline(self):
+    def input_pipeline(self) -> str:
         tok, cfg = self.net.tokenizer, self.config
         if tok is None:
             return "to [-1,1]"
@@ -153,7 +157,7 @@ class LDAEExtractor(Extractor):
         return f"to [-1,1], encoded and decoded by the l-DAE's {tok.kind} tokenizer"
 
     @property
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, int, int]:
         cfg = self.config
         if cfg["net_input"] == "latent":
             side = cfg["image_size"] // cfg["patch_size"]
@@ -161,14 +165,14 @@ class LDAEExtractor(Extractor):
         return super().input_shape
 
     @torch.no_grad()
-    def prepare(self, images):
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> the clean network input: [-1, 1], and for latent noise the
         image as the tokenizer keeps it (PCA: its first d components per patch), which is
         what the network sees at sigma = 0 during training; with ``net_input="latent"``
         the latent map itself, (B, d, S/p, S/p)."""
         return self.clean_input(self.to_pixels(images))
 
-    def clean_input(self, x):
+    def clean_input(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1] -> the clean network input (see :meth:`prepare`)."""
         tok = self.net.tokenizer
         if tok is None:
@@ -178,7 +182,8 @@ class LDAEExtractor(Extractor):
         return tok.project(x)
 
     @torch.no_grad()
-    def encode(self, images, t=None, noise=None):
+    def encode(self, images: torch.Tensor, t: int | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
         """The paper's probe features: mean-pooled encoder output, (B, hidden_size).
         Clean input conditioned on t (default: 1 % of the schedule, the paper's 10 of 1000);
         pass ``noise`` to noise the input to t first."""
@@ -189,14 +194,14 @@ class LDAEExtractor(Extractor):
         out = self.forward_intermediates(x, t, [self.encoder_output])[self.encoder_output]
         return out.mean(dim=1)
 
-    def checkpoint(self, meta=None):
+    def checkpoint(self, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint contents ``load_model("ldae", checkpoint=...)`` reads."""
         state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
         return {"format": FORMAT, "version": VERSION, "config": dict(self.config),
                 "model": state, "meta": dict(meta or {})}
 
 
-def latent_map(tokens):
+def latent_map(tokens: torch.Tensor) -> torch.Tensor:
     """Latent tokens (B, N, d) -> the map (B, d, sqrt N, sqrt N), tokens in row-major order."""
     b, n, d = tokens.shape
     side = math.isqrt(n)
@@ -207,19 +212,22 @@ class _LatentInput:
     """The schedule's mixing when the network reads the latent map itself: the input is
     already the latent, so the noise is added to it directly."""
 
-    def mix(self, x0, noise, gamma, sigma):
+    def mix(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor,
+            sigma: torch.Tensor) -> torch.Tensor:
         return gamma.reshape(-1, 1, 1, 1) * x0 + sigma.reshape(-1, 1, 1, 1) * noise
 
-    def project_noise(self, noise):
+    def project_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return noise
 
 
-def build(config, name="ldae", source=None):
+def build(config: Mapping[str, Any], name: str = "ldae",
+          source: str | None = None) -> LDAEExtractor:
     """A freshly initialised l-DAE (identity tokenizer until a PCA basis is set)."""
     return LDAEExtractor(LDAENet(validate_config(config)), name=name, source=source)
 
 
-def read_checkpoint(path, trust_checkpoint=False):
+def read_checkpoint(path: Any, trust_checkpoint: bool = False
+                    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
     """A checkpoint file (or its loaded contents) -> (config, state dict, meta)."""
     obj, path = weights.read(path, trust_checkpoint, hint="give a checkpoint from `probe train "
                              "ldae`")
@@ -240,7 +248,8 @@ _V1_NAMES = {"t_embedder.linear_1.": "t_embedder.mlp.0.",
              "t_embedder.linear_2.": "t_embedder.mlp.2."}
 
 
-def upgrade_state_dict(state, prefix=""):
+def upgrade_state_dict(state: dict[str, torch.Tensor], prefix: str = ""
+                       ) -> dict[str, torch.Tensor]:
     """Rename the keys of l-DAE weights saved before checkpoint version 2 (under
     ``prefix``) to today's module names, in place, and return ``state``.  Newer weights
     pass through unchanged.  The saved files themselves are never rewritten."""
@@ -250,7 +259,8 @@ def upgrade_state_dict(state, prefix=""):
     return state
 
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> LDAEExtractor:
     """Registry hook (``load_model`` resolves a shipped model's file to ``checkpoint``).
     The config comes from the checkpoint; ``spec['config']`` may only repeat it."""
     overrides = {k: v for k, v in (spec.get("config") or {}).items() if v is not None}

@@ -15,6 +15,11 @@ token per ``p x p`` patch of the ViT's grid, and back:
 The l-DAE freezes its tokenizer; ``probe.train.tokenizers`` trains the AE and VAE kinds.
 A patch is flattened channel-major, ``(c, i, j)``; patches come in row-major order.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,6 +34,9 @@ class PatchPCA(Tokenizer):
     decreasing ``variance``; the latent is the first ``d`` coordinates."""
 
     kind = "pca"
+    mean: torch.Tensor  # buffers, set by set_basis
+    components: torch.Tensor
+    variance: torch.Tensor
 
     def __init__(self, channels, patch_size, d):
         super().__init__(channels, patch_size, d)
@@ -102,6 +110,8 @@ class PatchAE(Tokenizer):
     """A linear autoencoder per patch: ``mean + U^T V (x - mean)``.  ``variational``
     adds a log-variance map (the patch VAE); its code is the posterior mean."""
 
+    mean: torch.Tensor  # a buffer: the patch mean
+
     def __init__(self, channels, patch_size, d, variational=False):
         super().__init__(channels, patch_size, d)
         self.variational = variational
@@ -149,7 +159,7 @@ class PatchAE(Tokenizer):
         return recon, kl
 
 
-def make_tokenizer(config):
+def make_tokenizer(config: Mapping[str, Any]) -> Tokenizer | None:
     """The (untrained) tokenizer an l-DAE config names, or None for pixel noise."""
     if config["noise_space"] == "pixel":
         return None

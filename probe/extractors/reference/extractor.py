@@ -51,6 +51,8 @@ the layout of lukemelas' ``efficientnet_pytorch``, such as PyPI
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,6 +91,8 @@ class ReferenceNet(Extractor):
     """A timm or torchvision network that sees the clean image."""
 
     has_timesteps = False
+    mean: torch.Tensor  # the data config's, buffers (1, C, 1, 1)
+    std: torch.Tensor
 
     def __init__(self, net, *, name, family, blocks, data_cfg, num_prefix_tokens=0,
                  channels_last=False, config=None, source=None):
@@ -134,7 +138,8 @@ class ReferenceNet(Extractor):
             self.steps["head"](self.net, features)
         return self.net.forward_head(features)
 
-    def forward_intermediates(self, x, t, blocks, y=None, stop_early=True):
+    def forward_intermediates(self, x: torch.Tensor, t: Any, blocks: Any, y: Any = None,
+                              stop_early: bool = True) -> dict[str, torch.Tensor]:
         out = super().forward_intermediates(x, t, blocks, y=y, stop_early=stop_early)
         if self.channels_last:
             out = {n: f.permute(0, 3, 1, 2) if f.dim() == 4 else f for n, f in out.items()}
@@ -170,12 +175,13 @@ class ReferenceNet(Extractor):
                 f"std={list(d['std'])} (the model's data config: resize {d['resize']} "
                 f"{d['interpolation']}, crop {d['input_size'][1]}; source: {d['origin']})")
 
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         return dict(super().describe(), data_config=self.data_cfg,
                     num_prefix_tokens=self.num_prefix_tokens)
 
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> ReferenceNet:
     family = spec["family"]
     arch = spec.get("model_name")
     if not arch:

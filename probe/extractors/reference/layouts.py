@@ -28,7 +28,7 @@ def torchvision_blocks(net: nn.Module) -> list[str]:
     encoder = getattr(net, "encoder", None)
     if encoder is not None and hasattr(encoder, "layers"):  # ViT
         return [f"encoder.layers.{n}" for n, _ in encoder.layers.named_children()]
-    out: list[tuple[str | None, nn.Module | None]] = []
+    out: list[tuple[str, nn.Module]] = []
     for name, child in net.named_children():
         if name in _HEADS:
             continue
@@ -37,8 +37,8 @@ def torchvision_blocks(net: nn.Module) -> list[str]:
         else:
             out.append((name, child))
     # a module whose output the next one overwrites in place would be captured changed
-    return [n for (n, _), (_, nxt) in zip(out, out[1:] + [(None, None)])
-            if not getattr(nxt, "inplace", False)]
+    following: list[nn.Module | None] = [c for _, c in out[1:]] + [None]
+    return [n for (n, _), nxt in zip(out, following) if not getattr(nxt, "inplace", False)]
 
 
 def is_efficientnet_pytorch(state: Mapping[str, torch.Tensor]) -> bool:

@@ -12,8 +12,12 @@ attentions (``down_blocks.0.resnets.0``, ``down_blocks.0.attentions.0``, ...) an
 block itself (``down_blocks.0``, after its downsampler), the same for ``mid_block`` and
 the up blocks.  DIFT's ``up_ft_index`` i is ``up_blocks.i``.  Details: docs/sd.md.
 """
+from __future__ import annotations
+
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -43,7 +47,7 @@ class SDExtractor(Extractor):
         self.register_buffer("prompt_embeds", embeds)
 
     @property
-    def is_template(self):
+    def is_template(self) -> bool:
         return CLASS_FIELD in self.prompt
 
     # ---- blocks ----------------------------------------------------------------------------
@@ -60,7 +64,7 @@ class SDExtractor(Extractor):
 
     # ---- conditioning ------------------------------------------------------------------------
     @torch.no_grad()
-    def encode(self, prompts):
+    def encode(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text embeddings (P, L, D) of a list of prompts, as the pipeline computes them:
         padded to the tokenizer's max length, the text encoder's last hidden state."""
         if self.text_encoder is None:
@@ -73,7 +77,7 @@ class SDExtractor(Extractor):
                 if getattr(self.text_encoder.config, "use_attention_mask", False) else None)
         return self.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0].float()
 
-    def use_class_names(self, names):
+    def use_class_names(self, names: Sequence[str]) -> None:
         """Fill the prompt's {class} with each class name: labels y then pick the row."""
         if not self.is_template:
             return
@@ -81,7 +85,7 @@ class SDExtractor(Extractor):
         self.prompt_embeds = self.encode([self.prompt.replace(CLASS_FIELD, n) for n in names])
         self.class_names, self.num_classes = names, len(names)
 
-    def labels(self, y, batch, device):
+    def labels(self, y: Any, batch: int, device: torch.device) -> torch.Tensor | None:
         if not self.is_template:
             if y is not None:
                 raise ProbeError(
@@ -113,7 +117,7 @@ class SDExtractor(Extractor):
 
     # ---- the network's dtype -----------------------------------------------------------------
     @property
-    def network_dtype(self):
+    def network_dtype(self) -> torch.dtype:
         if self.torch_dtype != "auto":
             return NET_DTYPES[self.torch_dtype]
         on_cuda = next(self.net.parameters()).device.type == "cuda"
@@ -124,7 +128,7 @@ class SDExtractor(Extractor):
         super()._apply(fn, recurse)
         return self.settle_dtype()
 
-    def settle_dtype(self):
+    def settle_dtype(self) -> SDExtractor:
         """Cast the U-Net and the text encoder to :attr:`network_dtype` (for the device they
         are on); the VAE encoder is small and stays as loaded (float32)."""
         target = self.network_dtype
@@ -134,7 +138,7 @@ class SDExtractor(Extractor):
         return self
 
     # ---- records -----------------------------------------------------------------------------
-    def describe(self):
+    def describe(self) -> dict[str, Any]:
         info = super().describe()
         embeds = self.prompt_embeds
         digest = None
@@ -171,7 +175,8 @@ def _add_inner(out, prefix, block, mid=False):
 
 # ---- building a model ----------------------------------------------------------------------
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> SDExtractor:
     """An SD extractor from a registry entry (its hub id) or the family with a checkpoint
     (a diffusers folder, a hub id or a single file).  Options (``--config``/keywords):
     ``prompt``, ``torch_dtype`` (auto|float32|float16|bfloat16), ``attention_slice``
@@ -299,6 +304,6 @@ def _vae(own, given, located):
                              "or 'random', not none")
         from ..dit.diffusers_format import load_vae, vae_label
 
-        vae, label = load_vae(given), vae_label(given, None)
+        vae, label = load_vae(given), str(vae_label(given, None))
     vae.decoder = None  # as DIFT does: only the encoder runs, and the decoder is half the VAE
     return vae, label

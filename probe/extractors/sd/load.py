@@ -5,8 +5,12 @@ A pipeline is read from a diffusers folder (``unet/``, ``vae/``, ``text_encoder/
 from a single-file checkpoint that diffusers converts.  The registry entries' architectures
 are kept here too, so that ``probe blocks sd-1.5`` needs no download.
 """
+from __future__ import annotations
+
 import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from ...errors import ProbeError
 from .. import weights
@@ -36,7 +40,8 @@ SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_li
 ARCHITECTURES = {"sd-1.5": SD15_UNET, "sd-2.1-base": SD21_BASE_UNET}
 
 
-def locate(name, spec, checkpoint, random_init):
+def locate(name: str, spec: Mapping[str, Any], checkpoint: Any,
+           random_init: bool) -> dict[str, Any]:
     """``dict(kind=random|folder|single, source=..., folder/file=...)``; a hub id is fetched
     here (its five parts only), so a missing download fails before anything is built."""
     if random_init:
@@ -78,7 +83,7 @@ def _read_json(path):
         raise ProbeError(f"cannot read {path}: {weights.first_line(e)}") from e
 
 
-def check_folder(folder, what=None):
+def check_folder(folder: str, what: str | None = None) -> None:
     """Refuse, in one line, a folder that is not a Stable Diffusion 1.x/2.x pipeline."""
     what = what or folder
     index_path = os.path.join(folder, "model_index.json")
@@ -115,7 +120,7 @@ def _has_part(folder, part):
     return os.path.exists(os.path.join(sub, _CONFIG_FILE[part]))
 
 
-def load_parts(located):
+def load_parts(located: Mapping[str, Any]) -> dict[str, Any]:
     """``{unet, vae, text_encoder, tokenizer, scheduler}`` of a located pipeline."""
     if located["kind"] == "single":
         return _single_file(located["file"])
@@ -172,7 +177,7 @@ def _single_file(path):
                 tokenizer=pipe.tokenizer, scheduler=DDPMScheduler.from_config(pipe.scheduler.config))
 
 
-def random_parts(arch):
+def random_parts(arch: Mapping[str, Any]) -> dict[str, Any]:
     """An untrained U-Net of a registry architecture and an untrained SD-shaped VAE; no text
     encoder (the conditioning is zeros)."""
     import torch
