@@ -176,16 +176,14 @@ def released(name: str, spec: Mapping[str, Any], checkpoint: Any, accepted: str)
         return checkpoint
     if spec.get("url"):
         return spec["url"]
-    raise no_released_weights(name, accepted, spec.get("note"),
-                              family=name == spec.get("family"))
+    raise no_released_weights(name, accepted, family=name == spec.get("family"))
 
 
-def no_released_weights(name: str, accepted: str, note: str | None = None,
-                        family: bool = False) -> ProbeError:
+def no_released_weights(name: str, accepted: str, family: bool = False) -> ProbeError:
     """The error of a model (or of a bare ``family``) that has no weights to download."""
     what = f"the {name} family has no released weights" if family \
         else f"{name} has no released weights"
-    return ProbeError(f"{what}{f' ({note})' if note else ''}: pass a checkpoint "
+    return ProbeError(f"{what}: pass a checkpoint "
                       f"(--checkpoint PATH, API checkpoint=...: {accepted}) or --random-init "
                       "(API random_init=True) for an untrained baseline")
 

@@ -96,3 +96,32 @@ def test_cli_config_errors_exit_2_with_one_line(argv, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("probe: error:") and "\n" not in err
     assert "--config" in err or "should be" in err
+
+
+def test_sd_reads_off_with_the_boolean_spellings():
+    from probe.extractors.config import FALSE
+    from probe.extractors.sd.extractor import _options
+
+    for off in (None, *FALSE, *(v.upper() for v in FALSE), False, 0):
+        assert _options({"attention_slice": off})["attention_slice"] is None, off
+    assert [_options({"attention_slice": v})["attention_slice"] for v in ("auto", "max", "4", 2)] \
+        == ["auto", "max", 4, 2]
+    for bad in ("off", "none", "", "-1", "1.5", "lots"):
+        with pytest.raises(ProbeError, match="bad attention_slice .* or false"):
+            _options({"attention_slice": bad})
+
+
+@pytest.mark.parametrize("read, what", [
+    (lambda c: dit.resolve_config(c), "DiT argument"),
+    (lambda c: adm.resolve_flags(c), "ADM flag"),
+    (lambda c: ldae.validate_config(c), "ldae option"),
+    (lambda c: __import__("probe.extractors.sd.extractor", fromlist=["_"])._options(c),
+     "sd option"),
+])
+def test_every_family_refuses_an_unknown_key_alike(read, what):
+    key = {"DiT argument": "dpeth", "ADM flag": "num_channel", "ldae option": "dpeth",
+           "sd option": "promt"}[what]
+    with pytest.raises(ProbeError, match=rf"^unknown {what} '{key}' \(did you mean [\w, ]+\?\); ") \
+            as err:
+        read({key: 1})
+    assert "\n" not in str(err.value)
