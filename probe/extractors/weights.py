@@ -189,6 +189,7 @@ def no_released_weights(name: str, accepted: str, family: bool = False) -> Probe
 
 
 def is_url(text: Any) -> bool:
+    """Whether a checkpoint given as text is a download address."""
     return isinstance(text, str) and text.startswith(("http://", "https://"))
 
 
@@ -201,6 +202,8 @@ def read(checkpoint: Any, trust_checkpoint: bool = False,
     if isinstance(checkpoint, Mapping):
         return checkpoint, "state dict"
     source = os.fspath(checkpoint)
+    if os.path.isdir(source):
+        raise ProbeError(f"{source} is a folder, not a checkpoint file ({hint})")
     if os.path.exists(source):
         return load_file(source, trust_checkpoint), os.path.abspath(source)
     if is_url(source):

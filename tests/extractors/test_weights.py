@@ -58,6 +58,8 @@ def test_read_takes_a_state_dict_a_file_or_a_url(tmp_path, monkeypatch):
     assert source == str(path) and torch.equal(got["w"], state["w"])
     with pytest.raises(ProbeError, match=r"checkpoint not found: nope.pt \(give a local"):
         weights.read("nope.pt")
+    with pytest.raises(ProbeError, match=r"is a folder, not a checkpoint file \(give a local"):
+        weights.read(str(tmp_path))
 
     def no_network(url, **kwargs):
         raise ConnectionError("Temporary failure in name resolution")
