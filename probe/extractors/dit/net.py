@@ -45,7 +45,7 @@ def check_keys(given: Mapping[str, Any]) -> None:
     refuse_unknown(given, DEFAULTS, "DiT argument", _TAKES)
 
 
-def describe(name, config):
+def describe(name: str, config: Mapping[str, Any]) -> str:
     """The architecture, for messages about weights that do not fit it."""
     return (f"the DiT of {name} (hidden_size={config['hidden_size']}, depth={config['depth']}, "
             f"input_size={config['input_size']}, num_classes={config['num_classes']})")
@@ -57,11 +57,11 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return module
 
 
-def modulate(x, shift, scale):
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-def sincos_pos_embed(dim, side):
+def sincos_pos_embed(dim: int, side: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position table (side*side tokens in row-major order, dim) as
     DiT (after MAE) builds it: the first half of the channels encodes the column, the
     second half the row.  Computed in float64 on the CPU, like the original's numpy."""
@@ -165,7 +165,7 @@ class DiT(nn.Module):
         self.initialize_weights()
 
     @torch.no_grad()
-    def initialize_weights(self):
+    def initialize_weights(self) -> None:
         """The original's initialisation.  adaLN-Zero zeroes every residual gate, so an
         untrained DiT's blocks all pass the patch embedding through unchanged."""
         for m in self.modules():
@@ -186,14 +186,15 @@ class DiT(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def unpatchify(self, x):
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, p*p*C) tokens -> (B, C, H, W)."""
         p, c = self.patch_size, self.out_channels
         side = math.isqrt(x.shape[1])
         x = x.reshape(x.shape[0], side, side, p, p, c)
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], c, side * p, side * p)
 
-    def forward(self, x, t, y=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W) noisy input, t (B,) timesteps, y (B,) labels (ignored when
         unconditional) -> (B, out_channels, H, W): the noise prediction, then, with
         learn_sigma, the variance interpolation."""

@@ -6,7 +6,11 @@ the paper (where the conv VAE downsamples by the patch size).  The downsampling 
 replicated) from S to (S / p) * 2^k before encoding and the decoded image is cropped back;
 28-px images with 7-px patches are padded to 32 and downsampled 8 times to a 4 x 4 grid.
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +18,8 @@ import torch.nn.functional as F
 from .patches import Tokenizer
 
 
-def vae_config(channels, patch_size, d, image_size, width):
+def vae_config(channels: int, patch_size: int, d: int, image_size: int,
+               width: int) -> dict[str, Any]:
     k = math.ceil(math.log2(patch_size)) if patch_size > 1 else 0
     widths = tuple([width] + [2 * width] * k)  # one down block per level
     return dict(in_channels=channels, out_channels=channels,
@@ -49,29 +54,30 @@ class ConvVAE(Tokenizer):
         lo = (self.padded - self.image_size) // 2
         return x[..., lo:lo + self.image_size, lo:lo + self.image_size]
 
-    def posterior(self, x):
+    def posterior(self, x: torch.Tensor) -> Any:
         """Pixels -> (mean, logvar) latent maps (B, d, g, g)."""
         moments = self.vae.quant_conv(self.vae.encoder(self._pad(x)))
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         mean, _ = self.posterior(x)
         return mean.flatten(2).transpose(1, 2)                    # (B, N, d), row-major
 
-    def decode(self, z, shape):
+    def decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         side = self.image_size // self.patch_size
         z = z.transpose(1, 2).reshape(z.shape[0], self.d, side, side)
         return self._crop(self.vae.decode(z).sample)
 
-    def project_noise(self, noise):
+    def project_noise(self, noise: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError("the conv-VAE decoder is not affine")
 
-    def weighted_error(self, r, residual_weight):
+    def weighted_error(self, r: torch.Tensor, residual_weight: float) -> torch.Tensor:
         # No linear subspace to split the residual by: plain mean squared error.
         return r.pow(2).flatten(1).mean(1)
 
-    def losses(self, x, generator):
+    def losses(self, x: torch.Tensor, generator: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training losses on images in [-1, 1]: (squared error per pixel, KL per image
         summed over the latent / number of pixels)."""
         mean, logvar = self.posterior(x)

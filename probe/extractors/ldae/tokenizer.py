@@ -17,7 +17,7 @@ A patch is flattened channel-major, ``(c, i, j)``; patches come in row-major ord
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,40 +46,42 @@ class PatchPCA(Tokenizer):
         self.register_buffer("components", torch.eye(D))
         self.register_buffer("variance", torch.ones(D))
 
-    def set_basis(self, mean, components, variance):
+    def set_basis(self, mean: Any, components: Any, variance: Any) -> None:
         self.mean.copy_(torch.as_tensor(mean))
         self.components.copy_(torch.as_tensor(components))
         self.variance.copy_(torch.as_tensor(variance))
 
-    def coords(self, x, center=True):
+    def coords(self, x: torch.Tensor, center: bool = True) -> torch.Tensor:
         """Pixels (B, C, H, W) -> full-basis PCA coordinates per patch (B, N, D)."""
         t = patchify(x, self.patch_size)
         if center:
             t = t - self.mean.to(t.dtype)
         return t @ self.components.to(t.dtype).T
 
-    def pixels(self, z, shape, center=True):
+    def pixels(self, z: torch.Tensor, shape: Sequence[int], center: bool = True
+               ) -> torch.Tensor:
         """Full-basis coordinates (B, N, D) -> pixels of the given shape."""
         t = z @ self.components.to(z.dtype)
         if center:
             t = t + self.mean.to(z.dtype)
         return unpatchify(t, self.patch_size, *shape[1:])
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.coords(x)[..., : self.d]
 
-    def decode(self, z, shape):
+    def decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         full = torch.zeros(*z.shape[:-1], self.components.shape[0], dtype=z.dtype,
                            device=z.device)
         full[..., : self.d] = z
         return self.pixels(full, shape)
 
-    def latent_noise(self, noise):
+    def latent_noise(self, noise: torch.Tensor) -> torch.Tensor:
         return self.coords(noise, center=False)[..., : self.d]
 
     # The PCA path keeps its own arithmetic (full basis, masked), which the shipped
     # models' features were computed with (tests/extractors/test_features_unchanged.py).
-    def mix(self, x0, noise, gamma, sigma):
+    def mix(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor,
+            sigma: torch.Tensor) -> torch.Tensor:
         """mean + V^T (gamma V (x0 - mean) + sigma V noise): the noisy input of the latent
         DAE.  gamma, sigma broadcast over the batch; V is the first d components."""
         z = self.coords(x0)
@@ -88,18 +90,18 @@ class PatchPCA(Tokenizer):
         keep[: self.d] = 1
         return self.pixels(keep * (gamma * z + sigma * n), x0.shape)
 
-    def project(self, x):
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         """x -> mean + V^T V (x - mean): the image as the d-dim tokenizer keeps it."""
         one = torch.ones((), dtype=x.dtype, device=x.device)
         return self.mix(x, torch.zeros_like(x), one, 0 * one)
 
-    def project_noise(self, noise):
+    def project_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Pixel-shaped noise -> V^T V noise (the part of it the latent noise keeps)."""
         n = self.coords(noise, center=False)
         n[..., self.d:] = 0
         return self.pixels(n, noise.shape, center=False)
 
-    def weighted_error(self, r, residual_weight):
+    def weighted_error(self, r: torch.Tensor, residual_weight: float) -> torch.Tensor:
         z = self.coords(r, center=False)                          # (B, N, D)
         w = torch.full((z.shape[-1],), residual_weight, device=r.device, dtype=r.dtype)
         w[: self.d] = 1.0
@@ -132,17 +134,18 @@ class PatchAE(Tokenizer):
         t = patchify(x, self.patch_size)
         return t - self.mean.to(t.dtype)
 
-    def encode(self, x):
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._centered(x) @ self.encoder.to(x.dtype).T
 
-    def decode(self, z, shape):
+    def decode(self, z: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         t = z @ self.decoder.to(z.dtype) + self.mean.to(z.dtype)
         return unpatchify(t, self.patch_size, *shape[1:])
 
-    def decoder_rows(self):
+    def decoder_rows(self) -> torch.Tensor:
         return self.decoder
 
-    def losses(self, patches, generator):
+    def losses(self, patches: torch.Tensor, generator: torch.Generator | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training losses on patches (n, D): (squared error per patch / D, KL per patch
         summed over the d latent coordinates / D); the KL is 0 for the plain AE."""
         c = patches - self.mean
