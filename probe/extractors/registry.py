@@ -91,7 +91,7 @@ MODELS.update({
 })
 
 # Stable Diffusion pipelines (diffusers folders on the hub; text encoder via transformers).
-# The U-Net architectures are in sd_load.ARCHITECTURES, so `probe blocks` needs no download.
+# The U-Net architectures are in sd/load.py's ARCHITECTURES, so `probe blocks` needs no download.
 MODELS.update({
     "sd-1.5": dict(family="sd", hub="stable-diffusion-v1-5/stable-diffusion-v1-5",
                    image_size=512, vae="the pipeline's vae/"),

@@ -3,9 +3,9 @@
 Weights come in two formats and give the same network:
 
 * the original ``facebookresearch/DiT`` format: a ``.pt`` state dict (the released
-  ``DiT-XL-2-*.pt``) or a ``train.py`` checkpoint, run by :class:`~.dit_net.DiT`;
+  ``DiT-XL-2-*.pt``) or a ``train.py`` checkpoint, run by :class:`~.net.DiT`;
 * diffusers: a saved ``DiTTransformer2DModel`` or ``DiTPipeline`` folder, or a hub id
-  such as ``facebook/DiT-XL-2-256``, run by diffusers itself (:mod:`.dit_diffusers`,
+  such as ``facebook/DiT-XL-2-256``, run by diffusers itself (:mod:`.diffusers_format`,
   which also loads the VAE).
 
 Blocks are ``blocks.0 .. blocks.{depth-1}`` in forward order for both; each outputs

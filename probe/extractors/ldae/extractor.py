@@ -1,14 +1,14 @@
 """Latent denoising autoencoders (l-DAE; Chen, Liu, Xie & He 2024), built for probing.
 
 The network is a DiT without class conditioning, built from DiT's own block, final layer
-and timestep embedder (``dit_net``): patch embedding, fixed 2-D sin-cos positions,
+and timestep embedder (``dit/net.py``): patch embedding, fixed 2-D sin-cos positions,
 ``depth`` blocks with adaLN-Zero timestep conditioning, and a linear head back to
 pixels.  Two details are its own, and the trained weights depend on them: timm's
 position table (a different channel layout from DiT's) and the patch layout of the
 output (channel-major, like the tokenizer's).  The first ``encoder_depth`` blocks are
 the encoder (probed), the rest the decoder.
 
-The tokenizer (``ldae_tokenizer``) is patch-wise PCA fitted on training patches (the
+The tokenizer (``tokenizer.py``, ``convvae.py``) is patch-wise PCA fitted on training patches (the
 default), a patch-wise linear AE or VAE, or a small convolutional VAE; it is a frozen
 submodule of the network, so a checkpoint carries it.  Noise lives in its latent of
 ``latent_dim`` numbers per patch: with PCA the network sees
