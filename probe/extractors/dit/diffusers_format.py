@@ -194,7 +194,7 @@ _BLOCK = {"adaLN_modulation.1": "norm1.linear", "attn.proj": "attn1.to_out.0",
 def to_diffusers(model: Any, config: Mapping[str, Any] | None = None) -> Any:
     """Original-format DiT weights -> a diffusers ``DiTTransformer2DModel``, e.g. to
     ``save_pretrained`` them.  ``model`` is a DiT extractor (its config is used), or a
-    :class:`~.dit_net.DiT` or a state dict with ``config`` its DiT arguments.  Loaded back
+    :class:`~.net.DiT` or a state dict with ``config`` its DiT arguments.  Loaded back
     with ``load_model``, the result gives the same outputs and block features."""
     from diffusers import DiTTransformer2DModel
 
