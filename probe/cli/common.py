@@ -3,13 +3,18 @@
 Feature selection (``--t``, ``--blocks``, ``--keys``) follows :mod:`probe.selection`.
 Run flags: ``--quiet`` (no progress bars), ``--device``, ``--threads``, ``--seed``,
 ``--out``, ``--overwrite`` (replace an existing output; without it an existing output is
-refused, or a matching unfinished run resumed) and ``--batch-size``.  Old spellings stay
-as hidden aliases.
+refused, or a matching unfinished run resumed), ``--batch-size`` and ``--num-workers``.
+Old spellings stay as hidden aliases.  :func:`run_options` and :func:`output_options` turn
+them into the option objects of :mod:`probe.options` that the Python API takes.
 """
+from __future__ import annotations
+
 import argparse
 import os
+from typing import Any
 
 from ..errors import ProbeError
+from ..options import OutputOptions, RunOptions
 
 T_HELP = ("timesteps: a value, a comma list (10,100), repeated --t, or all")
 BLOCKS_HELP = ("blocks: names or 1-based ids from `probe blocks MODEL` (ids count in the "
@@ -69,8 +74,13 @@ def add_batch_size(p, default, what="samples per batch"):
                    help=f"{what} (default {default if default is not None else 'per head'})")
 
 
+def add_num_workers(p):
+    p.add_argument("--num-workers", type=int, default=0, metavar="N",
+                   help="processes decoding images (default 0: in the main process)")
+
+
 def add_run_flags(p, *, seed_what=None, seed_default=0, device_default=None, overwrite=None,
-                  batch_size=False, batch_what="samples per batch"):
+                  batch_size=False, batch_what="samples per batch", num_workers=False):
     """The run flags a command takes (each of the same meaning everywhere)."""
     g = p.add_argument_group("run")
     add_device(g, device_default)
@@ -81,7 +91,26 @@ def add_run_flags(p, *, seed_what=None, seed_default=0, device_default=None, ove
         add_overwrite(g, overwrite)
     if batch_size is not False:
         add_batch_size(g, batch_size, batch_what)
+    if num_workers:
+        add_num_workers(g)
     add_quiet(g)
+
+
+def run_options(args: Any, **given: Any) -> RunOptions:
+    """The RunOptions of the shared run flags a command was given (flags it does not take
+    keep the dataclass's defaults); ``given`` sets fields the command decides itself."""
+    flags = dict(device=getattr(args, "device", None), threads=getattr(args, "threads", None),
+                 batch_size=getattr(args, "batch_size", None),
+                 num_workers=getattr(args, "num_workers", None),
+                 progress=not getattr(args, "quiet", False))
+    return RunOptions(**{k: v for k, v in {**flags, **given}.items() if v is not None})
+
+
+def output_options(args: Any, **given: Any) -> OutputOptions:
+    """The OutputOptions of --out, --overwrite and --dtype (those the command takes)."""
+    flags = dict(out=getattr(args, "out", None), overwrite=getattr(args, "overwrite", None),
+                 dtype=getattr(args, "dtype", None))
+    return OutputOptions(**{k: v for k, v in {**flags, **given}.items() if v is not None})
 
 
 def refuse_existing(paths, overwrite):

@@ -2,7 +2,7 @@
 import argparse
 
 from ..pipeline.pooling import POOL_HELP
-from .common import add_run_flags, add_selection
+from .common import add_run_flags, add_selection, output_options, run_options
 
 
 def add_model_args(p):
@@ -68,14 +68,13 @@ def register(sub):
     lab.add_argument("--true-labels", action="store_true",
                      help="class-conditional models: feed each image's true label (leaks labels)")
     p.add_argument("--out", help="output .h5 (default MODEL-DATA-SPLIT.h5)")
-    p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--stack-t", action="store_true",
                    help="run all timesteps of a batch in one forward pass (faster on GPUs)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip images that cannot be decoded (recorded in the file)")
     add_run_flags(p, seed_what="the noise, drawn per sample from (seed, sample id, t)",
                   overwrite="an existing output (a matching unfinished run resumes without it)",
-                  batch_size=32, batch_what="images per forward pass")
+                  batch_size=32, batch_what="images per forward pass", num_workers=True)
     p.set_defaults(func=run)
 
 
@@ -83,19 +82,19 @@ def run(args):
     from ..pipeline import distributed
     from ..pipeline.run import extract
 
-    label = "true" if args.true_labels else args.class_label
     device = distributed.setup(args.device)
     try:
-        _extract(extract, args, label, device)
+        extract(args.model, data=args.data, blocks=args.blocks or "all", split=args.split,
+                pool=args.pool, limit=args.limit, skip_bad=args.skip_bad, stack_t=args.stack_t,
+                noise=noise_options(args), run=run_options(args, device=device),
+                output=output_options(args), command=args.command_line, **model_kwargs(args))
     finally:
         distributed.teardown()
 
 
-def _extract(extract, args, label, device):
-    extract(args.model, data=args.data, t=args.t, blocks=args.blocks or "all",
-            out=args.out, split=args.split, pool=args.pool, dtype=args.dtype, noise_seed=args.seed,
-            ensemble=args.ensemble, add_noise=not args.no_noise, class_label=label,
-            batch_size=args.batch_size, num_workers=args.num_workers, device=device,
-            overwrite=args.overwrite, skip_bad=args.skip_bad, limit=args.limit,
-            stack_t=args.stack_t, progress=not args.quiet, command=args.command_line,
-            **model_kwargs(args))
+def noise_options(args):
+    from ..options import NoiseOptions
+
+    label = "true" if args.true_labels else args.class_label
+    return NoiseOptions(t=args.t, ensemble=args.ensemble, add_noise=not args.no_noise,
+                        noise_seed=args.seed, class_label=label)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.indexed import Indexed
 from ..device import resolve_device
 from ..errors import ProbeError
 from ..files import atomic_json, atomic_torch_save, remove_stale_temps
@@ -65,7 +66,7 @@ class Images:
         self.n = len(dataset) if limit is None else min(limit, len(dataset))
         if self.n < 1:
             raise ProbeError(f"no training images (limit {limit})")
-        first = self._checked([(0,) + tuple(dataset[0])])[0]
+        first = self._checked([Indexed(dataset)[0]])[0]
         self.shape = tuple(first.shape)
         self.labels = torch.as_tensor(np.asarray(dataset.labels[: self.n]))
         self.tensor = None
@@ -95,28 +96,16 @@ class Images:
     def _loader(self, indices, batch_size, progress):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = torch.utils.data.DataLoader(
-            _Indexed(self.dataset), batch_sampler=chunks, num_workers=self.num_workers,
+            Indexed(self.dataset), batch_sampler=chunks, num_workers=self.num_workers,
             collate_fn=self._checked)
         return tqdm(loader, desc="loading images", unit="batch", disable=not progress,
                     leave=False)
 
     def _checked(self, batch):
-        for i, image, _ in batch:
+        for _, image, _, bad in batch:
             if image is None:
-                raise ProbeError(f"cannot train on an unreadable image: "
-                                 f"{self.dataset.bad_reason(i)}")
-        return torch.stack([image for _, image, _ in batch])
-
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (i,) + tuple(self.dataset[i])
+                raise ProbeError(f"cannot train on an unreadable image: {bad}")
+        return torch.stack([image for _, image, _, _ in batch])
 
 
 # ---- stopping cleanly on Ctrl-C ----------------------------------------------------------
