@@ -4,6 +4,7 @@
 - :class:`RunOptions`: where and how a command runs (device, threads, batches, progress);
   none of them changes a result.
 - :class:`OutputOptions`: where the output goes and whether to replace it.
+- :class:`Selection`: which (t, block) keys of a feature file (:mod:`probe.selection`).
 
 The dataclass fields are the one source of defaults: a function takes the object, or the
 same names as keywords (``extract(model, t=10, add_noise=False)``), which
@@ -20,7 +21,8 @@ from typing import Any, TypeVar
 from .errors import ProbeError, suggest
 from .selection import Spec
 
-__all__ = ["NoiseOptions", "RunOptions", "OutputOptions", "gather", "refuse_unknown"]
+__all__ = ["NoiseOptions", "RunOptions", "OutputOptions", "Selection", "gather", "selections",
+           "refuse_unknown"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,13 @@ class RunOptions:
         return dataclasses.replace(self, **{k: v for k, v in defaults.items()
                                             if getattr(self, k) is None})
 
+    def use_threads(self) -> None:
+        """Set torch's CPU threads for this process, if ``threads`` is given."""
+        if self.threads is not None:
+            from .device import set_threads
+
+            set_threads(self.threads)
+
 
 @dataclass(frozen=True)
 class OutputOptions:
@@ -90,6 +99,24 @@ class OutputOptions:
     out: Any = None  # str, os.PathLike or None
     overwrite: bool = False
     dtype: str = "float32"
+
+    def refuse_dtype(self, command: str) -> None:
+        """A ProbeError when ``dtype`` is set for a command that writes no features."""
+        if self.dtype != OutputOptions.dtype:
+            raise ProbeError(f"{command} writes no features: dtype does not apply to it")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Keys of a feature file: ``t`` x ``blocks``, or explicit ``keys`` (the grammar of
+    :mod:`probe.selection`; None: not given, which each command reads as it documents)."""
+
+    t: Spec = None
+    blocks: Spec = None
+    keys: Spec = None
+
+    def as_tuple(self) -> tuple[Spec, Spec, Spec]:
+        return self.t, self.blocks, self.keys
 
 
 _T = TypeVar("_T")
@@ -107,9 +134,19 @@ def gather(cls: type[_T], given: _T | None, kwargs: dict[str, Any]) -> _T:
     return dataclasses.replace(given, **mine) if mine else given  # type: ignore[type-var]
 
 
-def refuse_unknown(kwargs: dict[str, Any], *known: type) -> None:
+def selections(rows: Selection | None, cols: Selection | None,
+               kwargs: dict[str, Any]) -> tuple[Selection, Selection]:
+    """The row and column selections of a two-file command: ``t``, ``blocks``, ``keys``
+    in ``kwargs`` go to the rows, ``t_b``, ``blocks_b``, ``keys_b`` to the columns (taken
+    out of ``kwargs``)."""
+    names = [f.name for f in dataclasses.fields(Selection)]
+    col_kw = {n: kwargs.pop(n + "_b") for n in names if n + "_b" in kwargs}
+    return gather(Selection, rows, kwargs), gather(Selection, cols, col_kw)
+
+
+def refuse_unknown(kwargs: dict[str, Any], *known: type, also: tuple[str, ...] = ()) -> None:
     """A ProbeError naming the first keyword that no option class in ``known`` has."""
     if kwargs:
-        names = {f.name for cls in known for f in dataclasses.fields(cls)}
+        names = {f.name for cls in known for f in dataclasses.fields(cls)} | set(also)
         name = sorted(kwargs)[0]
         raise ProbeError(f"unknown option {name!r}{suggest(name, names)}")

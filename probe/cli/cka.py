@@ -6,7 +6,7 @@ import os
 import warnings
 
 from ..errors import ProbeError
-from .common import add_run_flags, add_selection, refuse_existing, selection
+from .common import add_run_flags, add_selection, refuse_existing, run_options, selection
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 # probe.measures.core.KERNELS and probe.measures.result.ACROSS, spelled out because importing
@@ -72,11 +72,11 @@ def _outputs(stem, ext):
 def run(args):
     from ..measures import cka
 
-    def compute(**chosen):
-        return cka(args.a, args.b, **chosen, across=args.across, minibatch=args.minibatch,
-                   kernel=args.kernel, sigma=args.sigma, unbiased=args.unbiased,
-                   shuffle=not args.no_shuffle, seed=args.seed, device=args.device,
-                   dtype=args.dtype, progress=not args.quiet)
+    def compute(rows, cols):
+        return cka(args.a, args.b, rows=rows, cols=cols, across=args.across,
+                   minibatch=args.minibatch, kernel=args.kernel, sigma=args.sigma,
+                   unbiased=args.unbiased, shuffle=not args.no_shuffle, seed=args.seed,
+                   dtype=args.dtype, run=run_options(args))
 
     return run_measure(args, compute, _summary)
 
@@ -91,8 +91,10 @@ def _summary(result):
 
 def run_measure(args, compute, summary, minus_null=False):
     """The body of `probe cka` and `probe similarity`: check --out, compute the result with
-    ``compute(t=..., blocks=..., ...)`` (the selection flags), print its warnings, write
-    the outputs all or nothing, and print the lines of ``summary(result)``."""
+    ``compute(rows, cols)`` (the Selections of the flags), print its warnings, write the
+    outputs all or nothing, and print the lines of ``summary(result)``."""
+    from ..options import Selection
+
     stem, ext = os.path.splitext(args.out)
     if ext.lower() not in FORMATS:
         raise ProbeError(f"--out {args.out}: the plot needs one of the extensions {', '.join(FORMATS)}")
@@ -100,11 +102,9 @@ def run_measure(args, compute, summary, minus_null=False):
         raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/plot.png")
     folder = os.path.dirname(os.path.abspath(args.out))
     refuse_existing(_outputs(stem, ext), args.overwrite)
-    chosen = dict(zip(("t", "blocks", "keys"), selection(args)))
-    chosen.update(zip(("t_b", "blocks_b", "keys_b"), selection(args, "_b")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = compute(**chosen)
+        result = compute(Selection(*selection(args)), Selection(*selection(args, "_b")))
     for w in caught:
         print(f"probe: warning: {w.message}")
     drawn = {i for panel in result.panels() for i in panel.rows}

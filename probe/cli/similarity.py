@@ -2,7 +2,7 @@
 one feature file, or between two, with a permutation null and bootstrap intervals."""
 from ..errors import ProbeError
 from .cka import ACROSS, add_inputs, run_measure
-from .common import add_run_flags
+from .common import add_run_flags, run_options
 
 # probe.measures.result.METRICS and the choices of probe.measures.pairs, spelled out
 # because importing probe.measures costs torch (tests/measures/test_similarity_cli.py
@@ -76,13 +76,13 @@ def run(args):
                          "--permutations P (e.g. 1000)")
     args.out = args.out or f"{args.metric}.png"
 
-    def compute(**chosen):
-        return similarity(args.a, args.b, **chosen, metric=args.metric, across=args.across,
-                          k=args.k, sigma=args.sigma, rsa_corr=args.rsa_corr, rdm=args.rdm,
+    def compute(rows, cols):
+        return similarity(args.a, args.b, rows=rows, cols=cols, metric=args.metric,
+                          across=args.across, k=args.k, sigma=args.sigma,
+                          rsa_corr=args.rsa_corr, rdm=args.rdm,
                           permutations=args.permutations, bootstrap=args.bootstrap, ci=args.ci,
                           seed=args.seed, subsample=args.subsample,
-                          max_samples=args.max_samples, device=args.device,
-                          progress=not args.quiet)
+                          max_samples=args.max_samples, run=run_options(args))
 
     return run_measure(args, compute, summary, minus_null=args.minus_null)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
-from ..device import resolve_device, set_threads
+from ..device import resolve_device
 from ..errors import ProbeError
 from ..extractors.weights import sha256
 from ..options import NoiseOptions, OutputOptions, RunOptions, gather, refuse_unknown
@@ -105,8 +105,7 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
     if output.dtype not in DTYPES:
         raise ProbeError(f"bad --dtype {output.dtype!r}: use float16 or float32")
     pool = parse_pool(pool)
-    if run.threads is not None:
-        set_threads(run.threads)
+    run.use_threads()
     device = resolve_device(run.device)
     if isinstance(model, str):
         from ..extractors.registry import load_model

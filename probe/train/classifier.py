@@ -8,12 +8,16 @@ see.  The loop (:mod:`.loop`) brings the run folder, checkpoints, exact resume a
 log; ``model.pt`` is timm's plain state dict, so it loads with ``timm.create_model(arch,
 **config).load_state_dict(...)`` as well as through probe's timm family.
 """
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ProbeError, suggest
+from ..options import OutputOptions, RunOptions, gather, refuse_unknown
 
 MEAN = STD = 0.5
 # The shipped DiT's size (probe/extractors/registry.py, dit-fmnist) as a timm ViT.
@@ -120,27 +124,46 @@ def evaluate(model, images, class_names, batch_size=256):
     return dict(metrics, num_images=len(images))
 
 
-def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, split="train",
-                     image_size=28, channels=None, limit=None, vit=None, config=None,
-                     epochs=None, steps=None, batch_size=128, lr=1e-3, weight_decay=0.0,
-                     warmup=0, seed=0, device="cpu", resume=False, overwrite=False,
-                     save_every=0, log_every=10, eval_split=None, num_workers=0,
-                     progress=True, command=None):
-    """Train a timm classifier on ``data`` (a dataset spec) into the run folder ``out``.
+def train_classifier(data: str = "demo", out: str | os.PathLike | None = None, *,
+                     arch: str = DEFAULT_ARCH, split: str = "train", image_size: int = 28,
+                     channels: int | None = None, limit: int | None = None,
+                     vit: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                     epochs: int | None = None, steps: int | None = None,
+                     batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
+                     warmup: int = 0, seed: int = 0, resume: bool = False,
+                     save_every: int = 0, log_every: int = 10, eval_split: str | None = None,
+                     run: RunOptions | None = None, output: OutputOptions | None = None,
+                     command: Any = None, **options: Any) -> dict[str, Any]:
+    """Train a timm classifier on ``data`` (a dataset spec) into the run folder ``out``
+    (default runs/classifier).
 
     ``vit``: patch_size, embed_dim, depth, num_heads of a ViT (VIT_DEFAULTS: the shipped
     DiT's size); ``config``: any other ``timm.create_model`` arguments.  ``eval_split``:
     after training, measure the classifier on that split of ``data`` and record it in the
-    log as ``eval``.  Returns the log (``out/log.json``).
+    log as ``eval``.  ``batch_size`` is the optimizer's (it changes the result).
+    ``run`` (:class:`~probe.options.RunOptions`, or its fields as keywords): ``device``
+    (default auto), ``threads``, ``num_workers``, ``progress``; ``output``
+    (:class:`~probe.options.OutputOptions`): ``overwrite``.  Returns the log
+    (``out/log.json``).
     """
     from ..data import data_channels, load_dataset
     from ..files import atomic_json
     from . import loop
 
+    given = dict(options, **({"out": out} if out is not None else {}))
+    if "batch_size" in given or (run is not None and run.batch_size is not None):
+        raise ProbeError("train_classifier: batch_size is the optimizer's, give it as "
+                         "batch_size=, not in RunOptions")
+    run = gather(RunOptions, run, given)
+    output = gather(OutputOptions, output, given)
+    refuse_unknown(given, RunOptions, OutputOptions)
+    output.refuse_dtype("probe train classifier")
+    out = os.fspath(output.out or os.path.join("runs", "classifier"))
+    run.use_threads()
     if epochs is None and steps is None:
         epochs = 1
     loop.check_options(epochs, steps, batch_size, lr, warmup, save_every, log_every)
-    loop.resolve_device(device)
+    device = loop.resolve_device(run.device)
     if limit is not None and limit < 1:
         raise ProbeError(f"--limit must be at least 1, not {limit}")
     probe_set = load_dataset(data, split, image_size)
@@ -150,17 +173,18 @@ def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, s
     test = load_dataset(data, eval_split, image_size, channels) if eval_split else None
     loop.seed_everything(seed)
     objective = ClassifierObjective(arch, cfg, image_size)  # bad --config: before any work
-    state = loop.prepare_out(out, resume, overwrite)
-    images = loop.Images(dataset, limit=limit, num_workers=num_workers, progress=progress)
+    state = loop.prepare_out(out, resume, output.overwrite)
+    images = loop.Images(dataset, limit=limit, num_workers=run.num_workers,
+                         progress=run.progress)
     run_config = dict(family="classifier", arch=arch, model=cfg, data=data, split=split,
                       image_size=image_size, channels=channels, limit=limit,
                       normalise=dict(mean=MEAN, std=STD))
     log = loop.train(objective, images, out, epochs=epochs, steps=steps, batch_size=batch_size,
                      lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, device=device,
                      state=state, save_every=save_every, log_every=log_every,
-                     run_config=run_config, command=command, progress=progress)
+                     run_config=run_config, command=command, progress=run.progress)
     if test is not None:
-        test_images = loop.Images(test, num_workers=num_workers, progress=progress)
+        test_images = loop.Images(test, num_workers=run.num_workers, progress=run.progress)
         log["eval"] = dict(evaluate(objective.model, test_images, test.class_names),
                            data=data, split=eval_split, step=log["step"])
         atomic_json(log, os.path.join(out, loop.LOG_FILE))
