@@ -2,8 +2,12 @@
 
 :func:`run_measure` is the body it shares with `probe similarity`: the checks on --out,
 the outputs written all or nothing, and what is printed."""
+from __future__ import annotations
+
+import argparse
 import os
 import warnings
+from typing import Any, Callable
 
 from ..errors import ProbeError
 from .common import add_run_flags, add_selection, refuse_existing, run_options, selection
@@ -16,7 +20,7 @@ KERNELS = ("linear", "rbf")
 ACROSS = ("blocks", "timesteps", "all")
 
 
-def register(subparsers):
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "cka", help="CKA across blocks, timesteps and models, with heatmaps",
         description="CKA between the (t, block) features of a file from `probe extract`, or "
@@ -53,7 +57,7 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def add_inputs(p):
+def add_inputs(p: argparse.ArgumentParser) -> None:
     """The files and the keys of each: rows from A, columns from B (or A again)."""
     p.add_argument("a", metavar="A.h5", help="feature file (rows)")
     p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
@@ -69,7 +73,7 @@ def _outputs(stem, ext):
     return [stem + ".csv", stem + ".json", stem + ext, f"{stem}_line{ext}", f"{stem}_stats.csv"]
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..measures import cka
 
     def compute(rows, cols):
@@ -89,7 +93,8 @@ def _summary(result):
             f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}"]
 
 
-def run_measure(args, compute, summary, minus_null=False):
+def run_measure(args: argparse.Namespace, compute: Callable[[Any, Any], Any],
+                summary: Callable[[Any], list[str]], minus_null: bool = False) -> int:
     """The body of `probe cka` and `probe similarity`: check --out, compute the result with
     ``compute(rows, cols)`` (the Selections of the flags), print its warnings, write the
     outputs all or nothing, and print the lines of ``summary(result)``."""

@@ -1,11 +1,15 @@
 """`probe extract`: block features at chosen timesteps -> one HDF5 file."""
-import argparse
+from __future__ import annotations
 
+import argparse
+from typing import Any
+
+from ..options import NoiseOptions
 from ..pipeline.pooling import POOL_HELP
 from .common import add_run_flags, add_selection, output_options, run_options
 
 
-def add_model_args(p):
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registry name (see `probe models`) or family")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
@@ -17,7 +21,7 @@ def add_model_args(p):
     add_arch_args(p)
 
 
-def add_arch_args(p):
+def add_arch_args(p: argparse.ArgumentParser) -> None:
     """Flags that say how to read a checkpoint and build a family's architecture (shared
     by `probe extract` and `probe blocks`)."""
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -28,7 +32,7 @@ def add_arch_args(p):
                    help="the MODEL_FLAGS string you use with guided-diffusion or DiT")
 
 
-def model_kwargs(args):
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from ..extractors.config import config_value, parse_config_items
 
     kw = dict(checkpoint=args.checkpoint, random_init=getattr(args, "random_init", False),
@@ -45,7 +49,7 @@ def model_kwargs(args):
     return kw
 
 
-def register(sub):
+def register(sub: Any) -> None:
     p = sub.add_parser("extract", help="extract block features into an HDF5 file",
                        description="Noise images to timesteps t, run the model, and stream the "
                                    "pooled outputs of chosen blocks into one HDF5 file. "
@@ -78,7 +82,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> None:
     from ..pipeline import distributed
     from ..pipeline.run import extract
 
@@ -92,9 +96,7 @@ def run(args):
         distributed.teardown()
 
 
-def noise_options(args):
-    from ..options import NoiseOptions
-
+def noise_options(args: argparse.Namespace) -> NoiseOptions:
     label = "true" if args.true_labels else args.class_label
     return NoiseOptions(t=args.t, ensemble=args.ensemble, add_noise=not args.no_noise,
                         noise_seed=args.seed, class_label=label)

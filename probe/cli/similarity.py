@@ -1,5 +1,10 @@
 """`probe similarity`: CKA or another similarity measure between blocks and timesteps of
 one feature file, or between two, with a permutation null and bootstrap intervals."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
 from ..errors import ProbeError
 from .cka import ACROSS, add_inputs, run_measure
 from .common import add_run_flags, run_options
@@ -13,7 +18,7 @@ RDMS = ("correlation", "euclidean")
 MAX_SAMPLES = 8192
 
 
-def register(subparsers):
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "similarity", help="CKA, mutual k-NN, CKNNA, RSA, Procrustes or SVCCA, with p-values "
                            "and bootstrap intervals",
@@ -68,7 +73,7 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..measures import similarity
 
     if args.minus_null and not args.permutations:
@@ -87,7 +92,7 @@ def run(args):
     return run_measure(args, compute, summary, minus_null=args.minus_null)
 
 
-def summary(result):
+def summary(result: Any) -> list[str]:
     """What the command prints after the measure: its value range, then the null, the
     intervals and the memory, those that apply."""
     e, m, u = result.estimator, result.matrix, result.uncertainty

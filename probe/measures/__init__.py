@@ -251,8 +251,9 @@ def _as_list(v):
     return [v] if torch.is_tensor(v) or hasattr(v, "shape") else list(v)
 
 
-def cka_matrix(xs, ys=None, minibatch=None, kernel="linear", sigma=1.0, unbiased=None,
-               shuffle=True, seed=0, device="cpu", dtype=None):
+def cka_matrix(xs: Any, ys: Any = None, minibatch: int | None = None, kernel: str = "linear",
+               sigma: float = 1.0, unbiased: bool | None = None, shuffle: bool = True,
+               seed: int = 0, device: Any = "cpu", dtype: Any = None) -> np.ndarray:
     """CKA between in-memory representations: ``xs`` and ``ys`` are lists of arrays or
     tensors (N, ...) over the same N samples in the same order (a single array counts as a
     list of one).  Returns the (len(xs), len(ys)) numpy matrix; pairs with a constant

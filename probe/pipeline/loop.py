@@ -54,7 +54,8 @@ def run_batches(model: Extractor, data: Any, todo: list[list[int]], keys: Sequen
         arrays = []
         if batch["images"] is not None:
             ids = [data.ids[i] for i in batch["index"]]
-            y = batch["labels"] if settings.class_label == "true" else settings.class_label
+            label = settings.class_label
+            y = batch["labels"] if label == "true" else None if label is None else int(label)
             feats = features(model, batch["images"].to(device, non_blocking=True), ids, y,
                              settings, stack_t)
             arrays = [feats[k].cpu().numpy().astype(np_dtype) for k in keys]
@@ -73,7 +74,8 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
         feats = model.forward_intermediates(x0, None, list(settings.blocks), stop_early=True)
         return {(None, name): apply_pool(f, settings.pool, model.num_prefix_tokens).float()
                 for name, f in feats.items()}
-    draws = [(tt, k) for tt in settings.timesteps for k in range(settings.ensemble)]
+    ensemble = settings.ensemble or 1  # None only without timesteps, returned above
+    draws = [(tt, k) for tt in settings.timesteps for k in range(ensemble)]
 
     def noised(tt, k):
         if not settings.add_noise:
@@ -83,7 +85,7 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
         return model.q_sample(x0, tt, noise)
 
     groups = [draws] if stack_t else [[d] for d in draws]
-    out = {}
+    out: dict[Key, torch.Tensor] = {}
     for group in groups:
         x = torch.cat([noised(tt, k) for tt, k in group])
         tvec = torch.cat([torch.full((b,), tt, device=x.device, dtype=torch.long) for tt, _ in group])
@@ -95,4 +97,4 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
                                     model.num_prefix_tokens).float()
                 key = (tt, name)
                 out[key] = out[key] + pooled if key in out else pooled
-    return {k: v / settings.ensemble for k, v in out.items()}
+    return {k: v / ensemble for k, v in out.items()}

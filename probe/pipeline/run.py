@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["extract", "weights_sha256"]
 
 
-def weights_sha256(model):
+def weights_sha256(model: Extractor) -> str:
     """A hash of every weight the features depend on (network and VAE).
 
     Hashing a large model takes seconds, so the digest is kept on the model and reused
@@ -58,8 +58,9 @@ def weights_sha256(model):
         if v.numel():  # hashed through the buffer, without a copy of the bytes
             # flat first: a 0-dim tensor (BatchNorm's step count) has no byte view
             h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    model._weights_sha256 = (stamp, h.hexdigest())
-    return model._weights_sha256[1]
+    digest = h.hexdigest()
+    setattr(model, "_weights_sha256", (stamp, digest))  # nn.Module's __setattr__ types it
+    return digest
 
 
 def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
@@ -254,7 +255,7 @@ def _on_rank0(fn, rank, world):
     refusal stops all ranks with the same message instead of leaving them at a barrier."""
     if world == 1:
         return fn()
-    box = [None]
+    box: list[Any] = [None]
     if rank == 0:
         try:
             box[0] = ("ok", fn())

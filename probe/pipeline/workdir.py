@@ -13,7 +13,7 @@ import io
 import json
 import os
 import shutil
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 
@@ -87,8 +87,8 @@ class Workdir:
         first = int(index[0]) if len(index) else int(skipped[0])
         path = os.path.join(self.parts, f"{first:010d}.npz")
         buf = io.BytesIO()
-        np.savez(buf, index=index, skipped=np.asarray(skipped, np.int64),
-                 **{f"k{j}": a for j, a in enumerate(arrays)})
+        named: dict[str, Any] = {f"k{j}": a for j, a in enumerate(arrays)}
+        np.savez(buf, index=index, skipped=np.asarray(skipped, np.int64), **named)
         write_bytes(path, buf.getvalue())
 
     def remove(self) -> None:
