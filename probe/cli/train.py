@@ -1,6 +1,10 @@
 """`probe train ldae|dit|adm`: train a model on a dataset and write a loadable checkpoint."""
+from __future__ import annotations
+
+import argparse
 import math
 import os
+from typing import Any
 
 from ..errors import ProbeError
 from .common import (add_batch_size, add_device, add_num_workers, add_overwrite, add_quiet,
@@ -16,7 +20,7 @@ SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
                  class_cond=False, diffusion_steps=1000, noise_schedule="linear")
 
 
-def register(sub):
+def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train an l-DAE, DiT, ADM or supervised classifier",
                        description="Train a model with the toolkit's own recipes. Checkpoints "
                                    "every epoch; rerun with --resume after an interruption.")
@@ -216,7 +220,7 @@ def _build(args, cfg, images, resume):
     return DDPMObjective(model, config=cfg)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..data import data_channels, load_dataset
     from ..train import loop
 
@@ -273,7 +277,7 @@ def run(args):
     return 0
 
 
-def run_classifier(args):
+def run_classifier(args: argparse.Namespace) -> int:
     from ..extractors.config import parse_config_items
     from ..train.classifier import train_classifier
 

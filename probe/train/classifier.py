@@ -25,7 +25,7 @@ DEFAULT_ARCH = "vit_tiny_patch16_224"
 VIT_DEFAULTS = dict(patch_size=7, embed_dim=128, depth=4, num_heads=2)
 
 
-def is_vit(arch):
+def is_vit(arch: str) -> bool:
     """Whether ``arch`` is built by timm's VisionTransformer (which takes img_size,
     patch_size, embed_dim, depth and num_heads)."""
     import timm
@@ -33,7 +33,7 @@ def is_vit(arch):
     return timm.models.model_entrypoint(arch).__module__ == "timm.models.vision_transformer"
 
 
-def check_arch(arch):
+def check_arch(arch: str) -> str:
     import timm
 
     if not timm.is_model(arch):
@@ -42,7 +42,9 @@ def check_arch(arch):
     return arch
 
 
-def model_config(arch, image_size, channels, num_classes, vit=None, extra=None):
+def model_config(arch: str, image_size: int, channels: int, num_classes: int,
+                 vit: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The keyword arguments of ``timm.create_model``: channels and classes from the data,
     for ViTs the image size and ``vit`` (patch_size, embed_dim, depth, num_heads; unset
     ones from VIT_DEFAULTS), then ``extra`` (``--config``) over all of them."""
@@ -57,7 +59,7 @@ def model_config(arch, image_size, channels, num_classes, vit=None, extra=None):
     return {**cfg, **(extra or {})}
 
 
-def create(arch, config):
+def create(arch: str, config: dict[str, Any]) -> torch.nn.Module:
     """A fresh timm network (initialised from torch's global RNG: seed it first)."""
     import timm
 
@@ -67,11 +69,11 @@ def create(arch, config):
         raise ProbeError(f"timm cannot build {arch} with {config}: {e}") from e
 
 
-def normalise(images):
+def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - MEAN) / STD
 
 
-def pretrained_cfg(image_size, channels):
+def pretrained_cfg(image_size: int, channels: int) -> dict[str, Any]:
     """The input pipeline in timm's words (what timm's resolve_data_config reads)."""
     return dict(input_size=(channels, image_size, image_size), mean=(MEAN,) * channels,
                 std=(STD,) * channels, interpolation="bicubic", crop_pct=1.0)
@@ -83,7 +85,7 @@ class ClassifierObjective:
 
     family = "timm"
 
-    def __init__(self, arch, config, image_size):
+    def __init__(self, arch: str, config: dict[str, Any], image_size: int) -> None:
         self.arch, self.config = arch, dict(config)
         self.model = create(arch, self.config)
         # timm.create_model(arch, **config.json) rebuilds the network with its input
@@ -92,18 +94,19 @@ class ClassifierObjective:
         self.kwargs = dict(self.config, pretrained_cfg=pretrained_cfg(
             image_size, self.config["in_chans"]))
 
-    def loss(self, images, labels, generator):
+    def loss(self, images: torch.Tensor, labels: torch.Tensor,
+             generator: torch.Generator) -> torch.Tensor:
         return F.cross_entropy(self.model(normalise(images)), labels)
 
-    def extra_files(self):
+    def extra_files(self) -> dict[str, Any]:
         return {"config.json": self.kwargs}
 
-    def export(self, meta=None):
+    def export(self, meta: Any = None) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
 @torch.no_grad()
-def predict(model, images, batch_size=256):
+def predict(model: torch.nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (a timm classifier, eval mode) on an :class:`Images`."""
     model.eval()
     device = next(model.parameters()).device
@@ -113,7 +116,8 @@ def predict(model, images, batch_size=256):
     return torch.cat(out)
 
 
-def evaluate(model, images, class_names, batch_size=256):
+def evaluate(model: torch.nn.Module, images: Any, class_names: list[str],
+             batch_size: int = 256) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a classifier on
     ``images`` (probe's own metrics, as ``probe fit`` reports them)."""
     from ..heads.metrics import classification_metrics
