@@ -109,7 +109,8 @@ def run_measure(args: argparse.Namespace, compute: Callable[[Any, Any], Any],
     refuse_existing(_outputs(stem, ext), args.overwrite)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = compute(Selection(*selection(args)), Selection(*selection(args, "_b")))
+        result = compute(Selection(*selection(args)),
+                         Selection(*selection(args, "_b")))
     for w in caught:
         print(f"probe: warning: {w.message}")
     drawn = {i for panel in result.panels() for i in panel.rows}

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-NOISE_FIELDS = ("noise_seed", "ensemble", "add_noise")
+from ..store import NOISE_ATTRS as NOISE_FIELDS
 # stored as plain strings: never JSON-decoded (a data spec or hash could look like JSON)
 _STR_FIELDS = ("model", "weights_sha256", "pool", "dtype", "data", "split", "transform")
 

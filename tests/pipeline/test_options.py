@@ -163,3 +163,16 @@ def test_extract_puts_the_model_back(tmp_path, dit):
     for k, v in model.state_dict().items():
         assert v.device.type == "cpu"
         torch.testing.assert_close(v, weights[k], rtol=0, atol=0)
+
+
+def test_old_and_new_timeless_files_pair_for_training(tmp_path):
+    """An old file of a network without timesteps recorded noise settings, a new one does
+    not: a head trained on one still tests on the other."""
+    from probe.heads.setup import COMPATIBLE
+    from probe.store import check_compatible
+
+    new = probe.extract(_tiny_vit(), "demo", blocks=["blocks.1"], limit=4, batch_size=4,
+                        out=str(tmp_path / "new.h5"), **QUIET)
+    with open_features(os.path.join(OLD, "old-timeless.h5")) as old, open_features(new) as f:
+        check_compatible(old, f, what=COMPATIBLE)
+        assert old.describe() == f.describe()
