@@ -30,6 +30,7 @@ from .selection import Catalog, Key, Spec, key_label, parse_key
 
 FORMAT = "probe-features"
 FORMAT_VERSION = 1
+NOISE_ATTRS = ("noise_seed", "ensemble", "add_noise")  # absent without timesteps
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -248,10 +249,12 @@ class FeatureFile:
             yield start, stop, {k: d[start:stop] for k, d in dsets.items()}
 
     def describe(self) -> dict[str, Any]:
-        """The settings that make two files comparable (model, pooling, dtype, ...)."""
+        """The settings that make two files comparable (model, pooling, dtype, ...); the
+        noise settings are None for a network without timesteps (older files recorded
+        them there)."""
         a = self.attrs
-        return {k: a.get(k) for k in ("model", "checkpoint_sha256", "pool", "timesteps",
-                                      "noise_seed", "ensemble", "add_noise")}
+        return {k: a.get(k) if self.has_timesteps or k not in NOISE_ATTRS else None
+                for k in ("model", "checkpoint_sha256", "pool", "timesteps", *NOISE_ATTRS)}
 
 
 def open_features(path: str | os.PathLike, require_complete: bool = True) -> FeatureFile:
@@ -273,9 +276,16 @@ def opened(f: str | os.PathLike | FeatureFile) -> Iterator[FeatureFile]:
         ff.close()
 
 
-def check_compatible(train, test, what=("model", "checkpoint_sha256", "pool", "add_noise")):
-    """Raise unless two files were made the same way (for train/test pairs)."""
+def check_compatible(train: FeatureFile, test: FeatureFile,
+                     what: Sequence[str] = ("model", "checkpoint_sha256", "pool", "add_noise")
+                     ) -> None:
+    """Raise unless two files were made the same way (for train/test pairs).  Without
+    timesteps there is no noise: its settings are not compared (older files of such
+    networks recorded them, newer ones do not)."""
+    timeless = not train.has_timesteps and not test.has_timesteps
     for k in what:
+        if timeless and k in NOISE_ATTRS:
+            continue
         a, b = train.attrs.get(k), test.attrs.get(k)
         if a != b:
             raise ProbeError(f"{train.path} and {test.path} were made differently ({k}: {a!r} vs "

@@ -2,11 +2,15 @@
 
 :func:`run_measure` is the body it shares with `probe similarity`: the checks on --out,
 the outputs written all or nothing, and what is printed."""
+from __future__ import annotations
+
+import argparse
 import os
 import warnings
+from typing import Any, Callable
 
 from ..errors import ProbeError
-from .common import add_run_flags, add_selection, refuse_existing, selection
+from .common import add_run_flags, add_selection, refuse_existing, run_options, selection
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 # probe.measures.core.KERNELS and probe.measures.result.ACROSS, spelled out because importing
@@ -16,7 +20,7 @@ KERNELS = ("linear", "rbf")
 ACROSS = ("blocks", "timesteps", "all")
 
 
-def register(subparsers):
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "cka", help="CKA across blocks, timesteps and models, with heatmaps",
         description="CKA between the (t, block) features of a file from `probe extract`, or "
@@ -53,7 +57,7 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def add_inputs(p):
+def add_inputs(p: argparse.ArgumentParser) -> None:
     """The files and the keys of each: rows from A, columns from B (or A again)."""
     p.add_argument("a", metavar="A.h5", help="feature file (rows)")
     p.add_argument("b", metavar="B.h5", nargs="?", help="second feature file (columns); default A")
@@ -69,14 +73,14 @@ def _outputs(stem, ext):
     return [stem + ".csv", stem + ".json", stem + ext, f"{stem}_line{ext}", f"{stem}_stats.csv"]
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..measures import cka
 
-    def compute(**chosen):
-        return cka(args.a, args.b, **chosen, across=args.across, minibatch=args.minibatch,
-                   kernel=args.kernel, sigma=args.sigma, unbiased=args.unbiased,
-                   shuffle=not args.no_shuffle, seed=args.seed, device=args.device,
-                   dtype=args.dtype, progress=not args.quiet)
+    def compute(rows, cols):
+        return cka(args.a, args.b, rows=rows, cols=cols, across=args.across,
+                   minibatch=args.minibatch, kernel=args.kernel, sigma=args.sigma,
+                   unbiased=args.unbiased, shuffle=not args.no_shuffle, seed=args.seed,
+                   dtype=args.dtype, run=run_options(args))
 
     return run_measure(args, compute, _summary)
 
@@ -89,10 +93,13 @@ def _summary(result):
             f"{m.shape[0]} x {m.shape[1]} keys, min {m.min():.3f}, max {m.max():.3f}"]
 
 
-def run_measure(args, compute, summary, minus_null=False):
+def run_measure(args: argparse.Namespace, compute: Callable[[Any, Any], Any],
+                summary: Callable[[Any], list[str]], minus_null: bool = False) -> int:
     """The body of `probe cka` and `probe similarity`: check --out, compute the result with
-    ``compute(t=..., blocks=..., ...)`` (the selection flags), print its warnings, write
-    the outputs all or nothing, and print the lines of ``summary(result)``."""
+    ``compute(rows, cols)`` (the Selections of the flags), print its warnings, write the
+    outputs all or nothing, and print the lines of ``summary(result)``."""
+    from ..options import Selection
+
     stem, ext = os.path.splitext(args.out)
     if ext.lower() not in FORMATS:
         raise ProbeError(f"--out {args.out}: the plot needs one of the extensions {', '.join(FORMATS)}")
@@ -100,11 +107,10 @@ def run_measure(args, compute, summary, minus_null=False):
         raise ProbeError(f"--out {args.out} is a directory: give a file name such as {args.out}/plot.png")
     folder = os.path.dirname(os.path.abspath(args.out))
     refuse_existing(_outputs(stem, ext), args.overwrite)
-    chosen = dict(zip(("t", "blocks", "keys"), selection(args)))
-    chosen.update(zip(("t_b", "blocks_b", "keys_b"), selection(args, "_b")))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = compute(**chosen)
+        result = compute(Selection(*selection(args)),
+                         Selection(*selection(args, "_b")))
     for w in caught:
         print(f"probe: warning: {w.message}")
     drawn = {i for panel in result.panels() for i in panel.rows}

@@ -1,11 +1,15 @@
 """`probe extract`: block features at chosen timesteps -> one HDF5 file."""
+from __future__ import annotations
+
 import argparse
+from typing import Any
 
+from ..options import NoiseOptions
 from ..pipeline.pooling import POOL_HELP
-from .common import add_run_flags, add_selection
+from .common import add_run_flags, add_selection, output_options, run_options
 
 
-def add_model_args(p):
+def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registry name (see `probe models`) or family")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
@@ -17,7 +21,7 @@ def add_model_args(p):
     add_arch_args(p)
 
 
-def add_arch_args(p):
+def add_arch_args(p: argparse.ArgumentParser) -> None:
     """Flags that say how to read a checkpoint and build a family's architecture (shared
     by `probe extract` and `probe blocks`)."""
     p.add_argument("--trust-checkpoint", action="store_true",
@@ -28,7 +32,7 @@ def add_arch_args(p):
                    help="the MODEL_FLAGS string you use with guided-diffusion or DiT")
 
 
-def model_kwargs(args):
+def model_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from ..extractors.config import config_value, parse_config_items
 
     kw = dict(checkpoint=args.checkpoint, random_init=getattr(args, "random_init", False),
@@ -45,7 +49,7 @@ def model_kwargs(args):
     return kw
 
 
-def register(sub):
+def register(sub: Any) -> None:
     p = sub.add_parser("extract", help="extract block features into an HDF5 file",
                        description="Noise images to timesteps t, run the model, and stream the "
                                    "pooled outputs of chosen blocks into one HDF5 file. "
@@ -68,34 +72,31 @@ def register(sub):
     lab.add_argument("--true-labels", action="store_true",
                      help="class-conditional models: feed each image's true label (leaks labels)")
     p.add_argument("--out", help="output .h5 (default MODEL-DATA-SPLIT.h5)")
-    p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--stack-t", action="store_true",
                    help="run all timesteps of a batch in one forward pass (faster on GPUs)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip images that cannot be decoded (recorded in the file)")
     add_run_flags(p, seed_what="the noise, drawn per sample from (seed, sample id, t)",
                   overwrite="an existing output (a matching unfinished run resumes without it)",
-                  batch_size=32, batch_what="images per forward pass")
+                  batch_size=32, batch_what="images per forward pass", num_workers=True)
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> None:
     from ..pipeline import distributed
     from ..pipeline.run import extract
 
-    label = "true" if args.true_labels else args.class_label
     device = distributed.setup(args.device)
     try:
-        _extract(extract, args, label, device)
+        extract(args.model, data=args.data, blocks=args.blocks or "all", split=args.split,
+                pool=args.pool, limit=args.limit, skip_bad=args.skip_bad, stack_t=args.stack_t,
+                noise=noise_options(args), run=run_options(args, device=device),
+                output=output_options(args), command=args.command_line, **model_kwargs(args))
     finally:
         distributed.teardown()
 
 
-def _extract(extract, args, label, device):
-    extract(args.model, data=args.data, t=args.t, blocks=args.blocks or "all",
-            out=args.out, split=args.split, pool=args.pool, dtype=args.dtype, noise_seed=args.seed,
-            ensemble=args.ensemble, add_noise=not args.no_noise, class_label=label,
-            batch_size=args.batch_size, num_workers=args.num_workers, device=device,
-            overwrite=args.overwrite, skip_bad=args.skip_bad, limit=args.limit,
-            stack_t=args.stack_t, progress=not args.quiet, command=args.command_line,
-            **model_kwargs(args))
+def noise_options(args: argparse.Namespace) -> NoiseOptions:
+    label = "true" if args.true_labels else args.class_label
+    return NoiseOptions(t=args.t, ensemble=args.ensemble, add_noise=not args.no_noise,
+                        noise_seed=args.seed, class_label=label)

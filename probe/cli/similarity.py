@@ -1,8 +1,13 @@
 """`probe similarity`: CKA or another similarity measure between blocks and timesteps of
 one feature file, or between two, with a permutation null and bootstrap intervals."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
 from ..errors import ProbeError
 from .cka import ACROSS, add_inputs, run_measure
-from .common import add_run_flags
+from .common import add_run_flags, run_options
 
 # probe.measures.result.METRICS and the choices of probe.measures.pairs, spelled out
 # because importing probe.measures costs torch (tests/measures/test_similarity_cli.py
@@ -13,7 +18,7 @@ RDMS = ("correlation", "euclidean")
 MAX_SAMPLES = 8192
 
 
-def register(subparsers):
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "similarity", help="CKA, mutual k-NN, CKNNA, RSA, Procrustes or SVCCA, with p-values "
                            "and bootstrap intervals",
@@ -68,7 +73,7 @@ def register(subparsers):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..measures import similarity
 
     if args.minus_null and not args.permutations:
@@ -76,18 +81,18 @@ def run(args):
                          "--permutations P (e.g. 1000)")
     args.out = args.out or f"{args.metric}.png"
 
-    def compute(**chosen):
-        return similarity(args.a, args.b, **chosen, metric=args.metric, across=args.across,
-                          k=args.k, sigma=args.sigma, rsa_corr=args.rsa_corr, rdm=args.rdm,
+    def compute(rows, cols):
+        return similarity(args.a, args.b, rows=rows, cols=cols, metric=args.metric,
+                          across=args.across, k=args.k, sigma=args.sigma,
+                          rsa_corr=args.rsa_corr, rdm=args.rdm,
                           permutations=args.permutations, bootstrap=args.bootstrap, ci=args.ci,
                           seed=args.seed, subsample=args.subsample,
-                          max_samples=args.max_samples, device=args.device,
-                          progress=not args.quiet)
+                          max_samples=args.max_samples, run=run_options(args))
 
     return run_measure(args, compute, summary, minus_null=args.minus_null)
 
 
-def summary(result):
+def summary(result: Any) -> list[str]:
     """What the command prints after the measure: its value range, then the null, the
     intervals and the memory, those that apply."""
     e, m, u = result.estimator, result.matrix, result.uncertainty

@@ -1,9 +1,14 @@
 """`probe train ldae|dit|adm`: train a model on a dataset and write a loadable checkpoint."""
+from __future__ import annotations
+
+import argparse
 import math
 import os
+from typing import Any
 
 from ..errors import ProbeError
-from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_threads
+from .common import (add_batch_size, add_device, add_num_workers, add_overwrite, add_quiet,
+                     add_seed, add_threads, output_options, run_options)
 from .train_tokenizer import add_tokenizer_parser, saved_tokenizer_meta, tokenizer_flags, tokenizer_options
 
 # Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
@@ -15,7 +20,7 @@ SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
                  class_cond=False, diffusion_steps=1000, noise_schedule="linear")
 
 
-def register(sub):
+def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train an l-DAE, DiT, ADM or supervised classifier",
                        description="Train a model with the toolkit's own recipes. Checkpoints "
                                    "every epoch; rerun with --resume after an interruption.")
@@ -118,7 +123,7 @@ def _common(q, lr, image_size=32):
                    help=f"image side in pixels (default {image_size})")
     g.add_argument("--channels", type=int, help="image channels (default: the data's)")
     g.add_argument("--limit", type=int, help="train on the first N images only")
-    g.add_argument("--num-workers", type=int, default=0, help="image decoding workers")
+    add_num_workers(g)
     g = q.add_argument_group("training")
     length = g.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="passes over the data (default 1)")
@@ -215,7 +220,7 @@ def _build(args, cfg, images, resume):
     return DDPMObjective(model, config=cfg)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..data import data_channels, load_dataset
     from ..train import loop
 
@@ -272,7 +277,7 @@ def run(args):
     return 0
 
 
-def run_classifier(args):
+def run_classifier(args: argparse.Namespace) -> int:
     from ..extractors.config import parse_config_items
     from ..train.classifier import train_classifier
 
@@ -283,10 +288,10 @@ def run_classifier(args):
         args.data, out, arch=args.arch, split=args.split, image_size=args.image_size,
         channels=args.channels, limit=args.limit, vit=vit, config=parse_config_items(args.config),
         epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed, device=args.device,
-        resume=args.resume, overwrite=args.overwrite, save_every=args.save_every,
-        log_every=args.log_every, eval_split=args.eval_split, num_workers=args.num_workers,
-        progress=not args.quiet, command=_options(args))
+        weight_decay=args.weight_decay, warmup=args.warmup, seed=args.seed,
+        resume=args.resume, save_every=args.save_every, log_every=args.log_every,
+        eval_split=args.eval_split, run=run_options(args, batch_size=None),
+        output=output_options(args, out=out), command=_options(args))
     final = log.get("final_loss")
     print(f"trained classifier {args.arch}: step {log['step']} ({log['epochs_done']:.2f} "
           f"epochs), final loss {final if final is None else f'{final:.4f}'}, "

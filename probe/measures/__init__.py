@@ -13,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ProbeError
-from ..selection import Spec
+from ..options import RunOptions, Selection, gather, refuse_unknown, selections
 from ..store import FeatureFile, key_name, opened
 from . import grid, pairs
 from .core import make_estimator
@@ -68,20 +69,33 @@ def _select(fa, fb, sel_a, sel_b):
                          "with --t-b, --blocks-b or --keys-b)") from None
 
 
+def _common(rows: Selection | None, cols: Selection | None, run: RunOptions | None,
+            options: dict[str, Any]) -> tuple[Selection, Selection, RunOptions]:
+    """The key selections and run options of :func:`cka` and :func:`similarity`, from the
+    objects or the keywords (``t``, ``blocks``, ``keys``, their ``_b`` forms, ``device``,
+    ``progress``...); the device defaults to the CPU."""
+    rows, cols = selections(rows, cols, options)
+    run = gather(RunOptions, run, options).with_defaults(device="cpu")
+    refuse_unknown(options, Selection, RunOptions, also=("t_b", "blocks_b", "keys_b"))
+    run.use_threads()
+    return rows, cols, run
+
+
 def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile | None = None,
-        *, t: Spec = None, blocks: Spec = None, keys: Spec = None, t_b: Spec = None,
-        blocks_b: Spec = None, keys_b: Spec = None, across: str | None = None,
-        minibatch: int | None = None, kernel: str = "linear", sigma: float = 1.0,
-        unbiased: bool | None = None, shuffle: bool = True, seed: int = 0,
-        device: str = "cpu", dtype: str | None = None, progress: bool = False) -> CKAResult:
+        *, rows: Selection | None = None, cols: Selection | None = None,
+        across: str | None = None, minibatch: int | None = None, kernel: str = "linear",
+        sigma: float = 1.0, unbiased: bool | None = None, shuffle: bool = True, seed: int = 0,
+        dtype: str | None = None, run: RunOptions | None = None, **options: Any) -> CKAResult:
     """CKA between (t, block) keys of feature file ``a`` (rows) and of ``b`` (columns; ``a``
     itself when ``b`` is None).
 
-    ``t``/``blocks``/``keys`` select the rows with the grammar of :mod:`probe.selection`
-    (``keys`` also takes 'tT' for all blocks at T and 'BLOCK' for a block at all t); default
-    all.  ``t_b``/``blocks_b``/``keys_b`` select the columns the same way; they default to
-    the rows' selection.  With one file, they pick other columns of the same file (a
-    rectangular grid).
+    ``rows`` (a :class:`~probe.options.Selection`, or the keywords ``t``/``blocks``/``keys``)
+    selects the rows with the grammar of :mod:`probe.selection` (``keys`` also takes 'tT'
+    for all blocks at T and 'BLOCK' for a block at all t); default all.  ``cols`` (or
+    ``t_b``/``blocks_b``/``keys_b``) selects the columns the same way; they default to the
+    rows' selection.  With one file, they pick other columns of the same file (a
+    rectangular grid).  ``run`` (:class:`~probe.options.RunOptions`, or its fields as
+    keywords): ``device`` (default cpu), ``threads``, ``progress``.
     ``across``: 'blocks' (a panel per t), 'timesteps' (a panel per block) or 'all'.
     ``minibatch``: None for the full-batch estimator, else the batch size of the minibatch
     estimator.  ``unbiased``: HSIC estimator (default: biased for full batch, unbiased for
@@ -90,24 +104,28 @@ def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile |
     sorted by class).  ``dtype``: of the feature product X X^T ('float32' default or
     'float64'); everything after it is float64.  Returns a :class:`CKAResult`.
     """
+    sel_a, sel_b, run = _common(rows, cols, run, options)
     _check_minibatch(minibatch)
-    est = _estimator_args(kernel, sigma, unbiased, minibatch, device, dtype)
-    sel_a, sel_b = (t, blocks, keys), (t_b, blocks_b, keys_b)
-    with _inputs(a, b, sel_a, sel_b) as (fa, fb, rows, cols, rows_b):
+    est = _estimator_args(kernel, sigma, unbiased, minibatch, run.device, dtype)
+    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple()) as (
+            fa, fb, row_keys, col_keys, rows_b):
         # the layout is checked before the work, so a bad --across fails at once
-        result = CKAResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
-                           (fa.path, fb.path if fb is not None else None), len(fa))
+        result = CKAResult(np.zeros((len(row_keys), len(col_keys))), row_keys, col_keys,
+                           across or "blocks", (fa.path, fb.path if fb is not None else None),
+                           len(fa))
         result.across = _layout(result, across)
         src_b: grid.FileSource | None
         if fb is not None:
-            src_b = grid.FileSource(fb, cols)
+            src_b = grid.FileSource(fb, col_keys)
         else:
-            src_b = None if cols == rows else grid.FileSource(fa, cols)
+            src_b = None if col_keys == row_keys else grid.FileSource(fa, col_keys)
         matrix, dead_a, dead_b, sizes = grid.run(
-            grid.FileSource(fa, rows), src_b, est, minibatch, shuffle, seed, rows_b, progress)
+            grid.FileSource(fa, row_keys), src_b, est, minibatch, shuffle, seed, rows_b,
+            run.progress)
     result.matrix = matrix
     result.constant_keys = list(dict.fromkeys(
-        [key_name(*k) for k, d in zip(rows, dead_a) if d] + [key_name(*k) for k, d in zip(cols, dead_b) if d]))
+        [key_name(*k) for k, d in zip(row_keys, dead_a) if d]
+        + [key_name(*k) for k, d in zip(col_keys, dead_b) if d]))
     if result.constant_keys:
         warnings.warn(f"CKA: features of {', '.join(result.constant_keys)} do not vary over the "
                       "samples; their CKA is set to 0", stacklevel=2)
@@ -135,17 +153,17 @@ def _layout(result, across):
 
 
 def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile | None = None,
-               *, metric: str = "cka", t: Spec = None, blocks: Spec = None, keys: Spec = None,
-               t_b: Spec = None, blocks_b: Spec = None, keys_b: Spec = None,
-               across: str | None = None, k: int = 10, sigma: float = 1.0,
-               rsa_corr: str = "spearman", rdm: str = "correlation", permutations: int = 0,
-               bootstrap: int = 0, ci: float = 0.95, seed: int = 0, subsample: int | None = None,
-               max_samples: int = pairs.MAX_SAMPLES, device: str = "cpu",
-               progress: bool = False) -> CKAResult:
+               *, metric: str = "cka", rows: Selection | None = None,
+               cols: Selection | None = None, across: str | None = None, k: int = 10,
+               sigma: float = 1.0, rsa_corr: str = "spearman", rdm: str = "correlation",
+               permutations: int = 0, bootstrap: int = 0, ci: float = 0.95, seed: int = 0,
+               subsample: int | None = None, max_samples: int = pairs.MAX_SAMPLES,
+               run: RunOptions | None = None, **options: Any) -> CKAResult:
     """``metric`` between (t, block) keys of feature file ``a`` (rows) and of ``b``
     (columns; ``a`` itself when ``b`` is None), samples paired by id as in :func:`cka`,
-    whose key selection (``t``, ``blocks``, ``keys`` and their ``_b`` forms) and ``across``
-    this takes.
+    whose key selection (``rows`` and ``cols``, or ``t``, ``blocks``, ``keys`` and their
+    ``_b`` forms), ``across`` and ``run`` (``device``, default cpu; ``progress``) this
+    takes.
 
     ``metric``: 'cka', 'cka-unbiased', 'cka-rbf' (the full-batch estimators of :func:`cka`,
     ``sigma`` for the RBF), 'mutual-knn', 'cknna' (``k`` neighbours), 'rsa' (``rdm``:
@@ -158,15 +176,17 @@ def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | Featur
     Everything random is drawn from ``seed``.  Returns a :class:`SimilarityResult`
     (``CKAResult``) with ``metric`` set.
     """
-    opts = pairs.options(metric, k, sigma, rsa_corr, rdm, device, bootstrap)
+    sel_a, sel_b, run = _common(rows, cols, run, options)
+    opts = pairs.options(metric, k, sigma, rsa_corr, rdm, run.device, bootstrap)
     pairs.check_draws(permutations, bootstrap, ci)
-    sel_a, sel_b = (t, blocks, keys), (t_b, blocks_b, keys_b)
-    with _inputs(a, b, sel_a, sel_b) as (fa, fb, rows, cols, pair_rows):
-        result = SimilarityResult(np.zeros((len(rows), len(cols))), rows, cols, across or "blocks",
+    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple()) as (
+            fa, fb, row_keys, col_keys, pair_rows):
+        result = SimilarityResult(np.zeros((len(row_keys), len(col_keys))), row_keys, col_keys,
+                                  across or "blocks",
                                   (fa.path, fb.path if fb is not None else None), len(fa),
                                   metric=metric)
         result.across = _layout(result, across)
-        src_a, src_b = grid.FileSource(fa, rows), grid.FileSource(fb or fa, cols)
+        src_a, src_b = grid.FileSource(fa, row_keys), grid.FileSource(fb or fa, col_keys)
         sizes = [dims(s, i) for s in (src_a, src_b) for i in range(len(s.keys))]
         picked = pairs.pick_samples(len(fa), sizes, opts, subsample, max_samples, seed)
         if pair_rows is None:
@@ -174,7 +194,7 @@ def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | Featur
         else:
             rows_b = pair_rows if picked is None else pair_rows[picked]
         out = pairs.run(src_a, src_b, picked, rows_b, opts, permutations, bootstrap, ci, seed,
-                        progress)
+                        run.progress)
         ids = None if picked is None else [fa.ids[i] for i in picked]
     result.matrix = out["value"]
     for name in STATS:
@@ -231,8 +251,9 @@ def _as_list(v):
     return [v] if torch.is_tensor(v) or hasattr(v, "shape") else list(v)
 
 
-def cka_matrix(xs, ys=None, minibatch=None, kernel="linear", sigma=1.0, unbiased=None,
-               shuffle=True, seed=0, device="cpu", dtype=None):
+def cka_matrix(xs: Any, ys: Any = None, minibatch: int | None = None, kernel: str = "linear",
+               sigma: float = 1.0, unbiased: bool | None = None, shuffle: bool = True,
+               seed: int = 0, device: Any = "cpu", dtype: Any = None) -> np.ndarray:
     """CKA between in-memory representations: ``xs`` and ``ys`` are lists of arrays or
     tensors (N, ...) over the same N samples in the same order (a single array counts as a
     list of one).  Returns the (len(xs), len(ys)) numpy matrix; pairs with a constant

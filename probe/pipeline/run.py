@@ -9,11 +9,13 @@ the parts are streamed into a temporary file, marked complete and renamed to ``O
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,11 +24,13 @@ from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ProbeError
 from ..extractors.weights import sha256
-from .pooling import parse_pool
+from ..options import NoiseOptions, OutputOptions, RunOptions, gather, refuse_unknown
 from ..selection import Spec, parse_t
 from ..version import __version__
 from .loop import DTYPES, run_batches
 from .merge import assemble, summary
+from .pooling import parse_pool
+from .settings import FeatureSettings
 from .workdir import Workdir, check_out
 
 if TYPE_CHECKING:
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["extract", "weights_sha256"]
 
 
-def weights_sha256(model):
+def weights_sha256(model: Extractor) -> str:
     """A hash of every weight the features depend on (network and VAE).
 
     Hashing a large model takes seconds, so the digest is kept on the model and reused
@@ -54,39 +58,87 @@ def weights_sha256(model):
         if v.numel():  # hashed through the buffer, without a copy of the bytes
             # flat first: a 0-dim tensor (BatchNorm's step count) has no byte view
             h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    model._weights_sha256 = (stamp, h.hexdigest())
-    return model._weights_sha256[1]
+    digest = h.hexdigest()
+    setattr(model, "_weights_sha256", (stamp, digest))  # nn.Module's __setattr__ types it
+    return digest
 
 
 def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
             blocks: Spec = "all", out: str | os.PathLike | None = None, *,
-            split: str = "train", pool: str = "mean", dtype: str = "float32",
-            noise_seed: int = 0, ensemble: int = 1, add_noise: bool = True,
-            class_label: int | str | None = None, batch_size: int = 32, num_workers: int = 0,
-            device: str | torch.device | None = None, overwrite: bool = False,
-            skip_bad: bool = False, limit: int | None = None, stack_t: bool = False,
-            progress: bool = True, log: Callable[[str], Any] = print,
-            command: str | None = None, **model_kwargs: Any) -> str:
+            split: str = "train", pool: str = "mean", limit: int | None = None,
+            skip_bad: bool = False, stack_t: bool = False, noise: NoiseOptions | None = None,
+            run: RunOptions | None = None, output: OutputOptions | None = None,
+            log: Callable[[str], Any] = print, command: str | None = None,
+            **options: Any) -> str:
     """Extract features of ``blocks`` at timesteps ``t`` for every image of ``data`` into
     the HDF5 file ``out`` (see :mod:`probe.store`).  Returns the path.
 
-    ``t``: default 100 for diffusion models; a network without timesteps (timm,
-    torchvision) takes none (then ``ensemble`` must be 1 and ``add_noise`` stays True).
-    ``model``: an Extractor or a model name (then ``model_kwargs`` go to load_model).
-    ``data``: a dataset spec (``demo``, ``fashion-mnist``, ``imagefolder:ROOT`` ...) or a
-    dataset from :func:`probe.data.load_dataset`.  ``add_noise=False`` conditions on t
-    without noising (the l-DAE paper's clean-input probe).  ``class_label``: None for the
-    model's null class, an int for one class, or "true" to feed the true labels.
-    """
-    from ..extractors.registry import load_model
+    ``model``: an Extractor or a model name.  ``data``: a dataset spec (``demo``,
+    ``fashion-mnist``, ``imagefolder:ROOT`` ...) or a dataset from
+    :func:`probe.data.load_dataset`.  ``limit``: the first N images of ``split`` only.
+    ``pool``: see :mod:`probe.pipeline.pooling`.  ``skip_bad``: skip images that cannot be
+    decoded (recorded in the file).  ``stack_t``: all timesteps of a batch in one pass.
 
-    _check_options(batch_size, ensemble, num_workers, dtype)
+    The other options come as objects of :mod:`probe.options`, or as keywords with their
+    field names (keywords win over the object's fields; defaults are the dataclasses'):
+
+    - ``noise`` (:class:`~probe.options.NoiseOptions`): ``t`` (default 100 for diffusion
+      models; a network without timesteps takes none, and refuses ``ensemble`` and
+      ``add_noise=False``), ``ensemble``, ``add_noise``, ``noise_seed``, ``class_label``;
+    - ``run`` (:class:`~probe.options.RunOptions`): ``device`` (default auto),
+      ``threads``, ``batch_size`` (default 32), ``num_workers``, ``progress``;
+    - ``output`` (:class:`~probe.options.OutputOptions`): ``out`` (default
+      MODEL-DATA-SPLIT.h5), ``overwrite``, ``dtype``.
+
+    Other keywords go to :func:`~probe.load_model` when ``model`` is a name.
+
+    A model passed in is moved to the device and put in eval mode for the run, and put
+    back (its device and every submodule's train/eval mode) when it ends; it does keep
+    the class names of ``data`` (:meth:`~probe.extractors.base.Extractor.use_class_names`).
+    """
+    given = dict(options, **{k: v for k, v in (("t", t), ("out", out)) if v is not None})
+    noise = gather(NoiseOptions, noise, given)
+    run = gather(RunOptions, run, given).with_defaults(batch_size=32)
+    output = gather(OutputOptions, output, given)
+    model_kwargs = given  # what no option class took
+    if model_kwargs and not isinstance(model, str):
+        refuse_unknown(model_kwargs, NoiseOptions, RunOptions, OutputOptions)
+    if output.dtype not in DTYPES:
+        raise ProbeError(f"bad --dtype {output.dtype!r}: use float16 or float32")
     pool = parse_pool(pool)
-    device = resolve_device(device)
+    run.use_threads()
+    device = resolve_device(run.device)
     if isinstance(model, str):
-        model = load_model(model, device=device, **model_kwargs)
-    model = model.to(device).eval()
-    ts = _timesteps(model, t, ensemble, add_noise)
+        from ..extractors.registry import load_model
+
+        return _extract(load_model(model, device=device, **model_kwargs), data, blocks, split,
+                        pool, limit, skip_bad, stack_t, noise, run, output, device, log,
+                        command)
+    with _borrowed(model, device):
+        return _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, run,
+                        output, device, log, command)
+
+
+@contextlib.contextmanager
+def _borrowed(model: Extractor, device: torch.device) -> Iterator[None]:
+    """``model`` on ``device`` in eval mode for the run; then back where it was, each
+    submodule in its own mode (a frozen VAE stays in eval while the net trains)."""
+    modes = [(m, m.training) for m in model.modules()]
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    home = first.device if first is not None else None
+    model.to(device).eval()
+    try:
+        yield
+    finally:
+        if home is not None and home != device:
+            model.to(home)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, run, output,
+             device, log, command):
+    ts = _timesteps(model, noise)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
         data = load_dataset(data, split, model.data_size, model.image_channels,
@@ -95,31 +147,33 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
     n_total = len(data) if limit is None else min(int(limit), len(data))
     if n_total <= 0:
         raise ProbeError("nothing to extract: the dataset (or --limit) has zero images")
-    if class_label not in (None, "true"):
-        class_label = int(class_label)
-    out = os.fspath(out) if out else f"{model.name}-{data.spec.split(':')[0]}-{data.split}.h5"
-    settings = _settings(model, data, n_total, ts, names, pool=pool, dtype=dtype,
-                         noise_seed=noise_seed, ensemble=ensemble, add_noise=add_noise,
-                         class_label=class_label, skip_bad=skip_bad)
-    _run(model, data, out, settings, overwrite=overwrite, batch_size=batch_size,
-         num_workers=num_workers, device=device, stack_t=stack_t, progress=progress, log=log,
-         command=command)
+    out = (os.fspath(output.out) if output.out
+           else f"{model.name}-{data.spec.split(':')[0]}-{data.split}.h5")
+    settings = FeatureSettings(
+        model=model.name, weights_sha256=weights_sha256(model), timesteps=tuple(ts),
+        blocks=tuple(names), pool=pool, dtype=output.dtype, class_label=noise.class_label,
+        data=data.spec, split=data.split, num_samples=n_total, image_size=model.image_size,
+        transform=f"{data.describe_transform()}; model input: {model.input_pipeline}",
+        skip_bad=bool(skip_bad), noise_seed=noise.noise_seed, ensemble=noise.ensemble,
+        add_noise=noise.add_noise)
+    _run(model, data, out, settings, overwrite=output.overwrite, run=run, device=device,
+         stack_t=stack_t, log=log, command=command)
     return out
 
 
-def _timesteps(model, t, ensemble, add_noise):
+def _timesteps(model, noise):
     """The timesteps to extract, checked against the model: [] for a network without
     timesteps, which refuses every option about noise."""
     if not model.has_timesteps:
         why = f"{model.name} has no timestep (it sees the clean image)"
-        if t is not None:
+        if noise.t is not None:
             raise ProbeError(f"{why}: drop --t")
-        if int(ensemble) != 1:
+        if noise.ensemble != 1:
             raise ProbeError(f"{why} and no noise to average over: drop --ensemble")
-        if not add_noise:
+        if not noise.add_noise:
             raise ProbeError(f"{why}: drop --no-noise, its input is already clean")
         return []
-    ts = parse_t(100 if t is None else t)
+    ts = parse_t(100 if noise.t is None else noise.t)
     if ts is None:
         raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "
                          "e.g. --t 10,100,500")
@@ -128,34 +182,7 @@ def _timesteps(model, t, ensemble, add_noise):
     return ts
 
 
-def _check_options(batch_size, ensemble, num_workers, dtype):
-    if batch_size is None or int(batch_size) < 1:
-        raise ProbeError(f"--batch-size must be a positive integer, not {batch_size}")
-    if int(ensemble) < 1:
-        raise ProbeError(f"--ensemble must be at least 1, not {ensemble}")
-    if num_workers is None or int(num_workers) < 0:
-        raise ProbeError(f"--num-workers must be 0 or more, not {num_workers}")
-    if dtype not in DTYPES:
-        raise ProbeError(f"bad --dtype {dtype!r}: use float16 or float32")
-
-
-def _settings(model, data, n_total, ts, names, *, pool, dtype, noise_seed, ensemble, add_noise,
-              class_label, skip_bad):
-    """What the features depend on: a run resumes only parts made with the same settings,
-    and a complete file records them."""
-    return {
-        "model": model.name, "weights_sha256": weights_sha256(model),
-        "timesteps": ts, "blocks": names, "pool": pool, "dtype": dtype,
-        "noise_seed": int(noise_seed), "ensemble": int(ensemble), "add_noise": bool(add_noise),
-        "class_label": class_label, "data": data.spec, "split": data.split,
-        "num_samples": n_total, "image_size": model.image_size,
-        "transform": f"{data.describe_transform()}; model input: {model.input_pipeline}",
-        "skip_bad": bool(skip_bad),
-    }
-
-
-def _run(model, data, out, settings, *, overwrite, batch_size, num_workers, device, stack_t,
-         progress, log, command):
+def _run(model, data, out, settings, *, overwrite, run, device, stack_t, log, command):
     """Extract this rank's shard into parts, then (rank 0) merge them into ``out``."""
     rank, world = _dist_info()
     work = Workdir(out)
@@ -166,19 +193,19 @@ def _run(model, data, out, settings, *, overwrite, batch_size, num_workers, devi
     work.start(settings, rank)
     try:
         t0 = time.time()
-        todo, shard_size = _todo(work, settings["num_samples"], batch_size, rank, world)
+        todo, shard_size = _todo(work, settings.num_samples, run.batch_size, rank, world)
         left = sum(len(b) for b in todo)
         if left < shard_size:
             log(f"resuming: {shard_size - left} of {shard_size} images already done")
-        keys = [(tt, b) for tt in settings["timesteps"] or [None] for b in settings["blocks"]]
-        run_batches(model, data, todo, keys, work, settings, num_workers=num_workers,
-                    device=device, stack_t=stack_t, progress=progress and rank == 0,
+        keys = [(tt, b) for tt in settings.timesteps or [None] for b in settings.blocks]
+        run_batches(model, data, todo, keys, work, settings, num_workers=run.num_workers,
+                    device=device, stack_t=stack_t, progress=run.progress and rank == 0,
                     shard_size=shard_size)
         elapsed = time.time() - t0
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:
-            assemble(out, work, data, settings["num_samples"], keys, settings["dtype"],
+            assemble(out, work, data, settings.num_samples, keys, settings.dtype,
                      _file_attrs(model, settings, command))
             summary(out, left * world, elapsed, log, world)  # ranks hold equal shards, +-1 batch
         if world > 1:
@@ -204,15 +231,15 @@ def _todo(work, n_total, batch_size, rank, world):
 
 
 def _file_attrs(model, settings, command):
-    """What the feature file records about how it was made, besides ``settings``."""
+    """What the feature file records: the settings (each field once, as an attribute), and
+    how it was made."""
     checkpoint_file = model.source if isinstance(model.source, str) and os.path.exists(
         model.source) else None
-    return dict(settings, probe_version=__version__, family=model.family,
+    return dict(settings.as_dict(), probe_version=__version__, family=model.family,
                 model_blocks=model.block_names,  # block ids in every reader count in this
                 model_info=model.describe(), checkpoint=model.source,
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                 schedule=model.schedule.describe() if model.has_timesteps else None,
-                settings=settings,
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
 
@@ -228,7 +255,7 @@ def _on_rank0(fn, rank, world):
     refusal stops all ranks with the same message instead of leaving them at a barrier."""
     if world == 1:
         return fn()
-    box = [None]
+    box: list[Any] = [None]
     if rank == 0:
         try:
             box[0] = ("ok", fn())

@@ -8,12 +8,16 @@ see.  The loop (:mod:`.loop`) brings the run folder, checkpoints, exact resume a
 log; ``model.pt`` is timm's plain state dict, so it loads with ``timm.create_model(arch,
 **config).load_state_dict(...)`` as well as through probe's timm family.
 """
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import ProbeError, suggest
+from ..options import OutputOptions, RunOptions, gather, refuse_unknown
 
 MEAN = STD = 0.5
 # The shipped DiT's size (probe/extractors/registry.py, dit-fmnist) as a timm ViT.
@@ -21,7 +25,7 @@ DEFAULT_ARCH = "vit_tiny_patch16_224"
 VIT_DEFAULTS = dict(patch_size=7, embed_dim=128, depth=4, num_heads=2)
 
 
-def is_vit(arch):
+def is_vit(arch: str) -> bool:
     """Whether ``arch`` is built by timm's VisionTransformer (which takes img_size,
     patch_size, embed_dim, depth and num_heads)."""
     import timm
@@ -29,7 +33,7 @@ def is_vit(arch):
     return timm.models.model_entrypoint(arch).__module__ == "timm.models.vision_transformer"
 
 
-def check_arch(arch):
+def check_arch(arch: str) -> str:
     import timm
 
     if not timm.is_model(arch):
@@ -38,7 +42,9 @@ def check_arch(arch):
     return arch
 
 
-def model_config(arch, image_size, channels, num_classes, vit=None, extra=None):
+def model_config(arch: str, image_size: int, channels: int, num_classes: int,
+                 vit: dict[str, Any] | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The keyword arguments of ``timm.create_model``: channels and classes from the data,
     for ViTs the image size and ``vit`` (patch_size, embed_dim, depth, num_heads; unset
     ones from VIT_DEFAULTS), then ``extra`` (``--config``) over all of them."""
@@ -53,7 +59,7 @@ def model_config(arch, image_size, channels, num_classes, vit=None, extra=None):
     return {**cfg, **(extra or {})}
 
 
-def create(arch, config):
+def create(arch: str, config: dict[str, Any]) -> torch.nn.Module:
     """A fresh timm network (initialised from torch's global RNG: seed it first)."""
     import timm
 
@@ -63,11 +69,11 @@ def create(arch, config):
         raise ProbeError(f"timm cannot build {arch} with {config}: {e}") from e
 
 
-def normalise(images):
+def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - MEAN) / STD
 
 
-def pretrained_cfg(image_size, channels):
+def pretrained_cfg(image_size: int, channels: int) -> dict[str, Any]:
     """The input pipeline in timm's words (what timm's resolve_data_config reads)."""
     return dict(input_size=(channels, image_size, image_size), mean=(MEAN,) * channels,
                 std=(STD,) * channels, interpolation="bicubic", crop_pct=1.0)
@@ -79,7 +85,7 @@ class ClassifierObjective:
 
     family = "timm"
 
-    def __init__(self, arch, config, image_size):
+    def __init__(self, arch: str, config: dict[str, Any], image_size: int) -> None:
         self.arch, self.config = arch, dict(config)
         self.model = create(arch, self.config)
         # timm.create_model(arch, **config.json) rebuilds the network with its input
@@ -88,18 +94,19 @@ class ClassifierObjective:
         self.kwargs = dict(self.config, pretrained_cfg=pretrained_cfg(
             image_size, self.config["in_chans"]))
 
-    def loss(self, images, labels, generator):
+    def loss(self, images: torch.Tensor, labels: torch.Tensor,
+             generator: torch.Generator) -> torch.Tensor:
         return F.cross_entropy(self.model(normalise(images)), labels)
 
-    def extra_files(self):
+    def extra_files(self) -> dict[str, Any]:
         return {"config.json": self.kwargs}
 
-    def export(self, meta=None):
+    def export(self, meta: Any = None) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
 @torch.no_grad()
-def predict(model, images, batch_size=256):
+def predict(model: torch.nn.Module, images: Any, batch_size: int = 256) -> torch.Tensor:
     """Logits of ``model`` (a timm classifier, eval mode) on an :class:`Images`."""
     model.eval()
     device = next(model.parameters()).device
@@ -109,7 +116,8 @@ def predict(model, images, batch_size=256):
     return torch.cat(out)
 
 
-def evaluate(model, images, class_names, batch_size=256):
+def evaluate(model: torch.nn.Module, images: Any, class_names: list[str],
+             batch_size: int = 256) -> dict[str, Any]:
     """Top-1, top-5, per-class accuracy and the confusion matrix of a classifier on
     ``images`` (probe's own metrics, as ``probe fit`` reports them)."""
     from ..heads.metrics import classification_metrics
@@ -120,27 +128,46 @@ def evaluate(model, images, class_names, batch_size=256):
     return dict(metrics, num_images=len(images))
 
 
-def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, split="train",
-                     image_size=28, channels=None, limit=None, vit=None, config=None,
-                     epochs=None, steps=None, batch_size=128, lr=1e-3, weight_decay=0.0,
-                     warmup=0, seed=0, device="cpu", resume=False, overwrite=False,
-                     save_every=0, log_every=10, eval_split=None, num_workers=0,
-                     progress=True, command=None):
-    """Train a timm classifier on ``data`` (a dataset spec) into the run folder ``out``.
+def train_classifier(data: str = "demo", out: str | os.PathLike | None = None, *,
+                     arch: str = DEFAULT_ARCH, split: str = "train", image_size: int = 28,
+                     channels: int | None = None, limit: int | None = None,
+                     vit: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                     epochs: int | None = None, steps: int | None = None,
+                     batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.0,
+                     warmup: int = 0, seed: int = 0, resume: bool = False,
+                     save_every: int = 0, log_every: int = 10, eval_split: str | None = None,
+                     run: RunOptions | None = None, output: OutputOptions | None = None,
+                     command: Any = None, **options: Any) -> dict[str, Any]:
+    """Train a timm classifier on ``data`` (a dataset spec) into the run folder ``out``
+    (default runs/classifier).
 
     ``vit``: patch_size, embed_dim, depth, num_heads of a ViT (VIT_DEFAULTS: the shipped
     DiT's size); ``config``: any other ``timm.create_model`` arguments.  ``eval_split``:
     after training, measure the classifier on that split of ``data`` and record it in the
-    log as ``eval``.  Returns the log (``out/log.json``).
+    log as ``eval``.  ``batch_size`` is the optimizer's (it changes the result).
+    ``run`` (:class:`~probe.options.RunOptions`, or its fields as keywords): ``device``
+    (default auto), ``threads``, ``num_workers``, ``progress``; ``output``
+    (:class:`~probe.options.OutputOptions`): ``overwrite``.  Returns the log
+    (``out/log.json``).
     """
     from ..data import data_channels, load_dataset
     from ..files import atomic_json
     from . import loop
 
+    given = dict(options, **({"out": out} if out is not None else {}))
+    if "batch_size" in given or (run is not None and run.batch_size is not None):
+        raise ProbeError("train_classifier: batch_size is the optimizer's, give it as "
+                         "batch_size=, not in RunOptions")
+    run = gather(RunOptions, run, given)
+    output = gather(OutputOptions, output, given)
+    refuse_unknown(given, RunOptions, OutputOptions)
+    output.refuse_dtype("probe train classifier")
+    out = os.fspath(output.out or os.path.join("runs", "classifier"))
+    run.use_threads()
     if epochs is None and steps is None:
         epochs = 1
     loop.check_options(epochs, steps, batch_size, lr, warmup, save_every, log_every)
-    loop.resolve_device(device)
+    device = loop.resolve_device(run.device)
     if limit is not None and limit < 1:
         raise ProbeError(f"--limit must be at least 1, not {limit}")
     probe_set = load_dataset(data, split, image_size)
@@ -150,17 +177,18 @@ def train_classifier(data="demo", out="runs/classifier", *, arch=DEFAULT_ARCH, s
     test = load_dataset(data, eval_split, image_size, channels) if eval_split else None
     loop.seed_everything(seed)
     objective = ClassifierObjective(arch, cfg, image_size)  # bad --config: before any work
-    state = loop.prepare_out(out, resume, overwrite)
-    images = loop.Images(dataset, limit=limit, num_workers=num_workers, progress=progress)
+    state = loop.prepare_out(out, resume, output.overwrite)
+    images = loop.Images(dataset, limit=limit, num_workers=run.num_workers,
+                         progress=run.progress)
     run_config = dict(family="classifier", arch=arch, model=cfg, data=data, split=split,
                       image_size=image_size, channels=channels, limit=limit,
                       normalise=dict(mean=MEAN, std=STD))
     log = loop.train(objective, images, out, epochs=epochs, steps=steps, batch_size=batch_size,
                      lr=lr, weight_decay=weight_decay, warmup=warmup, seed=seed, device=device,
                      state=state, save_every=save_every, log_every=log_every,
-                     run_config=run_config, command=command, progress=progress)
+                     run_config=run_config, command=command, progress=run.progress)
     if test is not None:
-        test_images = loop.Images(test, num_workers=num_workers, progress=progress)
+        test_images = loop.Images(test, num_workers=run.num_workers, progress=run.progress)
         log["eval"] = dict(evaluate(objective.model, test_images, test.class_names),
                            data=data, split=eval_split, step=log["step"])
         atomic_json(log, os.path.join(out, loop.LOG_FILE))

@@ -21,6 +21,8 @@ an uninterrupted run would have done.  Files are written to a temporary name and
 renamed into place (:mod:`probe.files`), so an interruption never leaves a half-written
 checkpoint.
 """
+from __future__ import annotations
+
 import math
 import os
 import signal
@@ -28,11 +30,13 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.indexed import Indexed
 from ..device import resolve_device
 from ..errors import ProbeError
 from ..files import atomic_json, atomic_torch_save, remove_stale_temps
@@ -43,13 +47,13 @@ STATE_FORMAT = "probe-train-state"
 
 
 # ---- seeds and data order ----------------------------------------------------------------
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     """Seed the global RNGs (used by model initialisation)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
 
 
-def epoch_order(seed, epoch, n):
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -59,29 +63,30 @@ class Images:
     ``preload_limit`` bytes (decoded once), otherwise read per batch by a DataLoader.
     ``images[index_array]`` gives a (k, C, S, S) tensor in [0, 1]."""
 
-    def __init__(self, dataset, limit=None, num_workers=0, preload_limit=2 << 30,
-                 progress=True):
+    def __init__(self, dataset: Any, limit: int | None = None, num_workers: int = 0,
+                 preload_limit: int = 2 << 30, progress: bool = True) -> None:
         self.dataset, self.num_workers = dataset, num_workers
         self.n = len(dataset) if limit is None else min(limit, len(dataset))
         if self.n < 1:
             raise ProbeError(f"no training images (limit {limit})")
-        first = self._checked([(0,) + tuple(dataset[0])])[0]
+        first = self._checked([Indexed(dataset)[0]])[0]
         self.shape = tuple(first.shape)
         self.labels = torch.as_tensor(np.asarray(dataset.labels[: self.n]))
         self.tensor = None
         if self.n * first.numel() * 4 <= preload_limit:
             self.tensor = torch.cat(list(self._loader(range(self.n), 256, progress)))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: Any) -> torch.Tensor:
         idx = torch.as_tensor(idx).long()
         if self.tensor is not None:
             return self.tensor[idx]
         return torch.cat(list(self._loader(idx.tolist(), 256, False)))
 
-    def batches(self, order, batch_size):
+    def batches(self, order: Sequence[int] | np.ndarray, batch_size: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images, labels) for ``order`` cut into batches."""
         if self.tensor is not None:
             for i in range(0, len(order), batch_size):
@@ -95,28 +100,16 @@ class Images:
     def _loader(self, indices, batch_size, progress):
         chunks = [list(indices[i:i + batch_size]) for i in range(0, len(indices), batch_size)]
         loader = torch.utils.data.DataLoader(
-            _Indexed(self.dataset), batch_sampler=chunks, num_workers=self.num_workers,
+            Indexed(self.dataset), batch_sampler=chunks, num_workers=self.num_workers,
             collate_fn=self._checked)
         return tqdm(loader, desc="loading images", unit="batch", disable=not progress,
                     leave=False)
 
     def _checked(self, batch):
-        for i, image, _ in batch:
+        for _, image, _, bad in batch:
             if image is None:
-                raise ProbeError(f"cannot train on an unreadable image: "
-                                 f"{self.dataset.bad_reason(i)}")
-        return torch.stack([image for _, image, _ in batch])
-
-
-class _Indexed(torch.utils.data.Dataset):
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return (i,) + tuple(self.dataset[i])
+                raise ProbeError(f"cannot train on an unreadable image: {bad}")
+        return torch.stack([image for _, image, _, _ in batch])
 
 
 # ---- stopping cleanly on Ctrl-C ----------------------------------------------------------
@@ -144,7 +137,7 @@ def _stop_flag():
 
 
 # ---- resume ------------------------------------------------------------------------------
-def load_state(out):
+def load_state(out: str) -> dict[str, Any] | None:
     """The saved training state of the run in ``out``, or None."""
     path = os.path.join(out, STATE_FILE)
     if not os.path.exists(path):
@@ -168,7 +161,7 @@ def _check_same_run(saved, now, out):
                          "--steps, --device and saving options may change) or use a new --out")
 
 
-def prepare_out(out, resume, overwrite):
+def prepare_out(out: str, resume: bool, overwrite: bool) -> dict[str, Any] | None:
     """Check the output folder against --resume/--overwrite; returns the saved state."""
     if resume and overwrite:
         raise ProbeError("give --resume or --overwrite, not both")
@@ -191,7 +184,8 @@ def prepare_out(out, resume, overwrite):
 
 
 # ---- the loop ----------------------------------------------------------------------------
-def check_options(epochs, steps, batch_size, lr, warmup=0, save_every=0, log_every=1):
+def check_options(epochs: int | None, steps: int | None, batch_size: int, lr: float,
+                  warmup: int = 0, save_every: int = 0, log_every: int = 1) -> None:
     """The training options a user can get wrong, checked before any work."""
     if (epochs is None) == (steps is None):
         raise ProbeError("give the length of training as --epochs or --steps (one of them)")
@@ -206,9 +200,12 @@ def check_options(epochs, steps, batch_size, lr, warmup=0, save_every=0, log_eve
         raise ProbeError("--warmup and --save-every must be >= 0 and --log-every >= 1")
 
 
-def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr=3e-4,
-          weight_decay=0.0, warmup=0, seed=0, device="cpu", state=None, save_every=0,
-          log_every=10, run_config=None, command=None, progress=True):
+def train(objective: Any, images: Images, out: str, *, epochs: int | None = None,
+          steps: int | None = None, batch_size: int = 128, lr: float = 3e-4,
+          weight_decay: float = 0.0, warmup: int = 0, seed: int = 0, device: Any = "cpu",
+          state: dict[str, Any] | None = None, save_every: int = 0, log_every: int = 10,
+          run_config: dict[str, Any] | None = None, command: Any = None,
+          progress: bool = True) -> dict[str, Any]:
     """Train ``objective.model`` on ``images`` (an :class:`Images`) and write ``out``.
 
     Stops after ``epochs`` full epochs or ``steps`` optimizer steps in total (counting
@@ -219,7 +216,7 @@ def train(objective, images, out, *, epochs=None, steps=None, batch_size=128, lr
     device = resolve_device(device)
     n = len(images)
     per_epoch = math.ceil(n / batch_size)
-    target = epochs * per_epoch if epochs is not None else steps
+    target = epochs * per_epoch if epochs is not None else int(steps or 0)
     run_config = dict(run_config or {}, seed=seed, batch_size=batch_size, lr=lr,
                       weight_decay=weight_decay, warmup=warmup, num_images=n)
     run = _Run(objective, out, run_config, per_epoch, target, device)
