@@ -195,34 +195,3 @@ def train_fusion(setup, keys, options=None, comparable_size=False, progress=True
     summary = make_summary(setup, "fusion", views, opts, count_params(module), comparable_size,
                            scores, extra, cfg)
     return FitResult(summary, scores, s["head"])
-
-
-def plot_key_weights(summary, path):
-    """A bar chart of the learned weight of each key, written atomically to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..files import atomic_path
-
-    labels, weights = zip(*summary["key_weights"].items())
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(labels) + 1.5), 3.6))
-    ax.bar(range(len(labels)), weights, color="tab:blue")
-    ax.axhline(1 / len(labels), color="gray", ls="--", lw=1, label="uniform")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=40 if len(labels) > 3 else 0,
-                       ha="right" if len(labels) > 3 else "center", fontsize=8)
-    ax.set_ylabel("learned weight")
-    head = summary["head_options"].get("fusion_head", "linear")
-    ax.set_title(f"fusion ({head}) of {len(labels)} keys: test top-1 "
-                 f"{100 * summary['top1']:.1f}%" if summary["evaluated_on"] == "test" else
-                 f"fusion ({head}) of {len(labels)} keys: validation top-1 "
-                 f"{100 * summary['top1']:.1f}%", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path

@@ -29,7 +29,7 @@ class FitResult:
         """Write the JSON to ``path``; a fusion head also draws its key weights next to
         it (:func:`weights_plot_path`)."""
         if self.summary.get("key_weights"):
-            from .fusion import plot_key_weights
+            from ..report.heads import plot_key_weights  # the API's caller of the report layer
 
             plot_key_weights(self.summary, weights_plot_path(path))
         return atomic_json(self.summary, path)

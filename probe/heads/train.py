@@ -211,26 +211,27 @@ def _val_top1(units, source, rows, batch_size, device):
     device until the end (no sync per batch); the loss is summed in float64 on the host,
     batch by batch (MPS has no float64)."""
     views = list(dict.fromkeys(v for u in units for v in u.views))
-    parts = [[] for _ in units]
+    correct: list[list[torch.Tensor]] = [[] for _ in units]  # per unit, per batch: (members,)
+    losses: list[list[torch.Tensor]] = [[] for _ in units]
     for u in units:
         u.module.eval()
     for batch, y in source.eval_batches(rows, batch_size, views, device=device):
         for k, u in enumerate(units):
             zs = u(batch)
-            parts[k].append(torch.stack([(z.argmax(1) == y).sum() for z in zs]))
-            parts[k].append(torch.stack([F.cross_entropy(z.float(), y, reduction="sum")
-                                         for z in zs]))
+            correct[k].append(torch.stack([(z.argmax(1) == y).sum() for z in zs]))
+            losses[k].append(torch.stack([F.cross_entropy(z.float(), y, reduction="sum")
+                                          for z in zs]))
     n = max(len(rows), 1)
     out = []
-    for u, p in zip(units, parts):
-        if not p:
+    for u, c, l in zip(units, correct, losses):
+        if not c:
             out.append([(0.0, 0.0)] * u.members)
             continue
-        correct = torch.stack(p[0::2]).cpu().numpy().sum(0)
-        loss = np.zeros(len(p[1]))
-        for part in torch.stack(p[1::2]).cpu().numpy().astype(np.float64):
+        hits = torch.stack(c).cpu().numpy().sum(0)
+        loss = np.zeros(u.members)
+        for part in torch.stack(l).cpu().numpy().astype(np.float64):
             loss += part
-        out.append(list(zip((correct / n).tolist(), (loss / n).tolist())))
+        out.append(list(zip((hits / n).tolist(), (loss / n).tolist())))
     return out
 
 
