@@ -14,9 +14,19 @@ classifies the mix.
 Training is the other heads' (:func:`~probe.heads.train.train_pass`): the head is one
 unit whose member reads all its keys, so every batch holds every key's rows, served
 from memory or streamed from the file within the memory limit (:mod:`.data`).
+
+The linear fusion head starts from the linear probes (:func:`warm_start`).  Trained from
+a random start, a few hundred steps on a small set left it below its own best member:
+on the demo set (2,000 images, four keys of ldae-fmnist) it reached 73.9 % where the
+best key's linear probe reached 80.2 %.  So each key's branch starts as that key's
+L-BFGS probe, the mix starts evenly on the keys whose probes the validation split
+cannot tell from the best one (none of the others), and early stopping on that split
+may keep the start (epoch 0): the head begins where the best keys are and moves only
+where validation says it gains.
 """
 import copy
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -38,6 +48,10 @@ FUSION_HEADS = ("linear", "attention")
 # mixing logit would move by ~0.2 over the few hundred steps of a small set and the
 # weights would stay near uniform.  The gain makes the logits move that many times faster.
 MIX_GAIN = 10.0
+# The warm start (warm_start): the constant channels' level, far above a probe's logits
+# (tens), and how far below the chosen keys the others' mixing logits start (e^-8: none)
+LEVEL = 1000.0
+OFF = 8.0
 
 
 class FusionHead(nn.Module):
@@ -160,6 +174,73 @@ def predict_fusion(head, views, source, rows, batch_size, device):
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+def linear_probes(setup, views, source):
+    """Each view's L-BFGS linear probe (:func:`~probe.heads.solver.fit_linear`) on the
+    train rows, with its validation top-1 and loss."""
+    from .solver import fit_linear
+
+    cfg = setup.cfg.for_head("linear", len(setup.train_rows))
+    dims = [view_shape(setup.train.shape(k), kind)[0] for k, kind in views]
+    probes, _ = fit_linear(source, views, dims, setup.train_rows, setup.val_rows,
+                           setup.num_classes, cfg, progress=False, desc="fusion start")
+    return probes
+
+
+def start_mix(probes, num_val):
+    """The keys the fusion head starts on: the probe best on validation and every probe
+    the validation split cannot tell from it (:func:`~probe.heads.metrics.tied_with_best`:
+    their 95 % intervals overlap)."""
+    from .metrics import tied_with_best
+
+    tied = tied_with_best([p["val_top1"] for p in probes], [num_val] * len(probes))
+    return [i for i, t in enumerate(tied) if t]
+
+
+@torch.no_grad()
+def warm_start(head, probes, keys):
+    """Start the linear fusion ``head`` from the linear probes (one
+    :class:`~probe.heads.linear.LinearHead` per key) mixed evenly over the ``keys`` chosen
+    (indices; the others get no weight): each branch computes its probe's logits in the
+    first ``num_classes`` channels of its projection (the BatchNorm's statistics copied)
+    and a constant +-``LEVEL`` in the next two, which holds the LayerNorm's scale nearly
+    fixed, so that the LayerNorm is close to linear; the classifier reads the logits
+    channels back at that scale.  The head then starts as the average of the chosen keys'
+    probes' logits (one probe's when one key is chosen)."""
+    k = probes[0].fc.weight.shape[0]
+    dim = head.fc.weight.shape[1]
+    for branch, probe in zip(head.branches, probes):
+        norm, proj = branch
+        norm.running_mean.copy_(probe.norm.running_mean)
+        norm.running_var.copy_(probe.norm.running_var)
+        proj.weight.zero_()
+        proj.bias.zero_()
+        proj.weight[:k].copy_(probe.fc.weight)
+        proj.bias[:k].copy_(probe.fc.bias)
+        proj.bias[k:k + 2] = torch.tensor([LEVEL, -LEVEL])
+    head.fc.weight.zero_()
+    head.fc.weight[:, :k].copy_(torch.eye(k) * LEVEL * math.sqrt(2 / dim))
+    head.fc.bias.zero_()
+    # softmax of MIX_GAIN * logits: equal on the chosen keys, e^-OFF times less elsewhere
+    logits = torch.full((len(probes),), -OFF / MIX_GAIN)
+    logits[list(keys)] = 0.0
+    head.mix_logits.copy_(logits)
+
+
+def _start(setup, module, views, source, opts):
+    """Warm-start a linear fusion head (see :func:`warm_start`) where it can: a
+    validation split to choose the keys on, and a projection wider than the classes
+    (by the two constant channels).  Returns what the summary records (None: a random
+    start)."""
+    if (opts["fusion_head"] != "linear" or not len(setup.val_rows)
+            or opts["dim"] < setup.num_classes + 2):
+        return None
+    probes = linear_probes(setup, views, source)
+    chosen = start_mix(probes, len(setup.val_rows))
+    warm_start(module, [p["head"] for p in probes], chosen)
+    return dict(keys=[key_name(*views[i][0]) for i in chosen],
+                val_top1={key_name(*k): p["val_top1"] for (k, _), p in zip(views, probes)})
+
+
 def _init_seed(seed, keys):
     """The init seed: fixed by (seed, the keys fused), like every head's."""
     label = "+".join(key_name(*k) for k in keys)
@@ -177,11 +258,12 @@ def train_fusion(setup, keys, options=None, comparable_size=False, progress=True
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(_init_seed(cfg.seed, keys))
         module, opts = build_fusion(shapes, setup.num_classes, opts, comparable_size)
-    unit = Unit(_Fused(module), views, lambda m, i: copy.deepcopy(m.head).eval(), members=1)
     source = FeatureSource(setup.train, views, cfg.memory_limit_gb * GB, cfg.stream)
+    start = _start(setup, module, views, source, opts)
+    unit = Unit(_Fused(module), views, lambda m, i: copy.deepcopy(m.head).eval(), members=1)
     desc = f"fusion x{len(keys)}"
     states, elapsed = train_pass([unit], source, setup.train_rows, setup.val_rows, cfg,
-                                 progress=progress, desc=desc)
+                                 progress=progress, desc=desc, from_start=start is not None)
     s = states[0][0]
     eval_src, rows = setup.eval_source(views)
     scores = predict_fusion(s["head"], views, eval_src or source, rows, cfg.batch_size,
@@ -190,7 +272,7 @@ def train_fusion(setup, keys, options=None, comparable_size=False, progress=True
     extra = dict(val_top1=s["val_top1"], val_loss=s["val_loss"],
                  selected_epoch=s["selected_epoch"], epochs_run=s["epochs_run"],
                  train_time_s=round(elapsed, 3), keys_in_pass=len(keys),
-                 streamed=source.streamed,
+                 streamed=source.streamed, warm_start=start,
                  key_weights={key_name(*k): round(float(w), 6) for k, w in zip(keys, weights)})
     summary = make_summary(setup, "fusion", views, opts, count_params(module), comparable_size,
                            scores, extra, cfg)

@@ -256,7 +256,8 @@ def _head(unit, i, kept):
     return unit.snapshot(i)
 
 
-def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="train"):
+def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="train",
+               from_start=False):
     """Train ``units`` together, sharing every batch (``cfg`` filled in by
     :meth:`TrainConfig.for_head`).  Returns (per unit, a list of per-member dicts: the
     chosen ``head``, its ``val_top1``, ``val_loss`` and ``selected_epoch``, and
@@ -265,6 +266,11 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     With ``cfg.patience`` > 0 each member keeps the epoch with the best validation top-1
     (ties: lower loss) and stops once neither its top-1 nor its loss has improved for
     ``patience`` epochs.  With 0 it trains the whole schedule and keeps the last epoch.
+    ``from_start``: for units that start from a solution (the fusion head's warm start):
+    the state before training is a candidate too (epoch 0), and each member keeps the
+    epoch of the lowest validation loss, which moves by less than top-1 with noise on a
+    small split (200 images: top-1 is +-6 points), so training keeps the start unless
+    the loss says it gains.
     """
     device = torch.device(cfg.device)
     for u in units:
@@ -280,6 +286,12 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     active = list(range(len(units)))
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     start = time.perf_counter()
+    if early and from_start:
+        vals = _val_top1(units, source, val_rows, cfg.batch_size, device)
+        for j, val in enumerate(vals):
+            for i, (top1, loss) in enumerate(val):
+                _update(state[j][i], units[j], i, len(state[j]), 0, top1, loss, early,
+                        cfg.patience, by_loss=True)
     for epoch in bar:
         views = list(dict.fromkeys(v for j in active for v in units[j].views))
         for j in active:
@@ -305,7 +317,7 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
             for j, val in zip(active, vals):
                 for i, (top1, loss) in enumerate(val):
                     _update(state[j][i], units[j], i, len(state[j]), epoch + 1, top1, loss,
-                            early, cfg.patience)
+                            early, cfg.patience, by_loss=from_start)
         active = [j for j in active if not all(s["stopped"] for s in state[j])]
         if early and progress:
             best = max(s["val_top1"] for st in state for s in st)
@@ -321,8 +333,9 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     return state, time.perf_counter() - start
 
 
-def _update(s, unit, i, members, epoch, top1, loss, early, patience):
-    """Early-stopping bookkeeping of one member after an epoch's validation."""
+def _update(s, unit, i, members, epoch, top1, loss, early, patience, by_loss=False):
+    """Early-stopping bookkeeping of one member after an epoch's validation; ``by_loss``:
+    keep the epoch of the lowest loss (see :func:`train_pass`'s ``from_start``)."""
     if s["stopped"]:
         return
     if not early:  # the whole schedule: keep the last epoch
@@ -330,7 +343,9 @@ def _update(s, unit, i, members, epoch, top1, loss, early, patience):
         return
     # keep the best top-1; among equal top-1s the lower loss (small validation sets
     # saturate, and the first epoch to reach a top-1 is rarely the best)
-    if s["head"] is None or (top1, -loss) > (s["val_top1"], -s["val_loss"]):
+    better = (s["head"] is None or (loss < s["val_loss"] if by_loss else
+                                    (top1, -loss) > (s["val_top1"], -s["val_loss"])))
+    if better:
         s.update(head=_keep(unit, i, members), val_top1=top1, val_loss=loss,
                  selected_epoch=epoch, improved=epoch)
     if loss < s["min_loss"]:  # a falling loss: the head is still converging
