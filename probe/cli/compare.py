@@ -1,10 +1,11 @@
 """`probe compare`: a grid of heads over (t, block) keys -> CSV, markdown table, plots."""
+import argparse
 import os
 
 from .common import add_overwrite, add_selection, refuse_existing, selection
 from .fit import add_head_args, add_train_args, options
 
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare heads over timesteps and blocks",
                        description="Train every head on every selected (t, block) of TRAIN.h5 "
                                    "(each head in one pass over the data), evaluate on TEST.h5, "
@@ -26,7 +27,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..heads.compare import COLUMNS, compare_heads, parse_heads
     from ..report.heads import FUSION_PLOT, OUTPUTS, write_compare
 

@@ -24,9 +24,12 @@ cannot tell from the best one (none of the others), and early stopping on that s
 may keep the start (epoch 0): the head begins where the best keys are and moves only
 where validation says it gains.
 """
+from __future__ import annotations
+
 import copy
 import hashlib
 import math
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -43,6 +46,10 @@ from .result import FitResult, make_summary
 from .setup import GB
 from .train import Unit, head_seed, train_pass
 
+if TYPE_CHECKING:
+    from .linear import LinearHead
+    from .setup import Setup
+
 FUSION_HEADS = ("linear", "attention")
 # Adam moves a parameter by about lr per step whatever its gradient's scale: at lr 1e-3 a
 # mixing logit would move by ~0.2 over the few hundred steps of a small set and the
@@ -58,8 +65,9 @@ class FusionHead(nn.Module):
     """``shapes``: per key, (D,) vectors (``head="linear"``) or (C, H, W) maps
     (``"attention"``).  ``forward(xs)`` takes one tensor per key, in that order."""
 
-    def __init__(self, shapes, num_classes, head="linear", dim=128, depth=1, num_heads=4,
-                 pos_embed=False):
+    def __init__(self, shapes: Sequence[Sequence[int]], num_classes: int, head: str = "linear",
+                 dim: int = 128, depth: int = 1, num_heads: int = 4,
+                 pos_embed: bool = False) -> None:
         super().__init__()
         self.kind = head
         if head == "linear":
@@ -77,15 +85,16 @@ class FusionHead(nn.Module):
             self.trunk = AttentionHead(dim, num_classes, dim=dim, depth=depth,
                                        num_heads=num_heads, pos_embed=pos_embed,
                                        num_tokens=self.grid[0] * self.grid[1])
-            self.trunk.norm_in, self.trunk.proj = nn.Identity(), nn.Identity()
+            self.trunk.norm_in = nn.Identity()  # type: ignore[assignment]
+            self.trunk.proj = nn.Identity()  # type: ignore[assignment]
         self.norm = nn.LayerNorm(dim, elementwise_affine=False)
         self.mix_logits = nn.Parameter(torch.zeros(len(shapes)))
 
-    def weights(self):
+    def weights(self) -> torch.Tensor:
         """The softmax weight of each key (sums to 1)."""
         return torch.softmax(MIX_GAIN * self.mix_logits, 0)
 
-    def forward(self, xs):
+    def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         w = self.weights()
         if self.kind == "linear":
             return self.fc(sum(w[i] * self.norm(b(x)) for i, (b, x) in
@@ -107,14 +116,15 @@ class _Fused(nn.Module):
         return [self.head(xs)]
 
 
-def fusion_options(options):
+def fusion_options(options: dict[str, Any] | None) -> dict[str, Any]:
     opts = head_options("fusion", options)
     if opts["fusion_head"] not in FUSION_HEADS:
         raise ProbeError(f"unknown --fusion-head {opts['fusion_head']!r}: use linear or attention")
     return opts
 
 
-def fusion_views(setup, keys, options, min_keys=2):
+def fusion_views(setup: Setup, keys: Sequence[Any], options: dict[str, Any] | None,
+                 min_keys: int = 2) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
     """The views the fusion head reads (all maps or all vectors), checked: enough keys,
     each in the file, maps where the attention head needs them."""
     opts = fusion_options(options)
@@ -136,7 +146,8 @@ def fusion_views(setup, keys, options, min_keys=2):
     return [(k, kind) for k in keys], opts
 
 
-def build_fusion(shapes, num_classes, opts, comparable_size=False):
+def build_fusion(shapes: Sequence[Sequence[int]], num_classes: int, opts: dict[str, Any],
+                 comparable_size: bool = False) -> tuple[FusionHead, dict[str, Any]]:
     """(module, options used).  ``comparable_size``: the common width whose parameter
     count is closest to a linear probe on all the keys' features side by side."""
     opts = {k: opts[k] for k in ("fusion_head", "dim", "depth", "num_heads", "pos_embed")}
@@ -165,7 +176,8 @@ def build_fusion(shapes, num_classes, opts, comparable_size=False):
 
 
 @torch.no_grad()
-def predict_fusion(head, views, source, rows, batch_size, device):
+def predict_fusion(head: FusionHead, views: Sequence[Any], source: FeatureSource,
+                   rows: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Softmax scores of the fusion head over ``rows``."""
     head.eval()
     out = []
@@ -174,7 +186,8 @@ def predict_fusion(head, views, source, rows, batch_size, device):
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def linear_probes(setup, views, source):
+def linear_probes(setup: Setup, views: Sequence[Any],
+                  source: FeatureSource) -> list[dict[str, Any]]:
     """Each view's L-BFGS linear probe (:func:`~probe.heads.solver.fit_linear`) on the
     train rows, with its validation top-1 and loss."""
     from .solver import fit_linear
@@ -186,7 +199,7 @@ def linear_probes(setup, views, source):
     return probes
 
 
-def start_mix(probes, num_val):
+def start_mix(probes: Sequence[dict[str, Any]], num_val: int) -> list[int]:
     """The keys the fusion head starts on: the probe best on validation and every probe
     the validation split cannot tell from it (:func:`~probe.heads.metrics.tied_with_best`:
     their 95 % intervals overlap)."""
@@ -197,7 +210,7 @@ def start_mix(probes, num_val):
 
 
 @torch.no_grad()
-def warm_start(head, probes, keys):
+def warm_start(head: FusionHead, probes: Sequence[LinearHead], keys: Sequence[int]) -> None:
     """Start the linear fusion ``head`` from the linear probes (one
     :class:`~probe.heads.linear.LinearHead` per key) mixed evenly over the ``keys`` chosen
     (indices; the others get no weight): each branch computes its probe's logits in the
@@ -209,9 +222,10 @@ def warm_start(head, probes, keys):
     k = probes[0].fc.weight.shape[0]
     dim = head.fc.weight.shape[1]
     for branch, probe in zip(head.branches, probes):
-        norm, proj = branch
-        norm.running_mean.copy_(probe.norm.running_mean)
-        norm.running_var.copy_(probe.norm.running_var)
+        seq = cast(nn.Sequential, branch)
+        norm, proj = cast(nn.BatchNorm1d, seq[0]), cast(nn.Linear, seq[1])
+        for stat in ("running_mean", "running_var"):
+            getattr(norm, stat).copy_(getattr(probe.norm, stat))
         proj.weight.zero_()
         proj.bias.zero_()
         proj.weight[:k].copy_(probe.fc.weight)
@@ -247,7 +261,9 @@ def _init_seed(seed, keys):
     return head_seed(seed, (0, hashlib.sha1(label.encode()).hexdigest()), "fusion")
 
 
-def train_fusion(setup, keys, options=None, comparable_size=False, progress=True, min_keys=2):
+def train_fusion(setup: Setup, keys: Sequence[Any], options: dict[str, Any] | None = None,
+                 comparable_size: bool = False, progress: bool = True,
+                 min_keys: int = 2) -> FitResult:
     """Train one fusion head on ``keys`` of ``setup`` and evaluate it: a
     :class:`FitResult` whose summary has ``keys`` and ``key_weights`` (key -> weight).
     ``min_keys=1`` allows a single key (the tests compare it with the single-key head)."""

@@ -108,7 +108,7 @@ def markdown_table(rows: Sequence[Row], context: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _error_bar(ax: Any, x: Sequence[float], rows: Sequence[Row], **style: Any) -> None:
+def _error_bar(ax: Any, x: Any, rows: Sequence[Row], **style: Any) -> None:
     """Each row's top-1 (in %) at ``x`` with its 95 % interval as an error bar."""
     err = error_bars([r["top1"] for r in rows], [r.get("num_eval") for r in rows])
     ax.errorbar(x, [100 * r["top1"] for r in rows], yerr=err, capsize=2, **style)
