@@ -9,18 +9,20 @@ CKA between every diffusion (t, block) and its blocks: which blocks and noise le
 resemble supervised features.  Everything lands in one report folder: ``report.md``,
 ``index.html`` and the PNG figures they show.
 """
-import html
+from __future__ import annotations
+
 import json
 import os
 import time
+from typing import Any, Callable, Sequence
 
-from .demo_reference import is_reference, level, plot_linear_vs_t, plot_versus, shipped_references, versus, versus_md
+from .demo_reference import is_reference, level, shipped_references, versus
 from .errors import ProbeError
 from .selection import parse_t
 from .store import open_features
 
 
-def shipped_models():
+def shipped_models() -> list[str]:
     """The shipped diffusion models (weights in the package)."""
     from .extractors.registry import MODELS, REFERENCE_PREFIXES
 
@@ -40,15 +42,18 @@ def _spread(items, k):
 DEFAULT_OVERRIDES = {"adm-fmnist": dict(timesteps=[10, 100])}
 
 
-def default_timesteps(model):
+def default_timesteps(model: Any) -> list[int]:
     t_max = model.num_timesteps
     return sorted({max(1, round(t_max * f)) for f in (0.01, 0.1, 0.3, 0.6)})
 
 
-def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, max_blocks=5,
-             limit=None, heads=("linear", "mlp", "cnn", "attention"), epochs=None,
-             baselines=False, batch_size=64, seed=0, device=None, overwrite=False,
-             overrides=None, progress=True, log=print, timesteps=None):
+def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data: str = "demo",
+             t: Any = None, blocks: Any = None, max_blocks: int = 5, limit: int | None = None,
+             heads: Sequence[str] = ("linear", "mlp", "cnn", "attention"),
+             epochs: int | None = None, baselines: bool = False, batch_size: int = 64,
+             seed: int = 0, device: str | None = None, overwrite: bool = False,
+             overrides: dict[str, dict[str, Any]] | None = None, progress: bool = True,
+             log: Callable[[str], Any] = print, timesteps: Any = None) -> str:
     """Run the study and write the report folder ``out``; returns the path of report.md.
 
     ``data``: the dataset spec (the bundled ``demo`` subset by default; ``fashion-mnist`` for
@@ -69,7 +74,8 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
     """
     from .files import atomic_json
     from .measures import cka as cka_fn
-    from .measures.plot import heatmaps
+    from .report.demo import plot_linear_vs_t, plot_versus, write_report
+    from .report.measures import heatmaps
 
     names = list(models or shipped_models() + shipped_references())
     refs = [m for m in names if is_reference(m)]
@@ -107,13 +113,14 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
     levels = [level(s) for s in sections if s["name"] in refs]
     for s in sections:
         if s["name"] not in refs:
-            plot_linear_vs_t(s["grid"], levels, os.path.join(out, s["dir"], "accuracy_vs_t.png"))
+            plot_linear_vs_t(s["grid"], levels, s["sizes"]["test"],
+                             os.path.join(out, s["dir"], "accuracy_vs_t.png"))
     vs = [versus(out, files[m]["test"], m, files[r]["test"], r, _cka_minibatch(files[m]["test"]))
           for r in refs for m in models]
     if vs:
         atomic_json(vs, os.path.join(out, "cka-vs-reference.json"))
         plot_versus(vs, os.path.join(out, "cka-vs-reference.png"))
-    report = _write_report(out, sections, between, time.time() - t0, data, vs)
+    report = write_report(out, sections, between, time.time() - t0, data, vs)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
 
@@ -123,7 +130,7 @@ def _study_model(out, label, name, random_init, plan, log):
     ``plan``: the settings of :func:`run_demo` for this model."""
     from .measures import cka as cka_fn
     from . import extract, load_model
-    from .measures.plot import heatmaps
+    from .report.measures import heatmaps
     from .pipeline.run import weights_sha256
     from .heads.compare import compare
     from .files import atomic_json
@@ -185,7 +192,6 @@ def _cka_minibatch(path, full_batch_max=4096):
         return None if len(f) <= full_batch_max else 1024
 
 
-
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
@@ -194,112 +200,3 @@ def _jsonable(obj):
     if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
         return obj.item()
     return obj
-
-
-def _pct(x):
-    return f"{100 * x:.1f}"
-
-
-def _key(row):
-    """A best key as the report writes it: 't=T, BLOCK', or the block alone (no t)."""
-    return row["block"] if row["t"] is None else f"t={row['t']}, {row['block']}"
-
-
-def _write_report(out, sections, between, elapsed, data="demo", versus=()):
-    sizes = sections[0]["sizes"]
-    what = ("the bundled balanced Fashion-MNIST subset" if data == "demo"
-            else f"`{data}`, its official train and test splits")
-    md = ["# probe demo report", "",
-          f"Real data: {what} ({sizes['train']:,} train / {sizes['test']:,} test images). "
-          "Features pooled to 2x2 maps (`--pool avg2`); linear and MLP heads see their "
-          "global average. Heads were trained on the train split and evaluated on the test split.",
-          f"Total time: {elapsed / 60:.1f} min.", ""]
-    names = list(dict.fromkeys(r["head"] for s in sections for r in s["heads"]))
-    summary = ["| model | best (t, block) | " + " | ".join(names) + " |",
-               "|---|---|" + "---|" * len(names)]
-    for s in sections:
-        top1 = {r["head"]: _pct(r["top1"]) for r in s["heads"]}
-        summary.append(f"| {s['name']}{'' if s['ts'] else ' (reference, no t)'} | "
-                       f"{_key(s['best'])} | "
-                       + " | ".join(top1.get(h, "–") for h in names) + " |")
-    md += ["## Summary: test top-1 (%) of each head on each model's best key", ""] + summary + [""]
-    levels = [s for s in sections if not s["ts"]]
-    for s in sections:
-        md += _section_md(s, sizes, levels)
-    if between:
-        md += ["## Between models", ""]
-        for a, b, png, top in between:
-            md += [f"![{a} vs {b}]({png})", "",
-                   f"Linear CKA between {a} (rows) and {b} (columns) at each t; the most similar "
-                   f"pair of blocks reaches {top:.2f}.", ""]
-    md += versus_md(versus)
-    path = os.path.join(out, "report.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(md))
-    with open(os.path.join(out, "index.html"), "w") as fh:
-        fh.write(_html(md))
-    return path
-
-
-def _section_md(s, sizes, references):
-    d, n = s["dir"], s["sizes"]
-    worst = min(s["grid"], key=lambda r: r["top1"])
-    images = f"; {n['train']:,} train / {n['test']:,} test images" if n != sizes else ""
-    cka = [f"![cka]({d}/cka.png)", "",
-           "Linear CKA between every (t, block) on the test split: blocks close in depth and "
-           "noise level represent the images alike; low values mark where the representation "
-           "changes.", ""]
-    if not s["ts"]:
-        return [f"## {s['name']} (reference network, no timestep)", "",
-                f"Blocks {', '.join(s['blocks'])}{images}; it sees the clean image. Linear probe "
-                "per block: " + ", ".join(f"{r['block']} {_pct(r['top1'])} %" for r in s["grid"])
-                + ". Its best is the dashed level in each diffusion model's accuracy figure.",
-                ""] + cka[:2] + ["Linear CKA between its blocks on the test split.", ""]
-    heads = sorted(s["heads"], key=lambda r: -r["top1"])
-    ref = "".join(f" The dashed level is {r['name']}'s best linear probe ({r['best']['block']}, "
-                  f"{_pct(r['best']['top1'])} %)." for r in references)
-    return [f"## {s['name']}", "",
-            f"Timesteps {s['ts']}, blocks {', '.join(s['blocks'])}{images}.", "",
-            f"![accuracy vs t]({d}/accuracy_vs_t.png)", "",
-            f"Linear probe accuracy against t for each block: the best key is t={s['best']['t']} "
-            f"at {s['best']['block']} ({_pct(s['best']['top1'])} %), the worst t={worst['t']} at "
-            f"{worst['block']} ({_pct(worst['top1'])} %).{ref} Per-block panels: "
-            f"`{d}/linear/accuracy_vs_t.png`.", "",
-            f"![heads]({d}/heads/heads.png)", "",
-            "Heads at their default sizes on the best key: "
-            + ", ".join(f"{r['head']} {_pct(r['top1'])} % ({r['params']:,} params)" for r in heads)
-            + ".", ""] + cka
-
-
-def _html(md_lines):
-    """A minimal rendering of the report's own markdown (headings, tables, images, text)."""
-    body, table = [], []
-
-    def flush_table():
-        if table:
-            rows = [r.strip("|").split("|") for r in table if not set(r) <= set("|-")]
-            cells = ["<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(c.strip())}"
-                                      f"</{'th' if i == 0 else 'td'}>" for c in row) + "</tr>"
-                     for i, row in enumerate(rows)]
-            body.append("<table>" + "".join(cells) + "</table>")
-            table.clear()
-
-    for line in md_lines:
-        if line.startswith("|"):
-            table.append(line)
-            continue
-        flush_table()
-        if line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](")
-            body.append(f'<img src="{html.escape(src[:-1])}" alt="{html.escape(alt)}">')
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
-    flush_table()
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}img{max-width:100%}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>probe demo</title>" \
-           f"<style>{style}</style></head><body>{''.join(body)}</body></html>"

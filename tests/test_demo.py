@@ -56,7 +56,7 @@ def check_reference_parts(out, report, models):
     assert {r["t"] for r in rows} == {""} and float(best["top1"]) > 0.4  # chance: 0.1
     level = f"{100 * float(best['top1']):.1f}"
     assert report.count(f"The dashed level is sup-fmnist's best linear probe ({best['block']}, "
-                        f"{level} %)") == len(models)
+                        f"{level} % [") == len(models)
     versus = json.loads((out / "cka-vs-reference.json").read_text())
     assert [v["model"] for v in versus] == models
     with open_features(str(out / "features" / "sup-fmnist-test.h5")) as ref:

@@ -129,7 +129,7 @@ def run_measure(args: argparse.Namespace, compute: Callable[[Any, Any], Any],
 def _line_blocks(args, result):
     """The blocks of the CKA-against-t plot, or None for no plot.  Options the user gave are
     checked here, before anything is written, so a bad one leaves no output behind."""
-    from ..measures.plot import default_line_blocks
+    from ..report.measures import default_line_blocks
 
     several_t = len({t for t, _ in result.rows}) > 1
     asked = args.line_blocks is not None or args.line_ref is not None
@@ -153,7 +153,7 @@ def _write_outputs(result, folder, stem, ext, line_blocks, line_ref, minus_null=
     import contextlib
 
     from ..files import atomic_path
-    from ..measures.plot import heatmaps, line_plot
+    from ..report.measures import heatmaps, line_plot
 
     made_folder = not os.path.isdir(folder)
     try:

@@ -1,13 +1,11 @@
 """`probe compare`: a grid of heads over (t, block) keys -> CSV, markdown table, plots."""
+import argparse
 import os
 
 from .common import add_overwrite, add_selection, refuse_existing, selection
 from .fit import add_head_args, add_train_args, options
 
-OUTPUTS = ("results.csv", "results.md", "results.json", "accuracy_vs_t.png", "heads.png")
-
-
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare heads over timesteps and blocks",
                        description="Train every head on every selected (t, block) of TRAIN.h5 "
                                    "(each head in one pass over the data), evaluate on TEST.h5, "
@@ -29,18 +27,18 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
-    from ..heads.compare import compare
-
-    from ..heads.compare import FUSION_PLOT, parse_heads
+def run(args: argparse.Namespace) -> int:
+    from ..heads.compare import COLUMNS, compare_heads, parse_heads
+    from ..report.heads import FUSION_PLOT, OUTPUTS, write_compare
 
     outputs = OUTPUTS + ((FUSION_PLOT,) if "fusion" in parse_heads(args.heads) else ())
     refuse_existing([os.path.join(args.out, f) for f in outputs], args.overwrite)
     t, blocks, keys = selection(args)
-    rows = compare(args.train, args.test, heads=args.heads, t=t, blocks=blocks, keys=keys,
-                   out=args.out, comparable_size=args.comparable_size,
-                   progress=not args.quiet, **options(args))
+    found = compare_heads(args.train, args.test, heads=args.heads, t=t, blocks=blocks, keys=keys,
+                          comparable_size=args.comparable_size, progress=not args.quiet,
+                          **options(args))
+    write_compare(args.out, found.rows, COLUMNS, found.summaries, found.context)
     with open(os.path.join(args.out, "results.md")) as f:
         print(f.read(), end="")
-    print(f"{len(rows)} results in {args.out}/: {', '.join(outputs)}")
+    print(f"{len(found.rows)} results in {args.out}/: {', '.join(outputs)}")
     return 0

@@ -205,8 +205,9 @@ def print_summary(s):
     for note in s["notes"]:
         print(f"note: {note}")
     where = s["test_file"] if s["evaluated_on"] == "test" else "the validation split"
-    print(f"evaluated on {where} ({s['num_eval']} samples): top-1 {_fmt(s['top1'])}, "
-          f"top-5 {_fmt(s['top5'])}")
+    lo, hi = s["top1_interval"]
+    print(f"evaluated on {where} ({s['num_eval']} samples): top-1 {_fmt(s['top1'])} "
+          f"(95 % interval {_fmt(lo)}-{_fmt(hi)}), top-5 {_fmt(s['top5'])}")
     names = s["class_names"]
     width = max(len(n) for n in names)
     print("per-class accuracy:")

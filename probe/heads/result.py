@@ -1,5 +1,8 @@
 """The result of a fit: its JSON summary, scores and trained head."""
+from __future__ import annotations
+
 import os
+from typing import Any
 
 from ..files import atomic_json
 from ..selection import key_label
@@ -14,28 +17,28 @@ class FitResult:
     ``scores``: (N, classes) softmax scores on the evaluated samples; ``model``: the
     trained head (a torch module, or a scikit-learn pipeline for baselines)."""
 
-    def __init__(self, summary, scores, model):
+    def __init__(self, summary: dict[str, Any], scores: Any, model: Any) -> None:
         self.summary, self.scores, self.model = summary, scores, model
 
-    def __getitem__(self, k):
+    def __getitem__(self, k: str) -> Any:
         return self.summary[k]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         s = self.summary
         on = (f"{len(s['keys'])} keys" if s.get("keys") else key_label((s["t"], s["block"])))
         return f"FitResult({s['head']} on {on}: top-1 {s['top1']:.4f}, {s['params']} params)"
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> str:
         """Write the JSON to ``path``; a fusion head also draws its key weights next to
         it (:func:`weights_plot_path`)."""
         if self.summary.get("key_weights"):
-            from .fusion import plot_key_weights
+            from ..report.heads import plot_key_weights  # the API's caller of the report layer
 
             plot_key_weights(self.summary, weights_plot_path(path))
         return atomic_json(self.summary, path)
 
 
-def weights_plot_path(json_path):
+def weights_plot_path(json_path: str | os.PathLike) -> str:
     """Where the fusion head's weights are drawn: RESULT.json -> RESULT_weights.png."""
     root, ext = os.path.splitext(os.fspath(json_path))
     return (root if ext.lower() == ".json" else os.fspath(json_path)) + "_weights.png"
@@ -60,7 +63,9 @@ def _describe(setup, head, views):
     return None, None, described, notes
 
 
-def make_summary(setup, head, view, opts, params, comparable_size, scores, extra, cfg):
+def make_summary(setup: Any, head: str, view: Any, opts: dict[str, Any], params: int,
+                 comparable_size: bool, scores: Any, extra: dict[str, Any],
+                 cfg: Any) -> dict[str, Any]:
     """The JSON summary of a head on ``view`` (one (key, kind) pair, or a list of them for
     the fusion head, which also records ``keys``)."""
     views = view if isinstance(view, list) else [view]

@@ -7,11 +7,14 @@ early-stopping state, and each head's start is seeded by (seed, key, head), so a
 trained in a grid ends exactly where it would alone (up to float rounding in the
 stacked linear grid).
 """
+from __future__ import annotations
+
 import copy
 import math
 import time
 import zlib
 from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,31 +56,31 @@ def _l2_values(l2):
 
 @dataclass
 class TrainConfig:
-    epochs: int = None                # None: 30; linear: 100, more on small sets (>= 4000 steps)
+    epochs: int | None = None         # None: 30; linear: 100, more on small sets (>= 4000 steps)
     batch_size: int = 256
-    optimizer: str = None             # adamw | sgd (momentum 0.9); None: sgd for linear, else adamw
-    lr: float = None                  # None: 0.3 for linear (sgd); else 0.1 (sgd), 1e-3 (adamw)
-    weight_decay: float = None        # None: 0 (sgd), 0.05 (adamw); never on biases/norms/tokens
-    warmup_epochs: float = 1.0        # linear warmup, then cosine to 0
-    patience: int = None              # early stopping: epochs without a better validation
+    optimizer: str | None = None      # adamw | sgd (momentum 0.9); None: sgd for linear, else adamw
+    lr: float | None = None           # None: 0.3 for linear (sgd); else 0.1 (sgd), 1e-3 (adamw)
+    weight_decay: float | None = None  # None: 0 (sgd), 0.05 (adamw); never on biases/norms/tokens
+    warmup_epochs: float | None = 1.0  # linear warmup, then cosine to 0
+    patience: int | None = None       # early stopping: epochs without a better validation
                                       # top-1 or loss; 0: off (keep the last epoch);
                                       # None: 0 for linear, else a quarter of the epochs (>= 5)
     val_fraction: float = 0.1         # carved from train, stratified, by `seed`
     seed: int = 0
-    device: str = None                # None: cuda if available, else cpu
+    device: str | None = None         # None: cuda if available, else cpu
     memory_limit_gb: float = 2.0      # features larger than this are streamed from the file
-    stream: bool = None               # None: decide by memory_limit_gb
+    stream: bool | None = None        # None: decide by memory_limit_gb
     # the linear head only (see probe.heads.solver); with lbfgs, epochs, optimizer, lr,
     # weight_decay, warmup_epochs and patience do not apply (batch_size: evaluation only)
-    solver: str = None                # lbfgs (full-batch, the default) | sgd (the MAE recipe)
-    l2: "float | tuple" = None        # lbfgs: (l2/2)|W|^2 added to the mean cross-entropy;
+    solver: str | None = None         # lbfgs (full-batch, the default) | sgd (the MAE recipe)
+    l2: float | tuple | None = None   # lbfgs: (l2/2)|W|^2 added to the mean cross-entropy;
                                       # None: chosen on the validation split along
                                       # solver.L2_PATH; several values: chosen among them
-    max_iter: int = 1000              # lbfgs: iterations per l2 value
-    tol: float = 1e-4                 # lbfgs: stop when no gradient entry, nor the decrease
+    max_iter: int | None = 1000       # lbfgs: iterations per l2 value
+    tol: float | None = 1e-4          # lbfgs: stop when no gradient entry, nor the decrease
                                       # the next step predicts, exceeds this
 
-    def resolved(self):
+    def resolved(self) -> TrainConfig:
         """A copy with values checked and the device chosen."""
         c = copy.copy(self)
         if c.optimizer is not None and c.optimizer not in OPTIMIZER_DEFAULTS:
@@ -86,7 +89,7 @@ class TrainConfig:
             raise ProbeError(f"unknown solver {c.solver!r}: use lbfgs or sgd")
         if c.l2 is not None:
             c.l2 = _l2_values(c.l2)
-        if not c.tol > 0:
+        if c.tol is None or not c.tol > 0:
             raise ProbeError("--tol must be positive")
         c.device = str(resolve_device(c.device))
         for name, low in (("epochs", 1), ("batch_size", 2), ("patience", 0), ("max_iter", 1)):
@@ -98,7 +101,7 @@ class TrainConfig:
             raise ProbeError("--memory-limit must be positive (GB)")
         return c
 
-    def for_head(self, head, num_train):
+    def for_head(self, head: str, num_train: int) -> TrainConfig:
         """A copy with the optimiser, learning rate, weight decay, epochs and patience
         filled in for ``head`` trained on ``num_train`` samples; for the linear head with
         lbfgs, the solver and None for those (it has no epochs)."""
@@ -110,7 +113,7 @@ class TrainConfig:
             return c
         c.solver = "sgd" if head == "linear" else None
         c.l2 = c.max_iter = c.tol = None
-        base = dict(HEAD_DEFAULTS.get(head, OTHER_DEFAULTS))
+        base: dict[str, Any] = dict(HEAD_DEFAULTS.get(head, OTHER_DEFAULTS))
         if head == "linear":
             steps = max(1, math.ceil(num_train / self.batch_size))
             base["epochs"] = max(base["epochs"], math.ceil(MIN_LINEAR_STEPS / steps))
@@ -124,11 +127,11 @@ class TrainConfig:
         c.patience = int(c.patience)
         return c
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def head_seed(seed, key, head):
+def head_seed(seed: int, key: Sequence[Any], head: str) -> int:
     """The init seed of one head: fixed by (seed, key, head), not by what else trains."""
     return (int(seed) * 1_000_003 + zlib.crc32(f"{key[0]}/{key[1]}/{head}".encode())) % (2 ** 63)
 
@@ -138,18 +141,19 @@ class Unit:
     member i's input, unless ``members`` says how many there are (a fusion head: one member
     reading every view); ``snapshot(i)`` copies member i out as a standalone head."""
 
-    def __init__(self, module, views, snapshot, members=None):
+    def __init__(self, module: torch.nn.Module, views: Sequence[Any],
+                 snapshot: Callable[[Any, int], Any], members: int | None = None) -> None:
         self.module, self.views, self._snapshot = module, list(views), snapshot
         self.members = len(self.views) if members is None else members
 
-    def __call__(self, batch):
+    def __call__(self, batch: dict[Any, torch.Tensor]) -> list[torch.Tensor]:
         return self.module([batch[v] for v in self.views])
 
-    def snapshot(self, i):
+    def snapshot(self, i: int) -> Any:
         return self._snapshot(self.module, i)
 
 
-def single_unit(head, view):
+def single_unit(head: torch.nn.Module, view: Any) -> Unit:
     return Unit(_Single(head), [view], lambda m, i: copy.deepcopy(m.head).eval())
 
 
@@ -163,7 +167,8 @@ class _Single(torch.nn.Module):
 
 
 def _param_groups(modules, weight_decay):
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for m in modules:
         for name, p in m.named_parameters():
             # biases, norm scales, CLS and position tokens are not shrunk (as timm/MAE)
@@ -174,16 +179,18 @@ def _param_groups(modules, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(modules, cfg):
+def make_optimizer(modules: Sequence[torch.nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
     """``cfg`` filled in by :meth:`TrainConfig.for_head`."""
+    assert cfg.lr is not None and cfg.weight_decay is not None, \
+        "cfg is filled in by TrainConfig.for_head"
     groups = _param_groups(modules, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def warmup_cosine(total_steps, warmup_steps):
-    def factor(step):
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
@@ -192,10 +199,11 @@ def warmup_cosine(total_steps, warmup_steps):
 
 
 @torch.no_grad()
-def predict(models, source, rows, batch_size, device):
+def predict(models: Sequence[tuple[Any, torch.nn.Module]], source: Any, rows: np.ndarray,
+            batch_size: int, device: torch.device) -> list[np.ndarray]:
     """Softmax scores of each ``(view, module)`` pair over ``rows``, in one pass."""
     views = list(dict.fromkeys(v for v, _ in models))
-    out = [[] for _ in models]
+    out: list[list[np.ndarray]] = [[] for _ in models]
     for m in {id(m): m for _, m in models}.values():
         m.eval()
     for batch, _ in source.eval_batches(rows, batch_size, views, device=device):
@@ -211,26 +219,27 @@ def _val_top1(units, source, rows, batch_size, device):
     device until the end (no sync per batch); the loss is summed in float64 on the host,
     batch by batch (MPS has no float64)."""
     views = list(dict.fromkeys(v for u in units for v in u.views))
-    parts = [[] for _ in units]
+    correct: list[list[torch.Tensor]] = [[] for _ in units]  # per unit, per batch: (members,)
+    losses: list[list[torch.Tensor]] = [[] for _ in units]
     for u in units:
         u.module.eval()
     for batch, y in source.eval_batches(rows, batch_size, views, device=device):
         for k, u in enumerate(units):
             zs = u(batch)
-            parts[k].append(torch.stack([(z.argmax(1) == y).sum() for z in zs]))
-            parts[k].append(torch.stack([F.cross_entropy(z.float(), y, reduction="sum")
-                                         for z in zs]))
+            correct[k].append(torch.stack([(z.argmax(1) == y).sum() for z in zs]))
+            losses[k].append(torch.stack([F.cross_entropy(z.float(), y, reduction="sum")
+                                          for z in zs]))
     n = max(len(rows), 1)
     out = []
-    for u, p in zip(units, parts):
-        if not p:
+    for u, c, l in zip(units, correct, losses):
+        if not c:
             out.append([(0.0, 0.0)] * u.members)
             continue
-        correct = torch.stack(p[0::2]).cpu().numpy().sum(0)
-        loss = np.zeros(len(p[1]))
-        for part in torch.stack(p[1::2]).cpu().numpy().astype(np.float64):
+        hits = torch.stack(c).cpu().numpy().sum(0)
+        loss = np.zeros(u.members)
+        for part in torch.stack(l).cpu().numpy().astype(np.float64):
             loss += part
-        out.append(list(zip((correct / n).tolist(), (loss / n).tolist())))
+        out.append(list(zip((hits / n).tolist(), (loss / n).tolist())))
     return out
 
 
@@ -255,7 +264,9 @@ def _head(unit, i, kept):
     return unit.snapshot(i)
 
 
-def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="train"):
+def train_pass(units: Sequence[Unit], source: Any, train_rows: np.ndarray, val_rows: np.ndarray,
+               cfg: TrainConfig, progress: bool = True, desc: str = "train",
+               from_start: bool = False) -> tuple[list[list[dict[str, Any]]], float]:
     """Train ``units`` together, sharing every batch (``cfg`` filled in by
     :meth:`TrainConfig.for_head`).  Returns (per unit, a list of per-member dicts: the
     chosen ``head``, its ``val_top1``, ``val_loss`` and ``selected_epoch``, and
@@ -264,8 +275,15 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     With ``cfg.patience`` > 0 each member keeps the epoch with the best validation top-1
     (ties: lower loss) and stops once neither its top-1 nor its loss has improved for
     ``patience`` epochs.  With 0 it trains the whole schedule and keeps the last epoch.
+    ``from_start``: for units that start from a solution (the fusion head's warm start):
+    the state before training is a candidate too (epoch 0), and each member keeps the
+    epoch of the lowest validation loss, which moves by less than top-1 with noise on a
+    small split (200 images: top-1 is +-6 points), so training keeps the start unless
+    the loss says it gains.
     """
-    device = torch.device(cfg.device)
+    assert cfg.epochs is not None and cfg.patience is not None and cfg.warmup_epochs is not None, \
+        "cfg is filled in by TrainConfig.for_head"
+    device = torch.device(str(cfg.device))
     for u in units:
         u.module.to(device)
     opt = make_optimizer([u.module for u in units], cfg)
@@ -273,12 +291,18 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(cfg.epochs * steps, round(cfg.warmup_epochs * steps)))
     early = cfg.patience > 0 and len(val_rows) > 0
-    state = [[dict(head=None, val_top1=None, val_loss=None, selected_epoch=None, epochs_run=0,
+    state: list[list[dict[str, Any]]] = [[dict(head=None, val_top1=None, val_loss=None, selected_epoch=None, epochs_run=0,
                    stopped=False, min_loss=math.inf, improved=0)
               for _ in range(u.members)] for u in units]
     active = list(range(len(units)))
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     start = time.perf_counter()
+    if early and from_start:
+        vals = _val_top1(units, source, val_rows, cfg.batch_size, device)
+        for j, val in enumerate(vals):
+            for i, (top1, loss) in enumerate(val):
+                _update(state[j][i], units[j], i, len(state[j]), 0, top1, loss, early,
+                        cfg.patience, by_loss=True)
     for epoch in bar:
         views = list(dict.fromkeys(v for j in active for v in units[j].views))
         for j in active:
@@ -291,7 +315,7 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
                 # forward and backward one unit at a time, while its inputs are in cache;
                 # units share no parameters, so each gets exactly its own loss's gradient
                 zs = units[j](batch)
-                sum(F.cross_entropy(z, y) for z in zs).backward()
+                torch.stack([F.cross_entropy(z, y) for z in zs]).sum().backward()
             opt.step()
             sched.step()
         for j in active:
@@ -304,7 +328,7 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
             for j, val in zip(active, vals):
                 for i, (top1, loss) in enumerate(val):
                     _update(state[j][i], units[j], i, len(state[j]), epoch + 1, top1, loss,
-                            early, cfg.patience)
+                            early, cfg.patience, by_loss=from_start)
         active = [j for j in active if not all(s["stopped"] for s in state[j])]
         if early and progress:
             best = max(s["val_top1"] for st in state for s in st)
@@ -320,8 +344,9 @@ def train_pass(units, source, train_rows, val_rows, cfg, progress=True, desc="tr
     return state, time.perf_counter() - start
 
 
-def _update(s, unit, i, members, epoch, top1, loss, early, patience):
-    """Early-stopping bookkeeping of one member after an epoch's validation."""
+def _update(s, unit, i, members, epoch, top1, loss, early, patience, by_loss=False):
+    """Early-stopping bookkeeping of one member after an epoch's validation; ``by_loss``:
+    keep the epoch of the lowest loss (see :func:`train_pass`'s ``from_start``)."""
     if s["stopped"]:
         return
     if not early:  # the whole schedule: keep the last epoch
@@ -329,7 +354,9 @@ def _update(s, unit, i, members, epoch, top1, loss, early, patience):
         return
     # keep the best top-1; among equal top-1s the lower loss (small validation sets
     # saturate, and the first epoch to reach a top-1 is rarely the best)
-    if s["head"] is None or (top1, -loss) > (s["val_top1"], -s["val_loss"]):
+    better = (s["head"] is None or (loss < s["val_loss"] if by_loss else
+                                    (top1, -loss) > (s["val_top1"], -s["val_loss"])))
+    if better:
         s.update(head=_keep(unit, i, members), val_top1=top1, val_loss=loss,
                  selected_epoch=epoch, improved=epoch)
     if loss < s["min_loss"]:  # a falling loss: the head is still converging

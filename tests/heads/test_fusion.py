@@ -158,3 +158,38 @@ def test_cli_fit_and_compare(tmp_path, capsys):
     # the API's compare trains the same fusion head as the CLI's
     rows_api = compare(tr, te, heads=["linear", "fusion"], **TRAIN)
     assert [row["top1"] for row in rows_api] == [float(row["top1"]) for row in rows]
+
+
+def test_the_warm_start_is_the_mean_of_the_chosen_probes():
+    """warm_start puts each key's linear probe in its branch: the head's scores are those
+    of the chosen probes' mean logits.  The LayerNorm is linear up to the logits' share of
+    its variance, (sum of squared logits) / (2 LEVEL^2) ~ 1e-4 here, hence the tolerance."""
+    from probe.heads.fusion import LEVEL, warm_start
+    from probe.heads.linear import LinearHead
+
+    torch.manual_seed(0)
+    dims, k = (8, 16, 12), 5
+    probes = []
+    for d in dims:
+        p = LinearHead(d, k)
+        with torch.no_grad():
+            p.norm.running_mean.normal_()
+            p.norm.running_var.uniform_(0.5, 2.0)
+            p.fc.weight.normal_()
+            p.fc.bias.normal_()
+        probes.append(p.eval())
+    xs = [torch.randn(64, d) * 2 + 1 for d in dims]
+    with torch.no_grad():
+        logits = [p(x) for p, x in zip(probes, xs)]
+    assert max(float(l.abs().max()) for l in logits) < LEVEL / 30  # a probe's scale
+    for chosen in ([1], [0, 2], [0, 1, 2]):
+        head = FusionHead([(d,) for d in dims], k, dim=32).eval()
+        warm_start(head, probes, chosen)
+        w = head.weights()
+        assert torch.allclose(w[chosen], torch.full((len(chosen),), 1 / len(chosen)), atol=1e-3)
+        with torch.no_grad():
+            got = torch.softmax(head(xs), 1)
+            want = torch.softmax(sum(w[i] * logits[i] for i in range(len(dims))), 1)
+        assert torch.allclose(got, want, atol=2e-3)
+        if chosen == [1]:
+            assert torch.equal(got.argmax(1), logits[1].argmax(1))

@@ -104,7 +104,7 @@ def test_unwritable_out_is_one_line(tmp_path, files, capsys, where):
 
 
 def test_failed_write_leaves_no_partial_outputs(tmp_path, files, monkeypatch, capsys):
-    plot = importlib.import_module("probe.measures.plot")
+    plot = importlib.import_module("probe.report.measures")
 
     def broken(*a, **k):
         raise OSError(28, "No space left on device")

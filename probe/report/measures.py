@@ -1,24 +1,32 @@
-"""Heatmaps and line plots of a :class:`CKAResult` of any measure (matplotlib, Agg, no
-pyplot state)."""
+"""Drawing the measures' results: heatmaps and line plots of a
+:class:`~probe.measures.result.SimilarityResult` of any measure (CKA, mutual kNN, RSA, ...)."""
+from __future__ import annotations
+
 import math
 import os
 import textwrap
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..errors import ProbeError
-from .result import t_label
+from ..measures.result import t_label
+from .figures import new_figure, save_figure, t_axis
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from ..measures.result import SimilarityResult
 
 CMAP = "viridis"
 MAX_LINES = 8  # more lines than this are unreadable: pick evenly spaced blocks
 
 
-def _name(path):
+def _name(path: str | None) -> str:
     return os.path.splitext(os.path.basename(path))[0] if path else ""
 
 
-def _settings(result):
+def _settings(result: SimilarityResult) -> tuple[str, str]:
     """The measure's settings, in words."""
     e, m = result.estimator, result.metric
     if m.startswith("cka"):
@@ -31,7 +39,7 @@ def _settings(result):
     return words.get(m, ""), ""
 
 
-def _title(result):
+def _title(result: SimilarityResult) -> str:
     files = (f"{_name(result.files[0])} vs {_name(result.files[1])}" if result.two_files
              else _name(result.files[0]))
     what, batch = _settings(result)
@@ -39,7 +47,8 @@ def _title(result):
     return f"{name} {files}: {what + ', ' if what else ''}{result.num_samples} samples{batch}"
 
 
-def _colours(result, m, minus_null):
+def _colours(result: SimilarityResult, m: np.ndarray,
+             minus_null: bool) -> tuple[str, float, float, Callable[[float], bool]]:
     """Colour map, its range, and whether a cell of value v wants white text.  Distances
     run the map the other way, so that similar looks alike in every measure; a difference
     from the null is centred on 0."""
@@ -53,13 +62,14 @@ def _colours(result, m, minus_null):
     return CMAP, vmin, vmax, lambda v: (v - vmin) / (vmax - vmin) < 0.6  # dark at the low end
 
 
-def _bar_label(result, minus_null):
+def _bar_label(result: SimilarityResult, minus_null: bool) -> str:
     if minus_null:
         return f"{result.metric} - null mean"
     return f"{result.label} (0 = same)" if result.distance else result.label
 
 
-def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False):
+def heatmaps(result: SimilarityResult, path: str | os.PathLike, across: str | None = None,
+             annotate: bool | None = None, dpi: int = 150, minus_null: bool = False) -> str:
     """One heatmap per panel of ``result.panels(across)`` with a shared colour bar; rows top
     to bottom and columns left to right in forward order.  ``annotate``: write values in
     the cells (default when panels are at most 10 x 10).  ``minus_null``: draw each value
@@ -77,8 +87,8 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False
     cell = max(0.11, min(0.42, 12.0 / max(n_r, n_c)))  # inches; big grids stay on a page
     fontsize = max(5, min(8, int(cell * 54)))
     margin = 0.6 + 0.075 * longest * fontsize / 8  # room for tick labels
-    fig = Figure(figsize=(ncols * (n_c * cell + margin) + 1.4, nrows * (n_r * cell + margin) + 1.0),
-                 layout="constrained")
+    fig = new_figure(ncols * (n_c * cell + margin) + 1.4, nrows * (n_r * cell + margin) + 1.0,
+                     layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     m = result.matrix
     if minus_null:
@@ -126,11 +136,10 @@ def heatmaps(result, path, across=None, annotate=None, dpi=150, minus_null=False
     # grid (one reference network's few blocks) does not clip it
     fig.suptitle(textwrap.fill(_title(result), max(30, int(fig.get_figwidth() * 14))),
                  fontsize=10)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return save_figure(fig, path, dpi=dpi)
 
 
-def _group_timesteps(ax, ts, axis, fontsize):
+def _group_timesteps(ax: Axes, ts: Sequence[Any], axis: str, fontsize: int) -> None:
     """White lines between runs of one timestep and a 't=T' label over each run, on the
     opposite side of the block names."""
     starts = [0] + [i for i in range(1, len(ts)) if ts[i] != ts[i - 1]]
@@ -150,7 +159,7 @@ def _group_timesteps(ax, ts, axis, fontsize):
     sec.tick_params(length=0)
 
 
-def default_line_blocks(result):
+def default_line_blocks(result: SimilarityResult) -> list[str]:
     blocks = list(dict.fromkeys(b for _, b in result.rows))
     if len(blocks) <= MAX_LINES:
         return blocks
@@ -158,10 +167,11 @@ def default_line_blocks(result):
     return [blocks[i] for i in pick]
 
 
-def line_plot(result, path, blocks=None, ref=None, dpi=150):
-    """The measure against t, one line per block (see :meth:`CKAResult.line` for ``ref``)."""
+def line_plot(result: SimilarityResult, path: str | os.PathLike, blocks: Sequence[str] | None = None,
+              ref: str | None = None, dpi: int = 150) -> str:
+    """The measure against t, one line per block (see :meth:`SimilarityResult.line` for ``ref``)."""
     lines, ref_text = result.line(blocks or default_line_blocks(result), ref)
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = new_figure(6.4, 4.2, layout="constrained")
     ax = fig.subplots()
     ts_all = sorted({t for ts, _ in lines.values() for t in ts})
     low, high = 0.0, 1.0
@@ -169,13 +179,13 @@ def line_plot(result, path, blocks=None, ref=None, dpi=150):
         ax.plot(ts, vals, marker="o", label=block)
         low, high = min(low, min(vals)), max(high, max(vals))
     if len(ts_all) <= 12:
-        ax.set_xticks(ts_all)
-    ax.set_xlabel("timestep t")
+        t_axis(ax, ts_all)
+    else:
+        ax.set_xlabel("timestep t")
     ax.set_ylabel(_bar_label(result, False))
     ax.set_ylim(low - 0.02, high + 0.02)  # a distance can reach 2
     ax.grid(alpha=0.3)
     ax.set_title(f"{result.label} with {ref_text}", fontsize=10)
     ax.legend(title="block", fontsize=8, loc="best")
     fig.suptitle(_title(result), fontsize=9)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return save_figure(fig, path, dpi=dpi)
