@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .correspond import correspond
+    from .correspondence import correspond
     from .extraction import extract
     from .extractors.registry import load_model
     from .heads.fit import fit
@@ -37,7 +37,7 @@ _API = {
     "fit": "probe.heads.fit",
     "cka": "probe.measures",
     "similarity": "probe.measures",
-    "correspond": "probe.correspond",
+    "correspond": "probe.correspondence",
 }
 
 __all__ = ["load_model", "extract", "open_features", "fit", "cka", "similarity", "correspond",
@@ -47,9 +47,7 @@ __all__ = ["load_model", "extract", "open_features", "fit", "cka", "similarity",
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'probe' has no attribute {name!r}")
-    module = importlib.import_module(_API[name])
-    # probe.correspond is its package, callable (so probe.correspond.CorrespondOptions works)
-    value = module if name == "correspond" else getattr(module, name)
+    value = getattr(importlib.import_module(_API[name]), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

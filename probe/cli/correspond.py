@@ -74,7 +74,7 @@ def _alphas(text):
 
 
 def run(args):
-    from ..correspond import CorrespondOptions, MatchOptions, WarpOptions, correspond
+    from ..correspondence import CorrespondOptions, MatchOptions, WarpOptions, correspond
     from .extract import model_kwargs
 
     options = CorrespondOptions(

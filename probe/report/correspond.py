@@ -32,7 +32,7 @@ def draw_pairs(path: str, pairs: Any, preds: Sequence[np.ndarray], n: int, alpha
     (crosses, green within alpha x threshold, red otherwise) on the target (right)."""
     from matplotlib.figure import Figure
 
-    from ..correspond.pck import threshold
+    from ..correspondence.pck import threshold
 
     rows = pairs.pairs[:n]
     fig = Figure(figsize=(6, 3 * len(rows)))

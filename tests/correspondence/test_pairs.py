@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from probe.correspond import load_pairs
+from probe.correspondence import load_pairs
 from probe.errors import ProbeError
 
 
@@ -109,8 +109,8 @@ def test_pf_willow(tmp_path):
 
 def test_warp_pairs_are_exact_and_reproducible():
     root = os.path.join(os.path.dirname(__file__), "..", "fixtures", "imagenet_photos")
-    from probe.correspond import WarpOptions
-    from probe.correspond.warp import apply_homography
+    from probe.correspondence import WarpOptions
+    from probe.correspondence.warp import apply_homography
 
     a = load_pairs(f"warp:{root}", warp=WarpOptions(seed=1, points=30), limit=3)
     b = load_pairs(f"warp:{root}", warp=WarpOptions(seed=1, points=30), limit=3)
@@ -133,7 +133,7 @@ def test_warp_demo_data():
 def test_warped_image_is_the_source_seen_through_the_homography():
     from scipy.ndimage import map_coordinates
 
-    from probe.correspond.warp import random_homography, warp_image
+    from probe.correspondence.warp import random_homography, warp_image
 
     rng = np.random.default_rng(0)
     src = rng.integers(0, 256, (30, 40), dtype=np.uint8)

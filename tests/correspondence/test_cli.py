@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from probe.cli import main
-from probe.correspond import load_pairs
+from probe.correspondence import load_pairs
 from probe.store import write_features
 
 RUN = ["correspond", "--model", "adm-fmnist", "--data", "warp:demo", "--limit", "3", "-q",
@@ -99,7 +99,7 @@ def test_two_files_paired_by_id_concatenate(tmp_path, ids):
 
 def test_killed_run_resumes(tmp_path, monkeypatch):
     import probe
-    from probe.correspond import features
+    from probe.correspondence import CorrespondOptions, features
 
     real, calls = features.PairImages._load, []
 
@@ -111,12 +111,12 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr(features.PairImages, "_load", dies_after_four)
     kw = dict(t=10, blocks="middle_block", out=tmp_path, batch_size=2, progress=False,
-              device="cpu", options=probe.correspond.CorrespondOptions(limit=3))
+              device="cpu", options=CorrespondOptions(limit=3))
     with pytest.raises(KeyboardInterrupt):
-        probe.correspond.correspond("adm-fmnist", "warp:demo", **kw)
+        probe.correspond("adm-fmnist", "warp:demo", **kw)
     assert not (tmp_path / "pck.json").exists()
     monkeypatch.setattr(features.PairImages, "_load", real)
     log = []
-    probe.correspond.correspond("adm-fmnist", "warp:demo", log=log.append, **kw)
+    probe.correspond("adm-fmnist", "warp:demo", log=log.append, **kw)
     assert any("resuming: 4 of 6 images already done" in line for line in log), log
     assert (tmp_path / "pck.json").exists()

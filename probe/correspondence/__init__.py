@@ -10,8 +10,6 @@ all of them.  Outputs (:mod:`.output`): ``pck.json``, ``pck_categories.csv`` and
 from __future__ import annotations
 
 import os
-import sys
-import types
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -137,13 +135,3 @@ def correspond(model: Any = None, data: str = "warp:demo", t: Any = None, blocks
                           overwrite=overwrite, progress=progress, log=log, command=command,
                           preset=preset, model_kwargs=model_kwargs)
 
-
-class _CallableModule(types.ModuleType):
-    """``probe.correspond(...)`` calls :func:`correspond` even where ``probe.correspond``
-    is this package (after ``import probe.correspond``)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return correspond(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

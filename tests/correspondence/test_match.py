@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from probe.correspond import MatchOptions, WarpOptions, match_pair
-from probe.correspond.pck import chance_level, score_pairs, summarise
-from probe.correspond.warp import apply_homography, load_warp
+from probe.correspondence import MatchOptions, WarpOptions, match_pair
+from probe.correspondence.pck import chance_level, score_pairs, summarise
+from probe.correspondence.warp import apply_homography, load_warp
 
 PHOTOS = os.path.join(os.path.dirname(__file__), "..", "fixtures", "imagenet_photos")
 

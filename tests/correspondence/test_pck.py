@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from probe.correspond.pairs import Pair, clean_keypoints
-from probe.correspond.pck import chance_level, score_pairs, summarise, threshold
+from probe.correspondence.pairs import Pair, clean_keypoints
+from probe.correspondence.pck import chance_level, score_pairs, summarise, threshold
 from probe.errors import ProbeError
 
 SIZES = {"a": (100, 50), "b": (200, 100), "c": (40, 40), "d": (40, 40)}
