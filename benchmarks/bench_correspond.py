@@ -62,7 +62,7 @@ def main():
                          torch.randint(0, a.height, (a.points,), generator=g)], dim=1)
         pairs.append((s, t, k))
     opts = MatchOptions(memory_mb=a.memory_mb)
-    ours = [(s, t, k.numpy(), size, size, opts) for s, t, k in pairs]
+    ours = [([s], [t], k.numpy(), size, size, opts) for s, t, k in pairs]
     base = [(s, t, k.to(dev), size) for s, t, k in pairs]
     with torch.no_grad():
         same = all((torch.as_tensor(match_pair(*o)).long() == bare(*b).cpu()).all()
