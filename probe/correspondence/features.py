@@ -37,7 +37,7 @@ class PairImages(ImageDataset):
 
         ids = pairs.image_ids()
         cats = pairs.categories or ["image"]
-        cat_of = {}
+        cat_of: dict[str, str] = {}
         for p in pairs.pairs:
             cat_of.setdefault(p.src, p.category)
             cat_of.setdefault(p.trg, p.category)
@@ -59,7 +59,7 @@ class PairImages(ImageDataset):
         else:
             with Image.open(src) as f:
                 im = f.convert("RGB") if f.mode not in ("L", "RGB") else f.copy()
-        return im.resize((self.square, self.square), Image.BICUBIC)
+        return im.resize((self.square, self.square), Image.Resampling.BICUBIC)
 
     def describe_transform(self) -> str:
         return SQUARE.format(s=self.square) + f", to [0,1], channels -> {self.channels}"

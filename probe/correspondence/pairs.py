@@ -206,8 +206,8 @@ def load_pf_pascal(root: str, split: str = "test") -> PairSet:
                                      os.path.splitext(ids[1])[0] + ".mat"), "bbox").ravel()
         src, trg, vis = clean_keypoints(kps[0], kps[1], sizes[ids[0]], sizes[ids[1]],
                                         f"{what} pair {ids[0]}-{ids[1]}")
-        pairs.append(Pair(ids[0], ids[1], src, trg, vis, tuple(box[:4]), cat,  # type: ignore
-                          f"{k}"))
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
+        pairs.append(Pair(ids[0], ids[1], src, trg, vis, (x0, y0, x1, y1), cat, f"{k}"))
     return PairSet(what, s, "img", pairs, images, sizes, sorted({p.category for p in pairs}))
 
 

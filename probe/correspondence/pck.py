@@ -92,15 +92,17 @@ def _summary(vis: np.ndarray, cor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def summarise(s: PairScores) -> dict[str, Any]:
     """PCK per point, per image and per category (mean over categories), with counts."""
     pp, pi = _summary(s.visible, s.correct)
-    cats = {}
+    cats: dict[str, dict[str, Any]] = {}
+    images = []
     for c in sorted(set(s.categories)):
         rows = np.asarray([k == c for k in s.categories])
         cp, ci = _summary(s.visible[rows], s.correct[rows])
+        images.append(ci)
         cats[c] = {"per_point": _floats(cp, s.alphas), "per_image": _floats(ci, s.alphas),
                    "pairs": int(rows.sum()), "points": int(s.visible[rows].sum()),
                    "invisible": int(s.invisible[rows].sum())}
-    per_cat = np.nanmean([[v["per_image"][str(a)] for a in s.alphas] for v in cats.values()],
-                         axis=0) if cats else np.full(len(s.alphas), np.nan)
+    ok = [ci for ci in images if np.isfinite(ci).all()]  # categories with a visible point
+    per_cat = np.mean(ok, axis=0) if ok else np.full(len(s.alphas), np.nan)
     return {
         "alphas": list(s.alphas),
         "per_point": _floats(pp, s.alphas),

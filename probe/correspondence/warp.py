@@ -78,8 +78,8 @@ def warp_image(image: np.ndarray, h: np.ndarray) -> np.ndarray:
     grid = np.stack([src[:, 0] / (ww - 1) * 2 - 1, src[:, 1] / (hh - 1) * 2 - 1], axis=-1)
     x = torch.from_numpy(image.astype(np.float32).reshape(hh, ww, -1)).permute(2, 0, 1)[None]
     g = torch.from_numpy(grid.reshape(1, hh, ww, 2).astype(np.float32))
-    out = F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-    out = out[0].permute(1, 2, 0).numpy().reshape(image.shape)
+    y = F.grid_sample(x, g, mode="bilinear", padding_mode="zeros", align_corners=True)
+    out = y[0].permute(1, 2, 0).numpy().reshape(image.shape)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
