@@ -82,7 +82,10 @@ def check_image_size(model: Any, size: int | None) -> int:
 
 
 def _same(attrs: dict, want: dict) -> bool:
-    return all(attrs.get(k) == v for k, v in want.items())
+    """Settings as a file reads them back (the string "true" reads as True)."""
+    from ..store import _attr_value, _read_attr
+
+    return all(attrs.get(k) == _read_attr(_attr_value(v)) for k, v in want.items())
 
 
 def find_cached(folder: str, want: dict, keys: Sequence[tuple]) -> str | None:

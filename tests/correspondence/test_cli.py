@@ -120,3 +120,22 @@ def test_killed_run_resumes(tmp_path, monkeypatch):
     probe.correspond("adm-fmnist", "warp:demo", log=log.append, **kw)
     assert any("resuming: 4 of 6 images already done" in line for line in log), log
     assert (tmp_path / "pck.json").exists()
+
+
+def test_sd_category_prompt_is_explicit_and_recorded(tmp_path, capsys):
+    """A {class} prompt takes each pair's category (labels enter the features): recorded."""
+    tiny = os.path.join(os.path.dirname(__file__), "..", "fixtures", "tiny-sd")
+    argv = ["correspond", "--model", "sd", "--checkpoint", tiny, "--data",
+            "warp:" + os.path.join(os.path.dirname(__file__), "..", "fixtures",
+                                   "imagenet_photos"),
+            "--limit", "1", "--t", "261", "--blocks", "up_blocks.1", "-q", "--device", "cpu"]
+    assert main(argv + ["--prompt", "a photo of a {class}", "--image-size", "64",
+                        "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "pck.json").read_text())
+    assert report["extraction"]["prompt"] == "a photo of a {class}"
+    assert report["extraction"]["class_label"] == "true"
+    assert report["image_size"] is not None
+    capsys.readouterr()
+    # a size Stable Diffusion cannot take is refused in one line
+    assert main(argv + ["--image-size", "100", "--out", str(tmp_path / "b")]) == 2
+    assert "multiple of 64" in capsys.readouterr().err
