@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..errors import ProbeError
+
 from .match import match_pair
 from .pairs import PairSet
 from .pck import score_pairs, summarise
@@ -41,6 +43,8 @@ def run_correspond(model: Any, data: str, t: Any, blocks: Any, keys: Any,
 
         net = load_model(model, device=dev, **model_kwargs) if isinstance(model, str) else model
         net = net.to(dev).eval()
+        if keys is not None:  # extract what the keys name
+            t, blocks = keys_to_grid(keys)
         cache_dir = os.fspath(cache) if cache else os.path.join(out or ".", "features")
         label = "true" if "{class}" in str(getattr(net, "prompt", "")) else None
         paths = [extract_maps(net, pairs, t, blocks if blocks is not None else "all", cache_dir,
@@ -49,7 +53,7 @@ def run_correspond(model: Any, data: str, t: Any, blocks: Any, keys: Any,
                               device=dev, progress=progress, log=log, command=command)]
         extraction = {"model": net.name, "prompt": getattr(net, "prompt", None),
                       "class_label": label}
-        t_sel, b_sel, k_sel = (t, blocks, keys) if keys is not None else (t, blocks, None)
+        t_sel, b_sel, k_sel = (None, None, keys) if keys is not None else (t, blocks, None)
     else:
         t_sel, b_sel, k_sel = t, blocks, keys
     files = [open_features(p) for p in paths]
@@ -88,6 +92,18 @@ def run_correspond(model: Any, data: str, t: Any, blocks: Any, keys: Any,
     if out is not None:
         write_outputs(out, report, pairs, preds_by_variant, options)
     return report
+
+
+def keys_to_grid(keys: Any) -> tuple[list[int] | None, list[str]]:
+    """(timesteps, blocks) to extract for explicit keys tT/BLOCK (or BLOCK alone for a
+    network without timesteps); the keys then select from that grid."""
+    from ..selection import _words, parse_key
+
+    parsed = [parse_key(k) for k in (_words(keys) or [])]
+    if not parsed:
+        raise ProbeError("--keys all: name the keys, or use --t and --blocks")
+    ts = sorted({k[0] for k in parsed if k[0] is not None})
+    return (ts or None), list(dict.fromkeys(k[1] for k in parsed))
 
 
 def _pct(v: float | None) -> str:

@@ -38,6 +38,12 @@ def test_end_to_end_and_cache_reuse(tmp_path, capsys):
     assert _h5(out / "features") == [cached]
     again = json.loads((out / "pck.json").read_text())
     assert again["features"] == [str(out / "features" / cached)]
+    # explicit keys with a model: the keys' grid is extracted (here: found in the cache)
+    assert main(RUN + ["--keys", "t10/middle_block", "--out", str(out), "--overwrite"]) == 0
+    assert "reusing" in capsys.readouterr().out and _h5(out / "features") == [cached]
+    keyed = json.loads((out / "pck.json").read_text())
+    assert [v["variant"] for v in keyed["variants"]] == ["t10/middle_block"]
+    assert keyed["variants"][0]["per_point"]["0.1"] == v["per_point"]["0.1"]
     # the same maps read back through --features score as the extraction did
     assert main(["correspond", "--features", str(out / "features" / cached), "--data",
                  "warp:demo", "--limit", "3", "--keys", "t10/middle_block", "--out",
