@@ -41,8 +41,32 @@ def run(name: str, out: str, **kw) -> dict:
     return {v["variant"]: v["per_point"]["0.1"] for v in report["variants"]}
 
 
+def pixel_patches(out: str, side: int = 28, k: int = 5) -> str:
+    """A baseline at the diffusion models' input: each image as a side x side grayscale
+    thumbnail (PIL bicubic, as probe feeds them), described at every pixel by its k x k
+    neighbourhood minus the neighbourhood's mean (k * k channels)."""
+    import torch
+    import torch.nn.functional as F
+
+    from probe.correspondence.features import PairImages
+    from probe.store import write_features
+
+    ds = PairImages(load_pairs(DATA), side, 1)
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    patches = F.unfold(F.pad(x, (k // 2,) * 4, mode="replicate"), k).view(len(ds), k * k,
+                                                                            side, side)
+    patches = patches - patches.mean(dim=1, keepdim=True)
+    path = os.path.join(out, "pixels.h5")
+    os.makedirs(out, exist_ok=True)
+    write_features(path, {"pixels": patches.numpy()}, labels=ds.labels, ids=ds.ids,
+                   attrs={"transform": ds.describe_transform(), "model": "pixel patches"})
+    return path
+
+
 def main(out: str = "runs/correspond-findings") -> None:
     rows = {}
+    rows["pixels: 5x5 patches of the 28 px gray thumbnail"] = run(
+        "pixels", out, features=[pixel_patches(out)])
     rows["EfficientNet-Lite0 (ImageNet weights)"] = run(
         "lite0", out, model="timm:tf_efficientnet_lite0", checkpoint=lite0_weights())
     rows["EfficientNet-Lite0 (random init)"] = run(
