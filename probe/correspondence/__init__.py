@@ -82,14 +82,11 @@ def load_pairs(data: str, split: str = "test", warp: WarpOptions = WarpOptions()
 def _variants(files: Sequence[Any], t: Any, blocks: Any, keys: Any, concat: bool
               ) -> list[tuple[str, list[Any], list[list[tuple]]]]:
     """(name, files, keys per file) of every variant."""
+    if len(files) > 1 and not concat:
+        raise ProbeError("several feature files are fused into one variant: pass --concat "
+                         "(API: CorrespondOptions(concat=True))")
     chosen = [f.select(t, blocks, keys) for f in files]
-    if concat or len(files) > 1:
-        if len(files) > 1:
-            for f, ks in zip(files, chosen):
-                other = set(chosen[0])
-                if set(ks) != other and not concat:
-                    raise ProbeError(f"{f.path} holds other keys than {files[0].path}: pass "
-                                     "--concat to fuse all selected keys")
+    if concat:
         name = " + ".join(f"{os.path.basename(f.path)}:{_label(k)}" if len(files) > 1
                           else _label(k) for f, ks in zip(files, chosen) for k in ks)
         return [(name, list(files), chosen)]
