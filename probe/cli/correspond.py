@@ -45,8 +45,12 @@ def register(sub):
     s.add_argument("--beta", type=float, default=0.02, help="soft: softmax temperature")
     s.add_argument("--concat", action="store_true",
                    help="one variant: every selected key L2-normalised, then concatenated")
+    s.add_argument("--literal", action="store_true",
+                   help="upsample the maps themselves, in channel chunks (DIFT's arithmetic "
+                        "step by step; the default gives the same similarities without "
+                        "upsampling any channel)")
     s.add_argument("--memory-mb", type=int, default=256,
-                   help="bound on one upsampled channel chunk (default 256 MiB)")
+                   help="--literal: bound on one upsampled channel chunk (default 256 MiB)")
     e = p.add_argument_group("features and pairs")
     e.add_argument("--image-size", type=int, help="side of the square images fed (default: "
                                                    "the model's; adm and sd take others)")
@@ -80,7 +84,8 @@ def run(args):
     options = CorrespondOptions(
         alphas=_alphas(args.alpha), threshold=args.threshold,
         match=MatchOptions(method=args.match, upsample=not args.no_upsample, window=args.window,
-                           beta=args.beta, memory_mb=args.memory_mb),
+                           beta=args.beta, literal=args.literal,
+                           memory_mb=args.memory_mb),
         concat=args.concat, image_size=args.image_size, ensemble=args.ensemble, seed=args.seed,
         warp=WarpOptions(seed=args.seed, points=args.warp_points, shift=args.warp_shift,
                          jitter=args.warp_jitter),

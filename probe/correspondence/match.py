@@ -6,9 +6,13 @@ keypoint's pixel; the prediction is the argmax of the cosine similarity over the
 upsampled target map.  The source vector is sampled with ``grid_sample`` at the pixel
 centre, which gives the upsampled map's value without building the source map.
 
-The target side is upsampled in channel chunks: similarity and squared norms are summed
-chunk by chunk, so peak memory is ``(K + 1 + c) x H x W`` floats for K keypoints and a
-chunk of c channels with ``c x H x W x 4`` bytes at most ``memory_mb`` (default 256 MiB).
+No channel is upsampled: bilinear upsampling is linear, so the K dot products with the
+upsampled target are the upsampled (K, h, w) dot products with the small map, and each
+pixel's squared norm is a quadratic form in its four grid neighbours, read from five
+neighbour dot-product maps (:func:`cosine_map`).  Peak memory is (K + 12) x H x W floats
+whatever the channel count; it agrees with upsampling the maps to float32 rounding.
+``literal=True`` upsamples the maps themselves, in channel chunks of at most
+``memory_mb`` (:func:`cosine_map_chunked`, peak ``(K + 1 + c) x H x W`` floats).
 
 Options (:class:`MatchOptions`): ``method="mutual"`` keeps a match only when the target
 point's own nearest neighbour in the source lies within one feature cell of the keypoint
@@ -40,7 +44,8 @@ class MatchOptions:
     upsample: bool = True
     window: int = 7          # soft: half-width of the window in feature cells
     beta: float = 0.02       # soft: softmax temperature on cosine similarity
-    memory_mb: int = 256     # bound on one upsampled channel chunk
+    literal: bool = False    # upsample the maps themselves (DIFT's arithmetic step by step)
+    memory_mb: int = 256     # literal: bound on one upsampled channel chunk
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -80,10 +85,11 @@ def sample_vectors(maps: Sequence[torch.Tensor], pts: torch.Tensor, size: Size) 
     return torch.cat(out, dim=1)
 
 
-def cosine_map(vectors: torch.Tensor, maps: Sequence[torch.Tensor], size: Size,
-               memory_mb: int = 256) -> torch.Tensor:
+def cosine_map_chunked(vectors: torch.Tensor, maps: Sequence[torch.Tensor], size: Size,
+                       memory_mb: int = 256) -> torch.Tensor:
     """(K, H*W) cosine similarity of each vector with every pixel of the maps upsampled to
-    ``size`` = (W, H), computed in channel chunks of at most ``memory_mb``."""
+    ``size`` = (W, H): DIFT's arithmetic literally, the maps upsampled in channel chunks of
+    at most ``memory_mb``."""
     w, h = size
     sim = vectors.new_zeros(vectors.shape[0], h * w)
     norm2 = vectors.new_zeros(h * w)
@@ -98,9 +104,65 @@ def cosine_map(vectors: torch.Tensor, maps: Sequence[torch.Tensor], size: Size,
             norm2.add_((up * up).sum(0))
             del up
         c0 += m.shape[0]
+    return _cosine(sim, norm2, vectors)
+
+
+def _cosine(sim: torch.Tensor, norm2: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     # F.normalize's eps: a zero vector has similarity 0, as in DIFT
     vnorm = vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return sim.div_(vnorm).div_(norm2.sqrt().clamp_min(1e-12))
+    return sim.div_(vnorm).div_(norm2.clamp_min(0).sqrt().clamp_min(1e-12))
+
+
+def cosine_map(vectors: torch.Tensor, maps: Sequence[torch.Tensor], size: Size,
+               memory_mb: int = 256) -> torch.Tensor:
+    """The same cosine map as :func:`cosine_map_chunked` without upsampling any channel
+    (``memory_mb`` is not needed: peak memory is (K + 12) x H x W floats plus 5 maps of
+    the feature grid).  Bilinear upsampling is linear, so the dot products are the
+    upsampled (K, h, w) dot products with the small map; each pixel's squared norm is a
+    quadratic form in its four grid neighbours, read from five neighbour dot-product maps
+    of the small map."""
+    w, h = size
+    sim = vectors.new_zeros(vectors.shape[0], h, w)
+    norm2 = vectors.new_zeros(h, w)
+    c0 = 0
+    for m in maps:
+        c, mh, mw = m.shape
+        s = (vectors[:, c0:c0 + c] @ m.reshape(c, -1)).view(-1, mh, mw)
+        sim += F.interpolate(s[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        norm2 += _upsampled_norm2(m, h, w)
+        c0 += c
+    return _cosine(sim.view(sim.shape[0], -1), norm2.view(-1), vectors)
+
+
+def _axis(n_in: int, n_out: int, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Bilinear (align_corners=False) source indices and weights along one axis, as
+    torch's upsampling computes them."""
+    d = torch.arange(n_out, device=like.device, dtype=like.dtype)
+    src = ((d + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp(max=n_in - 1)
+    w1 = src - i0.to(src.dtype)
+    return i0, (i0 + 1).clamp(max=n_in - 1), 1 - w1, w1
+
+
+def _upsampled_norm2(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(h, w) squared norms of m (C, mh, mw) upsampled to (h, w), without upsampling it."""
+    p = F.pad(m[None], (0, 1, 0, 1), mode="replicate")[0]
+    a, r, d, dr = p[:, :-1, :-1], p[:, :-1, 1:], p[:, 1:, :-1], p[:, 1:, 1:]
+    nn, hh, vv = (a * a).sum(0), (a * r).sum(0), (a * d).sum(0)
+    diag = (a * dr).sum(0) + (r * d).sum(0)
+    i0, i1, y0, y1 = _axis(m.shape[1], h, m)
+    j0, j1, x0, x1 = _axis(m.shape[2], w, m)
+
+    def at(g: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return g[i][:, j]
+
+    yy0, yy1, yy01 = (y0 * y0)[:, None], (y1 * y1)[:, None], (y0 * y1)[:, None]
+    xx0, xx1, xx01 = (x0 * x0)[None], (x1 * x1)[None], (x0 * x1)[None]
+    return (yy0 * xx0 * at(nn, i0, j0) + yy0 * xx1 * at(nn, i0, j1)
+            + yy1 * xx0 * at(nn, i1, j0) + yy1 * xx1 * at(nn, i1, j1)
+            + 2 * xx01 * (yy0 * at(hh, i0, j0) + yy1 * at(hh, i1, j0))
+            + 2 * yy01 * (xx0 * at(vv, i0, j0) + xx1 * at(vv, i0, j1))
+            + 2 * yy01 * xx01 * at(diag, i0, j0))
 
 
 def _stride(maps: Sequence[torch.Tensor], size: Size) -> float:
@@ -133,13 +195,14 @@ def match_upsampled(src: Sequence[torch.Tensor], trg: Sequence[torch.Tensor], kp
     pix = torch.minimum(pix, torch.tensor([src_size[0] - 1, src_size[1] - 1], dtype=pix.dtype,
                                           device=pix.device))
     vec = sample_vectors(src, pix, src_size)
-    cos = cosine_map(vec, trg, trg_size, options.memory_mb)
+    cosines = cosine_map_chunked if options.literal else cosine_map
+    cos = cosines(vec, trg, trg_size, options.memory_mb)
     if options.method == "soft":
         return _soft_argmax(cos, trg_size, options.window * _stride(trg, trg_size), options.beta)
     pred = _argmax_xy(cos, trg_size[0])
     del cos
     if options.method == "mutual":
-        back = cosine_map(sample_vectors(trg, pred, trg_size), src, src_size, options.memory_mb)
+        back = cosines(sample_vectors(trg, pred, trg_size), src, src_size, options.memory_mb)
         dist = (_argmax_xy(back, src_size[0]) - pix).norm(dim=1)
         pred[dist > _stride(src, src_size)] = float("nan")
     return pred

@@ -61,7 +61,8 @@ def _assert_same_argmax(got, want, cos, width):
         assert cos[k, at] >= cos[k].max() - 1e-5
 
 
-def test_matches_dift_protocol_in_numpy():
+@pytest.mark.parametrize("literal", [False, True])
+def test_matches_dift_protocol_in_numpy(literal):
     rng = np.random.default_rng(0)
     for trial in range(3):
         c, hs, ws, ht, wt = 24, 7, 9, 6, 10
@@ -71,7 +72,7 @@ def test_matches_dift_protocol_in_numpy():
         kps = np.c_[rng.integers(0, 61, 12), rng.integers(0, 45, 12)].astype(float)
         want, cos = _dift_numpy([src], [trg], kps, src_size, trg_size)
         got = match_pair([torch.from_numpy(src)], [torch.from_numpy(trg)], kps, src_size,
-                         trg_size, MatchOptions(memory_mb=1))
+                         trg_size, MatchOptions(literal=literal, memory_mb=1))
         _assert_same_argmax(got, want, cos, trg_size[0])
 
 
@@ -86,6 +87,21 @@ def test_two_keys_are_normalised_then_concatenated():
     got = match_pair([torch.from_numpy(m) for m in src], [torch.from_numpy(m) for m in trg],
                      kps, (40, 30), (35, 33))
     _assert_same_argmax(got, want, cos, 35)
+
+
+def test_norms_without_upsampling_equal_the_upsampled_maps():
+    """The quadratic form of the four neighbours against upsampling the map itself, at
+    sizes that hit every border case (1 x 1 grids, same size, odd ratios)."""
+    from probe.correspondence.match import cosine_map, cosine_map_chunked
+
+    g = torch.Generator().manual_seed(0)
+    for c, h, w, big_h, big_w in [(16, 7, 9, 45, 61), (8, 1, 5, 9, 31), (4, 6, 6, 6, 6),
+                                  (32, 24, 32, 97, 129)]:
+        m, v = torch.randn(c, h, w, generator=g), torch.randn(5, c, generator=g)
+        fast = cosine_map(v, [m], (big_w, big_h)).double()
+        lit = cosine_map_chunked(v, [m], (big_w, big_h), memory_mb=1).double()
+        # float32 sums of c products of unit-scale values: a few ulps of 1 per product
+        assert (fast - lit).abs().max() <= 1e-6 * c
 
 
 def _embed(points, freqs):
