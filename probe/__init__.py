@@ -7,6 +7,8 @@ Python API (the CLI is a thin layer over these):
 - :func:`open_features` — read such a file.
 - :func:`fit` — train a probe head on cached features.
 - :func:`cka` — CKA between blocks and timesteps, within one file or between two.
+- :func:`correspond` — dense semantic correspondence (keypoint matching with block maps,
+  PCK): DIFT's protocol on SPair-71k, PF-PASCAL, PF-WILLOW and ``warp:`` pairs.
 - :func:`similarity` — the same grid with other measures (mutual k-NN, CKNNA, RSA,
   Procrustes, SVCCA), permutation nulls and bootstrap intervals.
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
+    from .correspondence import correspond
     from .pipeline.run import extract
     from .extractors.registry import load_model
     from .heads.fit import fit
@@ -34,9 +37,11 @@ _API = {
     "fit": "probe.heads.fit",
     "cka": "probe.measures",
     "similarity": "probe.measures",
+    "correspond": "probe.correspondence",
 }
 
-__all__ = ["load_model", "extract", "open_features", "fit", "cka", "similarity", "__version__"]
+__all__ = ["load_model", "extract", "open_features", "fit", "cka", "similarity", "correspond",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:

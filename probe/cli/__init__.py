@@ -12,7 +12,8 @@ import sys
 
 from ..errors import ProbeError
 
-SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "similarity", "train", "demo"]
+SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "similarity", "correspond", "train",
+               "demo"]
 
 
 class _Parser(argparse.ArgumentParser):

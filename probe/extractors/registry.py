@@ -97,6 +97,8 @@ MODELS.update({
                    image_size=512, vae="the pipeline's vae/"),
     "sd-2.1-base": dict(family="sd", hub="stabilityai/stable-diffusion-2-1-base",
                         image_size=512, vae="the pipeline's vae/"),
+    "sd-2.1": dict(family="sd", hub="stabilityai/stable-diffusion-2-1",
+                   image_size=768, vae="the pipeline's vae/"),
 })
 
 ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}

@@ -23,14 +23,14 @@ def new_figure(width: float, height: float, **kwargs: Any) -> Figure:
     return Figure(figsize=(width, height), **kwargs)
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110, **kwargs: Any) -> str:
     """Write ``fig`` to ``path`` atomically: a killed run leaves the old file or none, never
     half a PNG that looks complete."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)  # the object API's figures draw through an explicit canvas
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, **kwargs)
     return os.fspath(path)
 
 

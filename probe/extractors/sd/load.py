@@ -37,7 +37,9 @@ SD21_BASE_UNET = dict(SD15_UNET, attention_head_dim=[5, 10, 20, 20], cross_atten
 # Both pipelines ship this PNDMScheduler config: DDPM's scaled-linear betas.
 SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                     num_train_timesteps=1000, prediction_type="epsilon")
-ARCHITECTURES = {"sd-1.5": SD15_UNET, "sd-2.1-base": SD21_BASE_UNET}
+# SD 2.1 (768 px, v-prediction; DIFT's model): the 2.1-base U-Net on a 96x96 latent
+SD21_UNET = dict(SD21_BASE_UNET, sample_size=96)
+ARCHITECTURES = {"sd-1.5": SD15_UNET, "sd-2.1-base": SD21_BASE_UNET, "sd-2.1": SD21_UNET}
 
 
 def locate(name: str, spec: Mapping[str, Any], checkpoint: Any,
