@@ -6,6 +6,8 @@ x_t = α_t·x + σ_t·ε on the model's own interpolant (:mod:`probe.extractors.
 loss = mean squared error between the network's output and the velocity dα·x + dσ·ε.
 The checkpoint is the network's plain state dict (SiT's release format).
 """
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -13,7 +15,7 @@ from ..errors import ProbeError
 
 
 class FlowObjective:
-    def __init__(self, model, config=None):
+    def __init__(self, model: Any, config: dict | None = None):
         self.model = model
         self.config = config  # the family arguments load_model needs: saved as config.json
         self.family = model.family
@@ -24,7 +26,8 @@ class FlowObjective:
             raise ProbeError("probe train sit trains without REPA's projectors (no DINOv2 "
                              "here): drop z_dims")
 
-    def loss(self, images, labels, generator):
+    def loss(self, images: torch.Tensor, labels: Any,
+             generator: torch.Generator) -> torch.Tensor:
         """Mean squared velocity error; randomness from ``generator`` (CPU)."""
         model = self.model
         x0 = model.prepare(images)
@@ -35,10 +38,10 @@ class FlowObjective:
         target = model.schedule.velocity(x0, noise)
         return F.mse_loss(model(x_t, t), target)
 
-    def extra_files(self):
+    def extra_files(self) -> dict:
         return {"config.json": self.config} if self.config is not None else {}
 
-    def export(self, meta=None):
+    def export(self, meta: Any = None) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
 
 

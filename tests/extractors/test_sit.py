@@ -127,6 +127,9 @@ def test_interpolant_in_each_repositorys_direction(convention, t, alpha, sigma):
     x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     torch.testing.assert_close(s.q_sample(x, torch.tensor([t, t]), eps), alpha * x + sigma * eps)
     assert s.log_snr(t).item() == pytest.approx(2 * torch.log(torch.tensor(alpha / sigma)).item())
+    level = s.noise_level(t)
+    assert (level["alpha"], level["sigma"]) == pytest.approx((alpha, sigma))
+    assert s.t_of_log_snr(level["logsnr"]) == pytest.approx(t)
     d_alpha, d_sigma = (1, -1) if convention == "sit" else (-1, 1)
     torch.testing.assert_close(s.velocity(x, eps), d_alpha * x + d_sigma * eps)
 

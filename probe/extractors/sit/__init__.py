@@ -18,6 +18,7 @@ Time: continuous t in [0, 1] in the repository's own direction (``schedule.py``)
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -37,7 +38,8 @@ class SiTExtractor(DiTExtractor):
         return OrderedDict(block_order(self.net))
 
 
-def create(name, spec, checkpoint=None, random_init=False, trust_checkpoint=False):
+def create(name: str, spec: dict, checkpoint: Any = None, random_init: bool = False,
+           trust_checkpoint: bool = False) -> SiTExtractor:
     """Build a SiT from a registry entry or from constructor arguments (family load).
 
     ``spec["config"]``: SiT's (and REPA's) arguments, plus ``vae`` (a hub id, a folder,

@@ -1,6 +1,7 @@
 """REPA's checkpoint formats: the legacy ``decoder_blocks`` naming and the ``args`` a
 ``train.py`` checkpoint records, both checked against the architecture asked for."""
 import re
+from typing import Any
 
 from ...errors import ProbeError
 
@@ -8,7 +9,7 @@ _LEGACY = re.compile(r"^decoder_blocks\.(\d+)\.(.*)$")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
-def from_legacy(state, config, source):
+def from_legacy(state: dict, config: dict, source: str) -> dict:
     """REPA's ``load_legacy_checkpoints``: ``decoder_blocks.i.*`` -> ``blocks.{i +
     encoder_depth}.*``; other keys unchanged.  The checkpoint itself says where its encoder
     ends (its ``blocks.*`` indices), so a different ``encoder_depth`` is named, not
@@ -31,7 +32,7 @@ def from_legacy(state, config, source):
     return out
 
 
-def check_args(obj, config, source):
+def check_args(obj: Any, config: dict, source: str) -> None:
     """A ``train.py`` checkpoint of REPA records its ``args``: its encoder_depth must be the
     one the projectors are attached after (the weights alone cannot tell)."""
     args = obj.get("args") if isinstance(obj, dict) else None

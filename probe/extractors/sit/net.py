@@ -8,6 +8,9 @@ of the output channels is dropped (SiT predicts the velocity only), and REPA's v
 adds ``projectors`` (3-layer MLPs) that read the tokens after block ``encoder_depth``:
 the features REPA aligns to DINOv2.
 """
+from typing import Any
+
+import torch
 from timm.models.vision_transformer import Attention
 from torch import nn
 
@@ -22,7 +25,7 @@ from ..dit_net import DiT
 DEFAULTS = dict(DIT_DEFAULTS, encoder_depth=0, z_dims="", projector_dim=2048, qk_norm=False)
 
 
-def parse_z_dims(value):
+def parse_z_dims(value: Any) -> list[int]:
     """REPA's ``--projector-embed-dims`` ("768" or "768,1024", or a list) -> list of ints."""
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
@@ -34,7 +37,7 @@ def parse_z_dims(value):
                          "768,1024") from None
 
 
-def resolve_config(given):
+def resolve_config(given: dict) -> dict:
     """User arguments -> the complete, typed SiT constructor arguments."""
     given = dict(given)
     decoder = given.pop("decoder_hidden_size", None)  # REPA's; runs only when = hidden_size
@@ -62,7 +65,7 @@ def resolve_config(given):
     return c
 
 
-def describe(name, config):
+def describe(name: str, config: dict) -> str:
     """The architecture, for messages about weights that do not fit it."""
     repa = (f", encoder_depth={config['encoder_depth']}, z_dims={config['z_dims'] or 'none'}"
             if config["z_dims"] else "")
@@ -71,7 +74,7 @@ def describe(name, config):
             f"num_classes={config['num_classes']}{repa})")
 
 
-def build_projector(hidden_size, projector_dim, z_dim):
+def build_projector(hidden_size: int, projector_dim: int, z_dim: int) -> nn.Sequential:
     """REPA's ``build_mlp``: Linear, SiLU, Linear, SiLU, Linear."""
     return nn.Sequential(nn.Linear(hidden_size, projector_dim), nn.SiLU(),
                          nn.Linear(projector_dim, projector_dim), nn.SiLU(),
@@ -82,7 +85,8 @@ class SiT(DiT):
     """``SiT(**resolve_config(...))``: DiT with a continuous t, the velocity output, and
     REPA's optional projectors and qk_norm."""
 
-    def __init__(self, encoder_depth=0, z_dims="", projector_dim=2048, qk_norm=False, **dit):
+    def __init__(self, encoder_depth: int = 0, z_dims: Any = "", projector_dim: int = 2048,
+                 qk_norm: bool = False, **dit: Any):
         super().__init__(**dit)
         self.learn_sigma = dit.get("learn_sigma", True)
         self.encoder_depth = encoder_depth
@@ -94,7 +98,8 @@ class SiT(DiT):
         self.projectors = nn.ModuleList(
             build_projector(hidden, projector_dim, z) for z in parse_z_dims(z_dims))
 
-    def forward(self, x, t, y=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), t (B,) float in [0, 1], y (B,) labels -> the velocity (B, C, H, W).
         The projectors run (and can be hooked) right after block ``encoder_depth``; their
         outputs are not part of the return value."""
@@ -111,7 +116,7 @@ class SiT(DiT):
         return out[:, : self.in_channels] if self.learn_sigma else out
 
 
-def block_order(net):
+def block_order(net: SiT) -> list[tuple[str, nn.Module]]:
     """``[(name, module)]`` in forward order: blocks, with the projectors after block
     ``encoder_depth``."""
     order = []

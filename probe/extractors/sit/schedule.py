@@ -62,6 +62,17 @@ class InterpolantSchedule:
         alpha, sigma = self.coefficients(t)
         return 2 * (alpha.log() - sigma.log())
 
+    def noise_level(self, t: Any) -> dict:
+        """α_t, σ_t and log-SNR of one t, as a file records them per t."""
+        alpha, sigma = self.coefficients(float(t))
+        return {"alpha": float(alpha), "sigma": float(sigma), "logsnr": float(self.log_snr(float(t)))}
+
+    def t_of_log_snr(self, logsnr: float) -> float:
+        """The t with log(α²/σ²) = logsnr: α/σ = exp(logsnr / 2) and α + σ = 1."""
+        ratio = float(torch.tensor(logsnr / 2, dtype=torch.float64).exp())
+        alpha = ratio / (1 + ratio)
+        return alpha if self.convention == "sit" else 1 - alpha
+
     def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor) -> torch.Tensor:
         alpha, sigma = (c.to(x0.device, x0.dtype).view(-1, *[1] * (x0.dim() - 1))
                         for c in self.coefficients(_per_sample(t, x0)))
