@@ -105,7 +105,9 @@ def run_demo(out="probe-demo", models=None, data="demo", t=None, blocks=None, ma
     between = []
     for i, a in enumerate(models):
         for b in models[i + 1:]:
-            res = cka_fn(files[a]["test"], files[b]["test"], across="blocks",
+            # panels per shared t; a continuous-time model shares no t with a DDPM, so
+            # the measures' default layout falls back to panels per block, then one grid
+            res = cka_fn(files[a]["test"], files[b]["test"], across=None,
                          minibatch=_cka_minibatch(files[a]["test"]))
             png = f"cka-{a}-vs-{b}.png"
             heatmaps(res, os.path.join(out, png))
