@@ -191,3 +191,14 @@ def test_extract_sit_fmnist_at_a_float_t_end_to_end(tmp_path, capsys):
                  "2", "--out", str(tmp_path / "bad.h5"), "--quiet"]) == 2
     assert "looks like a DDPM step" in capsys.readouterr().err
     assert not (tmp_path / "bad.h5").exists()
+
+
+def test_released_weights_fail_offline_in_one_line(monkeypatch):
+    def no_network(url, **kw):
+        assert "dropbox" in url and kw["file_name"] == "SiT-XL-2-256x256.pt"
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(ProbeError, match="could not fetch weights .* --checkpoint PATH") as e:
+        probe.load_model("sit-xl-2")
+    assert "\n" not in str(e.value)
