@@ -40,9 +40,15 @@ def _spread(items, k):
 # The shipped U-Net costs about 30 times a shipped ViT per image (a 28 px U-Net is about
 # 1 GFLOP a pass): two timesteps keep the demo within minutes.
 DEFAULT_OVERRIDES = {"adm-fmnist": dict(timesteps=[10, 100])}
+# A continuous-time model's t at the log-SNR of the DDPM defaults t = 10, 100, 300, 600 of
+# the linear schedule: t_SiT = sqrt(abar) / (sqrt(abar) + sqrt(1 - abar)) to 3 decimals
+# (log-SNR within 0.01), and 1 - t_SiT in REPA's direction.
+CONTINUOUS_DEFAULTS = {"sit": [0.139, 0.446, 0.745, 0.955], "repa": [0.045, 0.255, 0.554, 0.861]}
 
 
-def default_timesteps(model: Any) -> list[int]:
+def default_timesteps(model: Any) -> list[float]:
+    if getattr(model.schedule, "continuous", False):
+        return CONTINUOUS_DEFAULTS[model.schedule.convention]
     t_max = model.num_timesteps
     return sorted({max(1, round(t_max * f)) for f in (0.01, 0.1, 0.3, 0.6)})
 
@@ -104,7 +110,9 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     between = []
     for i, a in enumerate(models):
         for b in models[i + 1:]:
-            res = cka_fn(files[a]["test"], files[b]["test"], across="blocks",
+            # panels per shared t; a continuous-time model shares no t with a DDPM, so
+            # the measures' default layout falls back to panels per block, then one grid
+            res = cka_fn(files[a]["test"], files[b]["test"], across=None,
                          minibatch=_cka_minibatch(files[a]["test"]))
             png = f"cka-{a}-vs-{b}.png"
             heatmaps(res, os.path.join(out, png))

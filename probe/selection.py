@@ -1,7 +1,9 @@
 """Which features: one grammar for timesteps and blocks, in every command and the API.
 
-- ``t``: an integer, a comma list (``"10,100"``), a list of these (a repeated ``--t``),
-  or ``"all"`` / None.
+- ``t``: a number, a comma list (``"10,100"``), a list of these (a repeated ``--t``),
+  or ``"all"`` / None.  DDPM families take integer steps; continuous-time families (SiT,
+  REPA) take t in [0, 1] such as ``0.1``.  A t is an int when it is integral and a float
+  otherwise, and is written the same way everywhere (:func:`t_text`): ``t100``, ``t0.1``.
 - ``blocks``: block names, 1-based ids in the model's forward order, comma lists of
   these, a list of these (a repeated ``--blocks``), or ``"all"`` / None.
 - ``keys``: explicit (t, block) pairs, ``"tT/BLOCK"`` (BLOCK a name or an id),
@@ -24,19 +26,38 @@ from typing import Iterable, Sequence, Union, cast
 
 from .errors import ProbeError, suggest
 
-Key = tuple  # (t: int, block: str), or (None, block) for a network without timesteps
-Spec = Union[None, str, int, Sequence[Union[str, int]]]
+Key = tuple  # (t: int | float, block: str), or (None, block) for a network without timesteps
+Spec = Union[None, str, int, float, Sequence[Union[str, int, float]]]
 
 ALL = "all"
-_KEY = re.compile(r"t(\d+)/(.+)")
-_T = re.compile(r"t(\d+)")
+_NUMBER = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+_KEY = re.compile(rf"t({_NUMBER})/(.+)")
+_T = re.compile(rf"t({_NUMBER})")
+
+
+def t_value(t) -> int | float:
+    """A timestep as probe holds it: an int when integral (DDPM steps, and 0 or 1 of a
+    continuous t), else a float."""
+    if isinstance(t, bool):
+        raise ProbeError(f"bad timestep {t!r}")
+    if isinstance(t, numbers.Integral):
+        return int(t)
+    v = float(t)
+    return int(v) if v.is_integer() else v
+
+
+def t_text(t) -> str:
+    """The one way a timestep is written, in key labels, HDF5 paths and noise seeds:
+    ``100``, ``0.1`` (Python's shortest round-trip form of the float)."""
+    v = t_value(t)
+    return str(v) if isinstance(v, int) else repr(v)
 
 
 def _words(spec: Spec) -> list | None:
     """A spec as a flat list of words; None for 'all' (or nothing given)."""
     if spec is None:
         return None
-    one = isinstance(spec, (str, numbers.Integral, tuple))  # a tuple is one (t, block) key
+    one = isinstance(spec, (str, numbers.Real, tuple))  # a tuple is one (t, block) key
     items: list = [spec] if one else list(cast(Iterable, spec))
     words: list = []
     for item in items:
@@ -49,21 +70,28 @@ def _words(spec: Spec) -> list | None:
     return words
 
 
-def parse_t(spec: Spec) -> list[int] | None:
-    """Timesteps, sorted and unique; None for all."""
+def parse_t(spec: Spec) -> list[int | float] | None:
+    """Timesteps (:func:`t_value`), sorted and unique; None for all."""
     words = _words(spec)
     if words is None:
         return None
     out = []
     for w in words:
-        text = str(w).strip()
+        text = str(w).strip().lower()
         # a negative value parses: the schedule says what its range is
-        if isinstance(w, bool) or not re.fullmatch(r"t?-?\d+", text):
-            raise ProbeError(f"bad --t {w!r}: give integer timesteps, e.g. --t 10,100 or --t all")
-        out.append(int(text.lstrip("t")))
+        if isinstance(w, bool) or not re.fullmatch(rf"t?{_NUMBER}", text):
+            raise ProbeError(f"bad --t {w!r}: give timesteps as numbers, e.g. --t 10,100 (DDPM "
+                             "steps), --t 0.1 (SiT's continuous t) or --t all")
+        out.append(t_value(float(text.lstrip("t")) if re.search(r"[.e]", text)
+                           else int(text.lstrip("t"))))
     if not out:
         raise ProbeError("no timesteps given: use e.g. --t 100, --t 10,100 or --t all")
     return sorted(set(out))
+
+
+def t_from_text(text: str) -> int | float:
+    """The number after ``t`` in a key label, back to its :func:`t_value`."""
+    return t_value(float(text) if re.search(r"[.eE]", text) else int(text))
 
 
 def _is_id(w) -> bool:
@@ -120,18 +148,18 @@ def key_label(key: Key) -> str:
     """The one way a key is written, in files, plots, tables and messages: 'tT/BLOCK', or
     the bare block name for a network without timesteps (t None)."""
     t, block = key
-    return str(block) if t is None else f"t{int(t)}/{block}"
+    return str(block) if t is None else f"t{t_text(t)}/{block}"
 
 
 def parse_key(key) -> Key:
     """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4');
     a bare block name 'stages.2' or (None, 'stages.2') -> (None, 'stages.2') (no t)."""
     if isinstance(key, tuple) and len(key) == 2:
-        return (None if key[0] is None else int(key[0])), str(key[1])
+        return (None if key[0] is None else t_value(key[0])), str(key[1])
     text = str(key).strip()
     m = _KEY.fullmatch(text)
     if m:
-        return int(m.group(1)), m.group(2)
+        return t_from_text(m.group(1)), m.group(2)
     if text and "/" not in text and not _T.fullmatch(text):
         return None, text
     raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/output_blocks.4 "
@@ -171,20 +199,20 @@ class Catalog:
                              f"({self.hint})")
         return name
 
-    def check_t(self, t: int) -> int:
+    def check_t(self, t: int | float) -> int | float:
         if self.timeless:
             raise ProbeError(f"{self.owner} holds features of {self.model or 'a network'}, which "
                              "has no timestep (it sees the clean image): drop --t (name blocks "
                              "with --blocks or --keys BLOCK)")
         if t not in self.timesteps:
             raise ProbeError(f"{self.owner} has no features at t={t}; it has t in "
-                             f"{', '.join(map(str, self.timesteps))} ({self.hint})")
+                             f"{', '.join(map(t_text, self.timesteps))} ({self.hint})")
         return t
 
     def key(self, key) -> Key:
         """One (t, block) pair, the block given by name or id, checked to be in the file."""
         if isinstance(key, tuple) and len(key) == 2:
-            t, word = (None if key[0] is None else int(key[0])), key[1]
+            t, word = (None if key[0] is None else t_value(key[0])), key[1]
         elif self.timeless and "/" not in str(key):
             t, word = None, str(key).strip()
         else:
@@ -192,7 +220,7 @@ class Catalog:
             if not m:
                 raise ProbeError(f"bad feature key {key!r}: expected tT/BLOCK, e.g. t100/blocks.2 "
                                  "or t100/3 (a block id)")
-            t, word = int(m.group(1)), m.group(2)
+            t, word = t_from_text(m.group(1)), m.group(2)
         if t is not None or not self.timeless:
             self.check_t(t)  # type: ignore[arg-type]  # None on a timed file: not found
         found = (t, self.block(word))
@@ -208,7 +236,7 @@ class Catalog:
             if isinstance(w, tuple) or (isinstance(w, str) and "/" in w):
                 chosen.add(self.key(w))
             elif isinstance(w, str) and _T.fullmatch(w):
-                chosen.update(k for k in self.keys if k[0] == self.check_t(int(w[1:])))
+                chosen.update(k for k in self.keys if k[0] == self.check_t(t_from_text(w[1:])))
             else:
                 name = self.block(w)
                 chosen.update(k for k in self.keys if k[1] == name)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ProbeError
 from .files import atomic_path
-from .selection import Catalog, Key, Spec, key_label, parse_key
+from .selection import Catalog, Key, Spec, key_label, parse_key, t_from_text, t_value
 
 FORMAT = "probe-features"
 FORMAT_VERSION = 1
@@ -34,7 +34,7 @@ NOISE_ATTRS = ("noise_seed", "ensemble", "add_noise")  # absent without timestep
 _STR = h5py.string_dtype("utf-8")
 
 
-def key_name(t: int | None, block: str) -> str:
+def key_name(t: int | float | None, block: str) -> str:
     """A key's label, which is also its path under /features (see :func:`key_label`)."""
     return key_label((t, block))
 
@@ -92,7 +92,7 @@ def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs)
         ds = f.create_dataset(f"features/{key_name(t, block)}", shape=full, dtype=dtype,
                               chunks=(chunk_rows(full, itemsize),) + full[1:] if num_samples else None)
         if t is not None:
-            ds.attrs["t"] = int(t)
+            ds.attrs["t"] = t_value(t)
         ds.attrs["block"] = block
     return f
 
@@ -169,7 +169,7 @@ class FeatureFile:
                 if isinstance(item, h5py.Dataset):  # a network without timesteps
                     keys.append((None, name))
                 else:
-                    keys.extend((int(name[1:]), block) for block in item)
+                    keys.extend((t_from_text(name[1:]), block) for block in item)
         except (KeyError, OSError) as e:
             self.close()
             raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
@@ -198,7 +198,7 @@ class FeatureFile:
         return len(self.labels)
 
     @property
-    def timesteps(self) -> list[int]:
+    def timesteps(self) -> list[int | float]:
         """The timesteps held; [] for a network without timesteps (see ``has_timesteps``)."""
         return sorted({t for t, _ in self.keys if t is not None})
 

@@ -16,12 +16,14 @@ MODEL = ["input_blocks.0", "input_blocks.1", "input_blocks.2", "middle_block",
 @pytest.mark.parametrize("spec, want", [
     (100, [100]), ("10,100", [10, 100]), (["500", "10,100"], [10, 100, 500]),
     ([100, 100, 10], [10, 100]), ("t10", [10]), ("all", None), (None, None), (["10", "all"], None),
+    # continuous t (SiT, REPA): floats stay floats; integral values are ints, as DDPM steps
+    ("0.1,0.5", [0.1, 0.5]), (0.25, [0.25]), ("t0.5", [0.5]), ("1.0,0", [0, 1]), ("1e-3", [0.001]),
 ])
 def test_parse_t(spec, want):
     assert parse_t(spec) == want
 
 
-@pytest.mark.parametrize("spec", ["x", "1.5", "3-", [True], ","])
+@pytest.mark.parametrize("spec", ["x", "1.5.2", "0,5x", "3-", [True], ","])
 def test_parse_t_refuses(spec):
     with pytest.raises(ProbeError, match="--t"):
         parse_t(spec)
@@ -56,6 +58,24 @@ def test_block_list_folds_runs_and_numbers_every_name():
     listed = block_list(names)
     assert listed == "conv_in (1), blocks.0..3 (ids 2-5), norm (6), head.0 (7), head.1 (8)"
     assert unfold_block_list(listed) == names  # every name, each id its position
+
+
+def test_float_t_round_trips_through_labels_and_files(tmp_path):
+    from probe.selection import key_label, t_text
+
+    for t in (0.1, 0.05, 1e-05, 0.3333333333333333, 0.5):
+        assert parse_key(key_label((t, "blocks.1"))) == (t, "blocks.1")
+        assert float(t_text(t)) == t  # the label is exact: no two t share one
+    assert key_label((100, "b")) == "t100/b" and key_label((1.0, "b")) == "t1/b"
+    feats = {(0.1, "blocks.1"): np.ones((2, 3)), (0.5, "blocks.1"): np.zeros((2, 3))}
+    path = write_features(str(tmp_path / "f.h5"), feats, labels=[0, 1])
+    with open_features(path) as f:
+        assert f.keys == [(0.1, "blocks.1"), (0.5, "blocks.1")] and f.timesteps == [0.1, 0.5]
+        assert f.select(t="0.5") == [(0.5, "blocks.1")] and f.select(keys="t0.1") == [
+            (0.1, "blocks.1")]
+        np.testing.assert_array_equal(f.load("t0.1/blocks.1"), np.ones((2, 3)))
+        with pytest.raises(ProbeError, match="t in 0.1, 0.5"):
+            f.select(t="0.2")
 
 
 def test_parse_key():

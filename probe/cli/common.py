@@ -18,7 +18,8 @@ from ..options import OutputOptions, RunOptions
 
 Parser = Union[argparse.ArgumentParser, "argparse._ArgumentGroup"]
 
-T_HELP = ("timesteps: a value, a comma list (10,100), repeated --t, or all")
+T_HELP = ("timesteps: a value (DDPM steps such as 100; SiT/REPA's continuous t in [0, 1] "
+          "such as 0.1), a comma list (10,100), repeated --t, or all")
 BLOCKS_HELP = ("blocks: names or 1-based ids from `probe blocks MODEL` (ids count in the "
                "model's full block list, as recorded in the file), a comma list, repeated "
                "--blocks, or all")

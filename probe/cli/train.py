@@ -1,4 +1,4 @@
-"""`probe train ldae|dit|adm`: train a model on a dataset and write a loadable checkpoint."""
+"""`probe train ldae|dit|adm|sit`: train a model on a dataset and write a loadable checkpoint."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +21,7 @@ SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train an l-DAE, DiT, ADM or supervised classifier",
+    p = sub.add_parser("train", help="train an l-DAE, DiT, ADM, SiT or supervised classifier",
                        description="Train a model with the toolkit's own recipes. Checkpoints "
                                    "every epoch; rerun with --resume after an interruption.")
     p.set_defaults(func=_no_family)
@@ -85,6 +85,17 @@ def register(sub: Any) -> None:
                                    "prediction) on pixels; set its flags with --config "
                                    f"KEY=VALUE (defaults: {_flags_text(SMALL_ADM)}).")
     _common(q, lr=2e-4)
+    q.set_defaults(func=run)
+
+    q = fam.add_parser("sit", help="small pixel-space SiT, flow matching (velocity) training",
+                       description="Train a SiT (DiT's network, unconditional) with SiT's "
+                                   "default transport: linear interpolant, velocity "
+                                   "prediction, uniform t in [0, 1]. Time runs in SiT's own "
+                                   "direction (t = 1 clean); --config convention=repa trains "
+                                   "in REPA's (t = 0 clean). Other SiT arguments: --config "
+                                   "KEY=VALUE.")
+    _common(q, lr=3e-4)
+    _arch(q, SMALL_DIT)
     q.set_defaults(func=run)
 
     _classifier_parser(fam)
@@ -156,7 +167,7 @@ def _arch(q, d):
 
 
 def _no_family(args):
-    raise ProbeError("say what to train: probe train ldae|dit|adm|classifier|tokenizer (see "
+    raise ProbeError("say what to train: probe train ldae|dit|adm|sit|classifier|tokenizer (see "
                      "`probe train --help`)")
 
 
@@ -185,6 +196,20 @@ def _model_config(args, channels):
         from ..extractors.ldae.extractor import validate_config
 
         return validate_config({**cfg, **extra})
+    if args.family == "sit":
+        from ..extractors.sit.net import resolve_config as sit_config
+
+        cfg = dict(SMALL_DIT, input_size=args.image_size, in_channels=channels,
+                   patch_size=args.patch_size, hidden_size=args.hidden_size, depth=args.depth,
+                   num_heads=args.num_heads)
+        convention = extra.pop("convention", "sit")
+        if "vae" in extra:
+            raise ProbeError("probe train sit trains on pixels; latent (VAE) SiTs are not "
+                             "supported here")
+        from ..extractors.sit.schedule import InterpolantSchedule
+
+        InterpolantSchedule(convention)  # a bad convention fails here, before any work
+        return {**sit_config({**cfg, **extra}), "convention": convention}
     if args.family == "dit":
         from ..extractors.dit.extractor import resolve_config
 
@@ -214,9 +239,14 @@ def _build(args, cfg, images, resume):
             model.tokenizer_meta = saved_tokenizer_meta(args.out or "runs/ldae")
         return LDAEObjective(model, augment=args.augment)
     from ..extractors.registry import family_module
-    from ..train.ddpm import DDPMObjective
 
     model = family_module(args.family).create(args.family, {"config": cfg}, random_init=True)
+    if args.family == "sit":
+        from ..train.flow import FlowObjective
+
+        return FlowObjective(model, config=cfg)
+    from ..train.ddpm import DDPMObjective
+
     return DDPMObjective(model, config=cfg)
 
 

@@ -24,6 +24,7 @@ FAMILIES = {
     "adm": "probe.extractors.adm",
     "ldae": "probe.extractors.ldae",
     "sd": "probe.extractors.sd",
+    "sit": "probe.extractors.sit",
     "timm": "probe.extractors.reference",         # timm:NAME, any timm.list_models()
     "torchvision": "probe.extractors.reference",  # torchvision:NAME
 }
@@ -54,6 +55,30 @@ def _adm(image_size, class_cond=True, num_channels=256, num_res_blocks=2,
     return dict(family="adm", config=config, image_size=image_size, schedule=schedule, **weights)
 
 
+_SIT_URL = ("https://www.dl.dropboxusercontent.com/scl/fi/as9oeomcbub47de5g4be0/SiT-XL-2-256.pt"
+            "?rlkey=uxzxmpicu46coq3msb17b9ofa&dl=0")  # willisma/SiT download.py
+_REPA_URL = ("https://www.dl.dropboxusercontent.com/scl/fi/cxedbs4da5ugjq5wg3zrg/last.pt"
+             "?rlkey=8otgrdkno0nd89po3dpwngwcc&st=apcc645o&dl=0")  # sihyun-yu/REPA utils.py
+# SiT's sizes (models.py SiT_models): hidden_size, depth, num_heads
+_SIT_SIZES = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16), "xl": (1152, 28, 16)}
+
+
+def _sit(size, patch, repa=False, **weights):
+    """A SiT (t = 1 clean, learn_sigma) or, with ``repa``, REPA's SiT (t = 0 clean, the
+    velocity only, one 768-d projector after block encoder_depth: 4 for B, 8 otherwise, as
+    in the paper) on 256px images as SD-VAE latents."""
+    hidden_size, depth, num_heads = _SIT_SIZES[size]
+    config = dict(input_size=32, patch_size=patch, in_channels=4, hidden_size=hidden_size,
+                  depth=depth, num_heads=num_heads, class_dropout_prob=0.1, num_classes=1000,
+                  learn_sigma=not repa)
+    if repa:
+        config.update(encoder_depth=4 if size == "b" else 8, z_dims="768", projector_dim=2048)
+    weights.setdefault("note", "no released weights: train your own or --random-init")
+    return dict(family="sit", config=config, image_size=256,
+                convention="repa" if repa else "sit",
+                vae="stabilityai/sd-vae-ft-mse" if repa else _DIT_VAE, **weights)
+
+
 MODELS = {
     "dit-xl-2": _dit(1152, 28, 16, url=_DIT_URL.format("DiT-XL-2-256x256"),
                      hub="facebook/DiT-XL-2-256"),
@@ -82,6 +107,9 @@ MODELS.update({
     "adm-fmnist": dict(family="adm", file="adm-fmnist.pt", image_size=28, schedule="linear",
                        config={"image_size": 28, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2", "attention_resolutions": "14", "num_heads": 4, "num_head_channels": 32, "use_scale_shift_norm": True, "resblock_updown": True, "learn_sigma": False, "class_cond": False},
                        note="small ADM U-Net (DDPM), trained here"),
+    "sit-fmnist": dict(family="sit", file="sit-fmnist.pt", image_size=28, convention="sit",
+                       config={"input_size": 28, "patch_size": 7, "in_channels": 1, "hidden_size": 128, "depth": 4, "num_heads": 2, "mlp_ratio": 4.0, "class_dropout_prob": 0.0, "num_classes": 0, "learn_sigma": False},
+                       note="dit-fmnist's network trained by flow matching (SiT), trained here"),
     # the supervised reference: dit-fmnist's size as a timm ViT, trained with cross-entropy
     # (`probe train classifier`); it sees the clean image, so it has no timestep
     "sup-fmnist": dict(family="timm", model_name="vit_tiny_patch16_224", file="sup-fmnist.pt",
@@ -101,7 +129,21 @@ MODELS.update({
                    image_size=768, vae="the pipeline's vae/"),
 })
 
-ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2"}
+# SiT (willisma/SiT) and REPA (sihyun-yu/REPA): S/B/L/XL with patch 2, 4 and 8; the released
+# weights are SiT-XL/2 and REPA's SiT-XL/2 (encoder_depth 8), both 256px.
+for _size in _SIT_SIZES:
+    for _patch in (2, 4, 8):
+        MODELS[f"sit-{_size}-{_patch}"] = _sit(_size, _patch)
+        if _size != "s":  # REPA's SiT_S_* pass decoder_hidden_size=768 to a 384-wide net
+            MODELS[f"repa-sit-{_size}-{_patch}"] = _sit(_size, _patch, repa=True)
+MODELS["sit-xl-2"] = _sit("xl", 2, url=_SIT_URL, filename="SiT-XL-2-256x256.pt",
+                          note="SiT-XL/2 256px (Ma et al. 2024), t = 1 clean")
+MODELS["repa-sit-xl-2"] = _sit("xl", 2, repa=True, url=_REPA_URL,
+                               filename="repa-sit-xl-2-last.pt",
+                               note="REPA SiT-XL/2 256px (Yu et al. 2025), t = 0 clean")
+
+ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2", "sit-xl": "sit-xl-2",
+           "repa-sit-xl": "repa-sit-xl-2"}
 
 
 def register(name, spec):
@@ -178,7 +220,7 @@ def load_architecture(name, checkpoint=None, trust_checkpoint=False, **config):
     known without the weights: registry entries, and families given their config.  With
     a checkpoint, or a shipped small model, it is the real, loaded model."""
     family = name if name in FAMILIES else resolve(name)[1]["family"]
-    if family == "dit":
+    if family in ("dit", "sit"):
         config.setdefault("vae", None)  # block shapes do not depend on the VAE
     if checkpoint:
         return load_model(name, checkpoint=checkpoint, trust_checkpoint=trust_checkpoint,

@@ -88,7 +88,7 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
     out: dict[Key, torch.Tensor] = {}
     for group in groups:
         x = torch.cat([noised(tt, k) for tt, k in group])
-        tvec = torch.cat([torch.full((b,), tt, device=x.device, dtype=torch.long) for tt, _ in group])
+        tvec = torch.cat([torch.full((b,), tt, device=x.device) for tt, _ in group])
         yy = y if not torch.is_tensor(y) else y.to(x.device).repeat(len(group))
         feats = model.forward_intermediates(x, tvec, list(settings.blocks), y=yy, stop_early=True)
         for j, (tt, _) in enumerate(group):

@@ -8,9 +8,12 @@ import hashlib
 
 import torch
 
+from ..selection import t_text
+
 
 def sample_seed(seed, sample_id, t, draw=0):
-    key = f"{int(seed)}|{sample_id}|{int(t)}|{int(draw)}".encode()
+    # t as written in key labels: integer steps hash as before, 0.1 and 0.5 differ
+    key = f"{int(seed)}|{sample_id}|{t_text(t)}|{int(draw)}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 

@@ -173,6 +173,9 @@ def _timesteps(model, noise):
         if not noise.add_noise:
             raise ProbeError(f"{why}: drop --no-noise, its input is already clean")
         return []
+    if noise.t is None and getattr(model.schedule, "continuous", False):
+        raise ProbeError(f"{model.name}'s t is continuous in [0, 1] "
+                         f"({model.schedule.describe().get('t')}): give it, e.g. --t 0.5")
     ts = parse_t(100 if noise.t is None else noise.t)
     if ts is None:
         raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..selection import t_value
 from ..store import NOISE_ATTRS as NOISE_FIELDS
 # stored as plain strings: never JSON-decoded (a data spec or hash could look like JSON)
 _STR_FIELDS = ("model", "weights_sha256", "pool", "dtype", "data", "split", "transform")
@@ -32,7 +33,7 @@ class FeatureSettings:
 
     model: str
     weights_sha256: str
-    timesteps: tuple[int, ...]
+    timesteps: tuple[int | float, ...]
     blocks: tuple[str, ...]
     pool: str
     dtype: str
@@ -48,7 +49,7 @@ class FeatureSettings:
     add_noise: bool | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        object.__setattr__(self, "timesteps", tuple(t_value(t) for t in self.timesteps))
         object.__setattr__(self, "blocks", tuple(self.blocks))
         if not self.timesteps:  # no timestep, no noise: these would mean nothing
             for name in NOISE_FIELDS:

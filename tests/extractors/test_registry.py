@@ -87,7 +87,11 @@ def _scaled_linear_abar():
 @pytest.mark.parametrize("name", [n for n in MODELS if not MODELS[n].get("file")])
 def test_each_released_entry_has_its_schedule(name):
     with torch.device("meta"):
-        model = probe.load_model(name, random_init=True, **({"vae": None} if "dit" in name else {}))
+        model = probe.load_model(name, random_init=True,
+                                 **({"vae": None} if "dit" in name or "sit" in name else {}))
+    if MODELS[name]["family"] == "sit":  # flow matching: SiT's or REPA's linear interpolant
+        assert model.schedule.convention == ("repa" if name.startswith("repa-") else "sit")
+        return
     want = _cosine_abar() if name == "adm-64" else _linear_abar()
     if MODELS[name]["family"] == "sd":
         want = _scaled_linear_abar()

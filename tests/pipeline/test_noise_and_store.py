@@ -16,6 +16,14 @@ def test_noise_depends_only_on_seed_id_t_draw():
     for other in (per_sample_noise((3, 4), 1, ["x"], 10), per_sample_noise((3, 4), 0, ["x"], 11),
                   per_sample_noise((3, 4), 0, ["x"], 10, draw=1)):
         assert not torch.equal(a[0], other[0])
+    # continuous t: each t its own noise (0.1 and 0.5 are not both "0")
+    assert not torch.equal(per_sample_noise((3,), 0, ["x"], 0.1), per_sample_noise((3,), 0, ["x"], 0.5))
+    # integer steps hash exactly as they always have, so earlier files keep their noise
+    import hashlib
+
+    from probe.pipeline.noise import sample_seed
+    digest = hashlib.blake2b(b"7|x|10|1", digest_size=8).digest()
+    assert sample_seed(7, "x", 10, 1) == int.from_bytes(digest, "little") >> 1
     big = per_sample_noise((4, 32, 32), 0, [str(i) for i in range(64)], 100)
     assert abs(big.mean().item()) < 0.02 and abs(big.std().item() - 1) < 0.02
 

@@ -76,3 +76,18 @@ def test_train_dit_and_adm_load_in_their_family_format(tmp_path):
         for k, v in model.net.state_dict().items():
             assert torch.equal(v, state["net." + k]), k
         assert json.load(open(os.path.join(out, "log.json")))["step"] in (2, 3)
+
+
+def test_train_sit_resumes_exactly_and_loads_in_the_sit_format(tmp_path, capsys):
+    args = ["train", "sit", *TINY, *TINY_VIT, "--patch-size", "4"]
+    assert main(args + ["--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    assert main(args + ["--steps", "2", "--out", str(tmp_path / "b")]) == 0
+    assert main(args + ["--steps", "4", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # SiT's format: a bare state dict
+    config = json.load(open(tmp_path / "a" / "config.json"))
+    assert config["convention"] == "sit"
+    model = probe.load_model("sit", checkpoint=str(tmp_path / "a" / "model.pt"), **config)
+    assert model.schedule.describe()["convention"] == "sit" and model.block_names[-1] == "blocks.1"
+    assert main(args + ["--config", "convention=ddpm", "--out", str(tmp_path / "c")]) == 2
+    assert "unknown SiT time convention" in capsys.readouterr().err
