@@ -6,11 +6,13 @@ import sys
 
 from ..errors import ProbeError
 from ..selection import key_label
+from .segment import add_seg_args, is_segmentation
 from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, \
     add_selection, add_threads, refuse_existing, selection
 
 HEAD_CHOICES = ("linear | mlp | cnn | attention | logreg | knn, or fusion: one head on several "
-                "keys (--keys/--t/--blocks; all keys by default)")
+                "keys (--keys/--t/--blocks; all keys by default); segmentation: seg-linear | "
+                "seg-mlp | seg-ensemble")
 
 
 def _ints(text):
@@ -136,6 +138,7 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print the JSON instead of a summary")
     add_head_args(p)
     add_train_args(p)
+    add_seg_args(p)
     p.set_defaults(func=run)
 
 
@@ -162,6 +165,10 @@ def run(args):
     from ..store import open_features
 
     t, blocks, keys = selection(args)
+    if is_segmentation(args):
+        from . import segment
+
+        return segment.run(args, t, blocks, keys)
     fusion = args.head == "fusion"
     with open_features(args.features) as f:  # the keys, to check the outputs before training
         chosen = f.select(t, blocks, keys) if fusion else [f.catalog.one(t, blocks, keys)]

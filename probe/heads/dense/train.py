@@ -32,7 +32,8 @@ class SegConfig:
     batch_size: int = 64
     lr: float = 1e-3                   # AdamW, linear warmup (1 epoch) then cosine to 0
     weight_decay: float = 1e-4
-    patience: int = 0                  # 0: train every epoch, keep the best validation mIoU
+    patience: int = 0                  # 0: the whole schedule, keep the last epoch; N: keep the
+                                       # best validation mIoU, stop after N epochs without one
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "cpu"
@@ -119,11 +120,11 @@ def train_seg_head(name, shapes, keys, src, masks, train_rows, val_rows, num_cla
             opt.step()
             sched.step()
         epochs_run = epoch + 1
-        if len(val_rows):
+        if len(val_rows) and (cfg.patience or epoch + 1 == cfg.epochs):
             stats, _ = evaluate(head, src, masks, val_rows, keys, num_classes, ignore_index,
                                 cfg.batch_size, device)
             miou = scores_from_totals(stats.sum(0))["miou"]
-            if miou > best["miou"]:
+            if miou > best["miou"] or not cfg.patience:
                 best = dict(miou=miou, epoch=epoch + 1,
                             state={k: v.detach().clone() for k, v in head.state_dict().items()})
             bar.set_postfix(val_miou=f"{miou:.3f}")
