@@ -161,7 +161,7 @@ class FileSegDataset(MaskMixin, FileDataset):
             if im.mode not in ("P", "L"):
                 raise ProbeError(f"{self.mask_paths[i]}: a mask must be a single-channel or "
                                  f"palette PNG of class indices, not mode {im.mode}")
-            m = np.asarray(im, dtype=np.uint8)
+            m = np.array(im, dtype=np.uint8)
         return m if self.label_map is None else self.label_map[m]
 
 
@@ -197,12 +197,14 @@ def voc2012(root, split, **kw):
 
 def _ade_names(base):
     """The 150 class names from objectInfo150.txt/.csv when present, else class1..class150."""
-    for name in ("objectInfo150.txt", "objectInfo150.csv"):
+    for name in ("objectInfo150.txt",):
         path = os.path.join(base, name)
         if os.path.exists(path):
-            rows = [line.rstrip("\n").split("\t" if name.endswith("txt") else ",")
+            rows = [line.rstrip("\n").split("\t")
                     for line in open(path)][1:]
-            names = [r[-1].split(";")[0].strip().strip('"') for r in rows if len(r) > 1]
+            # the first of the synonyms ("building;edifice" or "building, edifice"), as mmseg names them
+            names = [r[-1].strip('"').replace(";", ",").split(",")[0].strip()
+                     for r in rows if len(r) > 1]
             if len(names) == 150:
                 return names
     return [f"class{k}" for k in range(1, 151)]

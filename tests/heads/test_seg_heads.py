@@ -2,14 +2,13 @@
 DINOv2-protocol head agrees with scikit-learn's logistic regression per pixel, and bad
 input is a one-line error."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import probe
+from probe.cli import main
 from probe.errors import ProbeError
 from probe.store import write_features
 
@@ -128,22 +127,29 @@ def test_bad_input_is_one_line(tmp_path):
         probe.fit(pooled, keys="t10/blocks.1", task="segmentation", progress=False)
     with pytest.raises(ProbeError, match="unknown segmentation head"):
         probe.fit(pooled, keys="t10/blocks.0", head="seg-lineer", progress=False)
-    for args in (["--head", "seg-linear"], ["--task", "segmentation", "--solver", "lbfgs"]):
-        p = subprocess.run([sys.executable, "-m", "probe", "fit", str(no_masks if
-                            args[0] == "--head" else pooled), "--keys", "t10/blocks.0", *args],
-                           capture_output=True, text=True, cwd=tmp_path)
-        assert p.returncode == 2, p.stderr
-        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+@pytest.mark.parametrize("args", [["--head", "seg-linear"],
+                                  ["--task", "segmentation", "--solver", "lbfgs"]])
+def test_cli_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    masks, coarse = blocky_masks(8, 4, 2)
+    path = (write_features(tmp_path / "n.h5", {"t10/blocks.0": one_hot_maps(coarse)},
+                           labels=np.arange(8) % 2) if args[0] == "--head"
+            else _write(tmp_path / "c.h5", one_hot_maps(coarse), masks))
+    assert main(["fit", str(path), "--keys", "t10/blocks.0", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(tmp_path.glob("*.json")) == []
 
 
-def test_cli_writes_json_and_figure(tmp_path):
+def test_cli_writes_json_and_figure(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     masks, coarse = blocky_masks(16, 4, 2)
     path = _write(tmp_path / "c.h5", one_hot_maps(coarse), masks)
-    p = subprocess.run([sys.executable, "-m", "probe", "fit", str(path), "--task",
-                        "segmentation", "--epochs", "2", "--device", "cpu", "-q", "--out",
-                        "r.json", "--threads", "1"], capture_output=True, text=True, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
-    assert "mIoU" in p.stdout and "per-class IoU" in p.stdout
+    assert main(["fit", str(path), "--task", "segmentation", "--epochs", "2", "--device",
+                 "cpu", "-q", "--out", "r.json"]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "per-class IoU" in out
     s = json.loads((tmp_path / "r.json").read_text())
     assert s["head"] == "seg-linear" and s["task"] == "segmentation"
     assert (tmp_path / "r_masks.png").exists()
