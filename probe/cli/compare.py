@@ -3,6 +3,7 @@ import os
 
 from .common import add_overwrite, add_selection, refuse_existing, selection
 from .fit import add_head_args, add_train_args, options
+from .segment import add_seg_args, is_segmentation, run_segmentation
 
 OUTPUTS = ("results.csv", "results.md", "results.json", "accuracy_vs_t.png", "heads.png")
 
@@ -26,10 +27,15 @@ def register(sub):
     add_overwrite(p, "the results in --out")
     add_head_args(p)
     add_train_args(p)
+    add_seg_args(p)
+    p.add_argument("--fused", action="store_true",
+                   help="segmentation: also each head on all the selected keys concatenated")
     p.set_defaults(func=run)
 
 
 def run(args):
+    if is_segmentation(args) or "seg-" in args.heads:
+        return run_segmentation(args)
     from ..heads.compare import compare
 
     from ..heads.compare import FUSION_PLOT, parse_heads

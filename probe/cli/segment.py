@@ -25,7 +25,27 @@ def add_seg_args(p):
 
 
 def is_segmentation(args) -> bool:
-    return args.task == "segmentation" or str(args.head).startswith("seg-")
+    return args.task == "segmentation" or str(getattr(args, "head", "")).startswith("seg-")
+
+
+def run_segmentation(args):
+    """`probe compare --task segmentation`."""
+    import os
+
+    from ..heads.dense.compare import OUTPUTS, compare_segmentation
+    from .common import refuse_existing, selection
+
+    refuse_existing([os.path.join(args.out, f) for f in OUTPUTS], args.overwrite)
+    heads = args.heads if "seg-" in args.heads else "seg-linear"
+    t, blocks, keys = selection(args)
+    rows = compare_segmentation(args.features if hasattr(args, "features") else args.train,
+                                args.test, heads=heads, t=t, blocks=blocks, keys=keys,
+                                fused=args.fused, out=args.out, progress=not args.quiet,
+                                **seg_options(args))
+    with open(os.path.join(args.out, "results.md")) as fh:
+        print(fh.read(), end="")
+    print(f"{len(rows)} results in {args.out}/: {', '.join(OUTPUTS)}")
+    return 0
 
 
 def seg_options(args) -> dict:

@@ -71,3 +71,35 @@ def draw_examples(summary: dict, examples: dict, path: str | os.PathLike) -> str
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return os.fspath(path)
+
+
+def plot_miou_vs_t(rows: list[dict], path: str | os.PathLike) -> str:
+    """mIoU (with its interval) against t, one line per (block, head); single-key rows
+    only (a file without timesteps: one point per block, against the block)."""
+    from matplotlib.figure import Figure
+
+    single = [r for r in rows if r["block"] is not None]
+    fig = Figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
+    timed = any(r["t"] is not None for r in single)
+    lines: dict = {}
+    for r in single:
+        lines.setdefault((r["block"], r["head"]), []).append(r)
+    for (block, head), pts in lines.items():
+        pts.sort(key=lambda r: r["t"] or 0)
+        x = [r["t"] if timed else block for r in pts]
+        y = [100 * r["miou"] for r in pts]
+        line = ax.plot(x, y, marker="o", label=f"{block} ({head})")[0]
+        if all(r["miou_lo"] is not None for r in pts):
+            ax.fill_between(x, [100 * r["miou_lo"] for r in pts],
+                            [100 * r["miou_hi"] for r in pts], alpha=0.15,
+                            color=line.get_color())
+    if timed:
+        ax.set_xscale("log")
+        ax.set_xlabel("t")
+    ax.set_ylabel("mIoU (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return os.fspath(path)

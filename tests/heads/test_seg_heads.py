@@ -153,3 +153,22 @@ def test_cli_writes_json_and_figure(tmp_path, capsys, monkeypatch):
     s = json.loads((tmp_path / "r.json").read_text())
     assert s["head"] == "seg-linear" and s["task"] == "segmentation"
     assert (tmp_path / "r_masks.png").exists()
+
+
+def test_compare_segmentation_grid(tmp_path, capsys):
+    masks, coarse = blocky_masks(16, 4, 2)
+    oh = one_hot_maps(coarse)
+    path = write_features(tmp_path / "g.h5", {"t10/a": oh, "t100/a": oh * 0.5},
+                          labels=np.zeros(16, int), masks=masks,
+                          mask_class_names=[f"c{i}" for i in range(K)])
+    out = tmp_path / "cmp"
+    assert main(["compare", str(path), "--task", "segmentation", "--fused", "--epochs", "2",
+                 "--bootstrap", "10", "--device", "cpu", "-q", "--out", str(out)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["keys"] for r in rows] == ["t10/a", "t100/a", "t10/a + t100/a"]
+    assert all(r["head"] == "seg-linear" for r in rows)
+    s = json.loads((out / "results.json").read_text())
+    assert [x["miou"] for x in s] == [float(r["miou"]) for r in rows]
+    assert (out / "miou_vs_t.png").exists() and "mIoU" in capsys.readouterr().out

@@ -16,11 +16,13 @@ bilinear resize to a common grid (hyperfeature-style):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-SEG_HEADS = {
+SEG_HEADS: dict[str, dict[str, Any]] = {
     "seg-linear": {},
     "seg-mlp": {"hidden": (256, 128)},
     "seg-ensemble": {"hidden": (256, 128), "members": 10},

@@ -13,6 +13,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,8 @@ def evaluate(head, src: FeatureSource, masks: torch.Tensor, rows, keys, num_clas
     """(per-image histograms (N, 3, K) in row order, the first ``keep`` predictions)."""
     head.eval()
     views = [(k, MAP) for k in keys]
-    stats, kept = [], []
+    stats: list[torch.Tensor] = []
+    kept: list[torch.Tensor] = []
     for xs, r in src.eval_batches(rows, batch_size, views, device=device):
         pred = predict_labels(head, [xs[v] for v in views])
         stats.append(image_stats(pred, masks[r].long(), num_classes, ignore_index))
@@ -116,7 +118,7 @@ def train_seg_head(name, shapes, keys, src, masks, train_rows, val_rows, num_cla
     steps = max(1, math.ceil(len(train_rows) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.epochs * steps, steps))
     views = [(k, MAP) for k in keys]
-    best = dict(miou=-1.0, epoch=None, state=None)
+    best: dict[str, Any] = dict(miou=-1.0, epoch=None, state=None)
     epochs_run, start = 0, time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=name, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
