@@ -99,7 +99,7 @@ def _pct(x):
 
 
 def print_summary(s):
-    print(f"{s['head']} head on {', '.join(s['keys'])}: {s['input']}, {s['params']:,} "
+    print(f"{s['head']} head on {s['input']}, {s['params']:,} "
           f"parameters, masks {s['mask_size']}x{s['mask_size']}")
     print(f"trained {s['epochs_run']} epochs on {s['num_train']} images (epoch "
           f"{s['selected_epoch']} kept, validation mIoU {_pct(s['val_miou'])}) in "
