@@ -33,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="first N images per split (a quick check)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--no-random-init", action="store_true")
+    p.add_argument("--random-init-only", action="store_true",
+                   help="only the random-init baselines (to run beside a process doing the "
+                        "trained models; a last run without it assembles the table)")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
@@ -111,7 +114,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
     names = args.models.split(",")
-    entries = [(m, m, False) for m in names]
+    entries = [] if args.random_init_only else [(m, m, False) for m in names]
     if not args.no_random_init:
         entries += [(f"{m}-random-init", m, True) for m in names if m != REFERENCE]
     rows = grid(args, "pixels", pixel_features(args))
@@ -121,6 +124,8 @@ def main(argv=None):
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    if args.random_init_only:
+        return
     lines = table(rows, [e[0] for e in entries])
     with open(os.path.join(args.out, "findings.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
