@@ -172,3 +172,17 @@ def test_compare_segmentation_grid(tmp_path, capsys):
     s = json.loads((out / "results.json").read_text())
     assert [x["miou"] for x in s] == [float(r["miou"]) for r in rows]
     assert (out / "miou_vs_t.png").exists() and "mIoU" in capsys.readouterr().out
+
+
+def test_ensemble_prediction_is_the_members_majority_vote(monkeypatch):
+    from probe.heads.dense.modules import SegMLP, predict_labels
+
+    head = SegMLP(2, 3, out_size=2, hidden=(4,), members=3)
+    picks = torch.tensor([[[0, 1], [2, 2]],    # member 1
+                          [[0, 2], [1, 2]],    # member 2
+                          [[1, 2], [0, 1]]])   # member 3
+    logits = [torch.nn.functional.one_hot(p, 3).permute(2, 0, 1)[None].float() for p in picks]
+    monkeypatch.setattr(head, "member_logits", lambda xs: logits)
+    got = predict_labels(head, [torch.zeros(1, 2, 2, 2)])[0]
+    # per pixel: (0,0,1) -> 0; (1,2,2) -> 2; (2,1,0) all differ -> the lowest, 0; (2,2,1) -> 2
+    assert got.tolist() == [[0, 2], [0, 2]]

@@ -44,7 +44,8 @@ def stack_maps(xs: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
 class SegLinear(nn.Module):
     def __init__(self, channels: int, num_classes: int, grid: tuple[int, int], out_size: int):
         super().__init__()
-        self.grid, self.out_size = tuple(grid), int(out_size)
+        self.grid: tuple[int, int] = (int(grid[0]), int(grid[1]))
+        self.out_size = int(out_size)
         self.bn = nn.BatchNorm2d(channels)
         self.conv = nn.Conv2d(channels, num_classes, 1)
 
@@ -83,7 +84,7 @@ def predict_labels(head: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
     """(B, S, S) class per pixel: argmax, or the members' majority vote."""
     if isinstance(head, SegMLP) and len(head.members) > 1:
         votes = torch.stack([z.argmax(1) for z in head.member_logits(xs)])  # (M, B, S, S)
-        k = head.members[0][-1].out_channels
+        k = int(votes.max()) + 1  # the vote only needs the classes some member chose
         counts = F.one_hot(votes, k).sum(0)  # (B, S, S, K)
         return counts.argmax(-1)  # first maximum: the lowest class among ties
     return head(xs).argmax(1)
