@@ -7,13 +7,13 @@ from ..errors import ProbeError
 SEG_FLAGS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "val_fraction", "seed",
              "device", "memory_limit_gb", "stream", "bootstrap", "members")
 # flags of the classification heads that mean nothing to a segmentation head
-NOT_SEG = ("solver", "l2", "max_iter", "tol", "optimizer", "warmup_epochs", "width", "dim",
+NOT_SEG = ("solver", "l2", "max_iter", "tol", "optimizer", "warmup_epochs", "width",
            "num_heads", "fusion_head", "k", "C")
 
 
 def add_seg_args(p):
     g = p.add_argument_group("segmentation (--task segmentation, --head seg-linear | seg-mlp "
-                             "| seg-ensemble)")
+                             "| seg-ensemble | seg-fusion (--dim))")
     g.add_argument("--task", choices=["classification", "segmentation"],
                    help="segmentation: a dense head on block maps, scored by mIoU against the "
                         "file's masks (default head seg-linear)")
@@ -56,6 +56,8 @@ def seg_options(args) -> dict:
     opts = {k: getattr(args, k) for k in SEG_FLAGS if getattr(args, k, None) is not None}
     if args.hidden is not None:
         opts["hidden"] = args.hidden
+    if args.dim is not None:
+        opts["dim"] = args.dim
     return opts
 
 
@@ -101,6 +103,8 @@ def _pct(x):
 def print_summary(s):
     print(f"{s['head']} head on {s['input']}, {s['params']:,} "
           f"parameters, masks {s['mask_size']}x{s['mask_size']}")
+    for k, w in (s.get("key_weights") or {}).items():
+        print(f"  key weight {k}: {w:.3f}")
     print(f"trained {s['epochs_run']} epochs on {s['num_train']} images (epoch "
           f"{s['selected_epoch']} kept, validation mIoU {_pct(s['val_miou'])}) in "
           f"{s['train_time_s']:.1f} s on {s['settings']['device']}")

@@ -186,3 +186,18 @@ def test_ensemble_prediction_is_the_members_majority_vote(monkeypatch):
     got = predict_labels(head, [torch.zeros(1, 2, 2, 2)])[0]
     # per pixel: (0,0,1) -> 0; (1,2,2) -> 2; (2,1,0) all differ -> the lowest, 0; (2,2,1) -> 2
     assert got.tolist() == [[0, 2], [0, 2]]
+
+
+def test_fusion_weighs_the_informative_key_up(tmp_path):
+    masks, coarse = blocky_masks(32, 4, 2)
+    rng = np.random.default_rng(4)
+    noise = rng.standard_normal((32, K, 4, 4)).astype(np.float32)
+    path = write_features(tmp_path / "f.h5", {"t10/good": one_hot_maps(coarse),
+                                              "t10/noise": noise},
+                          labels=np.zeros(32, int), masks=masks,
+                          mask_class_names=[f"c{i}" for i in range(K)])
+    r = probe.fit(path, keys="t10/good,t10/noise", head="seg-fusion", dim=16, epochs=15,
+                  batch_size=8, device="cpu", progress=False, val_fraction=0.25, bootstrap=0)
+    w = r["key_weights"]
+    assert set(w) == {"t10/good", "t10/noise"} and sum(w.values()) == pytest.approx(1)
+    assert w["t10/good"] > 0.7 and r["miou"] > 0.9

@@ -21,7 +21,7 @@ from .result import SegResult
 from .train import SegConfig, evaluate, masks_on, source, train_seg_head
 
 DEFAULT_HEAD = "seg-linear"
-SEG_OPTIONS = {"hidden", "members"}
+SEG_OPTIONS = {"hidden", "members", "dim"}
 EXAMPLES = 6  # images drawn with their true and predicted masks
 
 
@@ -154,6 +154,9 @@ def _run(tr, te, keys, head, head_opts, cfg, progress):
         "num_eval": int(len(stats)), "class_names": list(names),
     }
     summary.update(segmentation_metrics(stats, names, resamples=cfg.bootstrap, seed=cfg.seed))
+    if hasattr(module, "weights"):  # seg-fusion: how much of the mix each key is
+        w = module.weights().detach().cpu().numpy()
+        summary["key_weights"] = {key_name(*key): float(v) for key, v in zip(keys, w)}
     summary.update(log, settings=cfg.as_dict(), seed=cfg.seed, features=tr.describe(),
                    masks=tr.masks.attrs.get("description"), probe_version=__version__)
     rows = np.sort(eval_rows)[:len(preds)]

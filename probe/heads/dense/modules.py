@@ -10,6 +10,11 @@ bilinear resize to a common grid (hyperfeature-style):
 - ``seg-mlp``: the maps upsampled bilinearly to S x S, then a pixel-wise MLP (1x1
   convolutions): DDPM-segmentation's pixel classifier (Linear 256, ReLU, BatchNorm,
   Linear 128, ReLU, BatchNorm, Linear K).
+- ``seg-fusion``: a learned weighted mix of the keys (hyperfeatures): each key's map,
+  resized to the largest grid, standardised (BatchNorm without affine), projected by a
+  1x1 convolution to ``dim`` channels and normalised (GroupNorm with one group, no
+  affine), so that its softmax weight alone says how much of the mix it is; the mix is
+  classified by a 1x1 convolution whose logits are upsampled as ``seg-linear``'s.
 - ``seg-ensemble``: ``members`` such MLPs, each seeded differently, trained together on
   the same batches; prediction is the majority vote of their argmaxes (ties: the lowest
   class index), as in DDPM-segmentation.
@@ -26,7 +31,11 @@ SEG_HEADS: dict[str, dict[str, Any]] = {
     "seg-linear": {},
     "seg-mlp": {"hidden": (256, 128)},
     "seg-ensemble": {"hidden": (256, 128), "members": 10},
+    "seg-fusion": {"dim": 128},
 }
+# Adam moves a parameter by about lr per step whatever its gradient: the gain lets the
+# mixing logits move that many times faster (as the classification fusion head's)
+MIX_GAIN = 10.0
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -52,6 +61,27 @@ class SegLinear(nn.Module):
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         z = self.conv(self.bn(stack_maps(xs, self.grid)))
         return resize(z, (self.out_size, self.out_size))
+
+
+class SegFusion(nn.Module):
+    def __init__(self, shapes: list[tuple[int, int, int]], num_classes: int,
+                 grid: tuple[int, int], out_size: int, dim: int = 128):
+        super().__init__()
+        self.grid: tuple[int, int] = (int(grid[0]), int(grid[1]))
+        self.out_size = int(out_size)
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(s[0], affine=False), nn.Conv2d(s[0], dim, 1),
+                          nn.GroupNorm(1, dim, affine=False)) for s in shapes)
+        self.mix = nn.Parameter(torch.zeros(len(shapes)))
+        self.conv = nn.Conv2d(dim, num_classes, 1)
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(MIX_GAIN * self.mix, 0)
+
+    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        w = self.weights()
+        z = sum(w[i] * b(resize(x, self.grid)) for i, (b, x) in enumerate(zip(self.branches, xs)))
+        return resize(self.conv(z), (self.out_size, self.out_size))
 
 
 def pixel_mlp(channels: int, hidden: tuple[int, ...], num_classes: int) -> nn.Sequential:
@@ -98,8 +128,10 @@ def build_seg_head(name: str, shapes: list[tuple[int, int, int]], num_classes: i
         if k in opts and v is not None:
             opts[k] = tuple(v) if k == "hidden" else int(v)
     channels = sum(s[0] for s in shapes)
+    grid = max((s[1], s[2]) for s in shapes)
     if name == "seg-linear":
-        grid = max((s[1], s[2]) for s in shapes)
         return SegLinear(channels, num_classes, grid, out_size), opts
+    if name == "seg-fusion":
+        return SegFusion(shapes, num_classes, grid, out_size, opts["dim"]), opts
     return SegMLP(channels, num_classes, out_size, opts["hidden"],
                   opts.get("members", 1)), opts

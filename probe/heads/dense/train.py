@@ -29,7 +29,7 @@ from .modules import SegMLP, build_seg_head, predict_labels
 # Peak learning rates: a linear head on a few thousand images needs a large step to
 # converge in 10 epochs (on demo-seg, ldae-fmnist t10/blocks.1: 26.7 mIoU at 1e-3,
 # 38.8 at 1e-2, 40.5 at 5e-2; 41.1-41.5 after 30 epochs), the pixel MLPs train as MLPs do.
-LR = {"seg-linear": 5e-2, "seg-mlp": 1e-3, "seg-ensemble": 1e-3}
+LR = {"seg-linear": 5e-2, "seg-mlp": 1e-3, "seg-ensemble": 1e-3, "seg-fusion": 1e-2}
 
 
 @dataclass(frozen=True)
