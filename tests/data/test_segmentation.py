@@ -156,3 +156,26 @@ def test_masks_travel_with_their_ids_through_a_resumed_extraction(tmp_path):
         want = ds.load_masks([where[i] for i in f.ids])
         assert np.array_equal(f.masks[...], want)
         assert "nearest" in f.masks.attrs["description"]
+
+
+@pytest.mark.slow
+def test_masks_of_a_two_rank_run_match_one_process(tmp_path):
+    import subprocess
+    import sys
+
+    flags = ["extract", "--model", "ldae-fmnist", "--data", "demo-seg", "--limit", "20",
+             "--batch-size", "4", "--pool", "none", "--t", "10", "--blocks", "1", "--quiet",
+             "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", str(29600 + os.getpid() % 1000), "-m", "probe", *flags,
+                        "--out", str(tmp_path / "d.h5")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probe.extract(model="ldae-fmnist", data="demo-seg", limit=20, batch_size=4, pool="none",
+                  t=10, blocks="1", out=tmp_path / "s.h5", device="cpu", progress=False,
+                  log=lambda *_: None)
+    with open_features(tmp_path / "d.h5") as a, open_features(tmp_path / "s.h5") as b:
+        assert a.ids == b.ids and np.array_equal(a.masks[...], b.masks[...])
+        ds = load_dataset("demo-seg", "train", image_size=28, channels=1)
+        assert np.array_equal(a.masks[...], ds.load_masks(range(20)))
