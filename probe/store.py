@@ -7,6 +7,8 @@ Layout (readable with plain h5py)::
     /labels       (N,)     int64 class index per sample
     /ids          (N,)     str   sample id (relative path or index in the dataset)
     /class_names  (C,)     str
+    /masks        (N, S, S) uint8 label map per sample, only for datasets with masks; attrs:
+                           class_names (JSON), ignore_index, description (how made, aligned)
     /features/t{T}/{BLOCK} (N, ...) one dataset per (timestep, block), chunked along N
     /features/{BLOCK}      (N, ...) networks without a timestep (timm, torchvision): one
                                     dataset per block, right under /features (no group)
@@ -102,8 +104,19 @@ def mark_complete(f):
     f.flush()
 
 
+def create_masks(f, num_samples, size, class_names, ignore_index, description=""):
+    """The empty /masks dataset (uint8, one ``size`` x ``size`` label map per sample)."""
+    full = (int(num_samples), int(size), int(size))
+    ds = f.create_dataset("masks", shape=full, dtype=np.uint8,
+                          chunks=(chunk_rows(full, 1),) + full[1:] if num_samples else None)
+    ds.attrs["class_names"] = json.dumps(list(class_names))
+    ds.attrs["ignore_index"] = int(ignore_index)
+    ds.attrs["description"] = description
+    return ds
+
+
 def write_features(path, features, *, labels, ids=None, class_names=None, attrs=None,
-                   dtype=np.float32):
+                   dtype=np.float32, masks=None, mask_class_names=None, ignore_index=255):
     """Write in-memory features ``{(t, block): array (N, ...)}`` as a complete feature file
     (for small data, tests and conversions; `probe extract` streams instead)."""
     labels = np.asarray(labels)
@@ -124,6 +137,10 @@ def write_features(path, features, *, labels, ids=None, class_names=None, attrs=
             attrs={**base, **(attrs or {})}) as f:
         for k, v in zip(keys, features.values()):
             f[f"features/{key_name(*k)}"][...] = np.asarray(v, dtype=dtype)
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.uint8)
+            names = mask_class_names or [str(c) for c in range(int(masks[masks != ignore_index].max()) + 1)]
+            create_masks(f, n, masks.shape[-1], names, ignore_index)[...] = masks
         mark_complete(f)
     return path
 
@@ -174,6 +191,10 @@ class FeatureFile:
             self.close()
             raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
         self.keys = sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
+        masks = self.h5.get("masks")
+        self.mask_class_names = (None if masks is None else  # None: no masks in the file
+                                 list(_read_attr(masks.attrs["class_names"])))
+        self.ignore_index = None if masks is None else int(masks.attrs["ignore_index"])
         self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path,
                                self.attrs.get("model"))
 
@@ -215,6 +236,18 @@ class FeatureFile:
         """The model's full block list, in forward order, that block ids count in (None
         for files written before it was recorded)."""
         return self.catalog.model_blocks
+
+    @property
+    def has_masks(self) -> bool:
+        return self.mask_class_names is not None
+
+    @property
+    def masks(self) -> h5py.Dataset:
+        """The (N, S, S) uint8 label maps (see :mod:`probe.data.segmentation`)."""
+        if not self.has_masks:
+            raise ProbeError(f"{self.path} has no masks: extract a dataset with masks "
+                             "(fashion-mnist-seg, demo-seg, voc2012, ade20k, segfolder:ROOT)")
+        return self.h5["masks"]
 
     def select(self, t: Spec = "all", blocks: Spec = "all", keys: Spec = None) -> list[Key]:
         """The (t, block) keys named by ``t`` x ``blocks`` or by ``keys``, in file order

@@ -126,3 +126,11 @@ def refuse_existing(paths: Sequence[str], overwrite: bool) -> None:
     if found and not overwrite:
         raise ProbeError(f"{found[0]} exists: pass --overwrite to replace it, or choose another "
                          "--out")
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a file name: runs of anything but letters, digits, '.', '_' and '-'
+    become one '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)

@@ -4,6 +4,7 @@ import os
 
 from .common import add_overwrite, add_selection, refuse_existing, selection
 from .fit import add_head_args, add_train_args, options
+from .segment import add_seg_args, is_segmentation, run_segmentation
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare heads over timesteps and blocks",
@@ -24,10 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_overwrite(p, "the results in --out")
     add_head_args(p)
     add_train_args(p)
+    add_seg_args(p)
+    p.add_argument("--fused", action="store_true",
+                   help="segmentation: also each head on all the selected keys concatenated")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if is_segmentation(args) or "seg-" in args.heads:
+        return run_segmentation(args)
     from ..heads.compare import COLUMNS, compare_heads, parse_heads
     from ..report.heads import FUSION_PLOT, OUTPUTS, write_compare
 

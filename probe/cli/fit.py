@@ -1,15 +1,17 @@
 """`probe fit`: train one head on one (t, block) of a feature file and evaluate it."""
 import hashlib
 import json
-import re
 import sys
 
 from ..errors import ProbeError
 from ..selection import key_label
-from .common import add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_selection, add_threads, refuse_existing, selection
+from .common import (add_batch_size, add_device, add_overwrite, add_quiet, add_seed, add_selection,
+                     add_threads, refuse_existing, safe_name, selection)
+from .segment import add_seg_args, is_segmentation
 
 HEAD_CHOICES = ("linear | mlp | cnn | attention | logreg | knn, or fusion: one head on several "
-                "keys (--keys/--t/--blocks; all keys by default)")
+                "keys (--keys/--t/--blocks; all keys by default); segmentation: seg-linear | "
+                "seg-mlp | seg-ensemble")
 
 
 def _ints(text):
@@ -135,20 +137,17 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print the JSON instead of a summary")
     add_head_args(p)
     add_train_args(p)
+    add_seg_args(p)
     p.set_defaults(func=run)
 
 
-def _safe(text):
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-
-
 def default_out(head, t, block):
-    return f"fit-{head}-{'' if t is None else f't{t}-'}{_safe(block)}.json"
+    return f"fit-{head}-{'' if t is None else f't{t}-'}{safe_name(block)}.json"
 
 
 def default_fusion_out(keys):
     """fit-fusion-t10_blocks.1+t100_blocks.2.json; a digest when that would be too long."""
-    name = "+".join(_safe(key_label((t, b)).replace("/", "_")) for t, b in keys)
+    name = "+".join(safe_name(key_label((t, b)).replace("/", "_")) for t, b in keys)
     if len(name) > 150:
         name = f"{len(keys)}keys-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return f"fit-fusion-{name}.json"
@@ -161,6 +160,10 @@ def run(args):
     from ..store import open_features
 
     t, blocks, keys = selection(args)
+    if is_segmentation(args):
+        from . import segment
+
+        return segment.run(args, t, blocks, keys)
     fusion = args.head == "fusion"
     with open_features(args.features) as f:  # the keys, to check the outputs before training
         chosen = f.select(t, blocks, keys) if fusion else [f.catalog.one(t, blocks, keys)]

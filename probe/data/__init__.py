@@ -5,6 +5,7 @@
 """
 from ..errors import ProbeError, suggest
 from . import datasets as _d
+from . import segmentation as _seg
 
 SPECS = {
     "demo": "bundled balanced subset of real Fashion-MNIST (default)",
@@ -18,8 +19,9 @@ SPECS = {
     "food101": "Food-101 (torchvision layout)",
     "dtd": "Describable Textures (torchvision layout)",
     "cub200": "CUB-200-2011 (images.txt, image_class_labels.txt, train_test_split.txt)",
+    **_seg.SEG_SPECS,  # with masks (probe.data.segmentation)
 }
-_NEEDS_ROOT = set(SPECS) - {"demo", "fashion-mnist"}
+_NEEDS_ROOT = set(SPECS) - {"demo", "fashion-mnist", "demo-seg", "fashion-mnist-seg"}
 
 
 def parse_spec(spec):
@@ -45,6 +47,8 @@ def load_dataset(spec="demo", split="train", image_size=None, channels=None,
         return _d.imagefolder(root, split, **kw)
     if name == "imagenet50":
         return _d.imagenet50(root, split, **kw)
+    if name in _seg.SEG_SPECS:
+        return _seg.load(name, root, split, **kw)
     from . import finegrained
 
     return finegrained.load(name, root, split, **kw)

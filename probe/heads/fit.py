@@ -158,7 +158,8 @@ def fit(train: str | os.PathLike | FeatureFile, *, t: Spec = None, blocks: Spec 
         keys: Spec = None, head: str = "linear",
         test: str | os.PathLike | FeatureFile | None = None,
         out: str | os.PathLike | None = None, comparable_size: bool = False,
-        progress: bool = True, block: Spec = None, **options: Any) -> FitResult:
+        progress: bool = True, block: Spec = None, task: str | None = None,
+        **options: Any) -> FitResult:
     """Train ``head`` on one (t, block) of ``train`` and evaluate it on ``test`` (or on the
     validation split carved from train when no test file is given).  The ``"fusion"``
     head reads every key selected (at least two; all keys of the file by default), mixed
@@ -173,7 +174,20 @@ def fit(train: str | os.PathLike | FeatureFile, *, t: Spec = None, blocks: Spec 
     and training options (see :class:`~probe.heads.train.TrainConfig`: epochs, batch_size,
     optimizer, lr, weight_decay, warmup_epochs, patience, val_fraction, seed, device,
     memory_limit_gb, stream).  ``out``: also save the summary as JSON there.
+
+    ``task="segmentation"`` (or a ``seg-*`` head: seg-linear, the default, seg-mlp,
+    seg-ensemble) trains a dense head on the maps of the keys selected and scores it by
+    mIoU (:func:`probe.heads.dense.fit.fit_segmentation`, which returns a SegResult).
     """
+    if task not in (None, "classification", "segmentation"):
+        raise ProbeError(f"unknown task {task!r}: use classification or segmentation")
+    if task == "segmentation" or head.startswith("seg-"):
+        from .dense.fit import DEFAULT_HEAD, fit_segmentation
+
+        blocks = blocks if block is None else block
+        return fit_segmentation(train, t=t, blocks=blocks, keys=keys,  # type: ignore[return-value]
+                                head=DEFAULT_HEAD if head == "linear" else head, test=test,
+                                out=out, progress=progress, **options)
     check_head(head)
     if block is not None:
         if blocks is not None:

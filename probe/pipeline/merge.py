@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import files, store
 from ..errors import ProbeError
+from ..data.segmentation import copy_masks, has_masks
 from .loop import DTYPES
 
 
@@ -32,6 +33,8 @@ def assemble(out, work, data, n_total, keys, dtype, attrs):
             f.create_dataset("skipped_ids", data=np.asarray([data.ids[i] for i in skipped],
                                                              dtype=object), dtype=store._STR)
             _copy_parts(parts, good, [f[f"features/{store.key_name(*k)}"] for k in keys])
+            if has_masks(data):  # like labels: read from the dataset for the rows kept
+                copy_masks(f, data, good)
             store.mark_complete(f)
     except OSError as e:
         raise ProbeError(f"cannot write {out}: {e} — free disk space or fix permissions, then "
