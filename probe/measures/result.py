@@ -2,6 +2,7 @@
 panels to draw, the permutation null and bootstrap interval when asked for, and files."""
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +142,7 @@ class SimilarityResult:
                              f"{across}: use --across all")
         return out
 
-    def line(self, blocks: str | list[str] | None = None, ref: str | None = None
+    def line(self, blocks: str | Sequence[str] | None = None, ref: str | None = None
              ) -> tuple[dict[str, tuple[list[Any], list[float]]], str]:
         """The measure against t for some blocks: {block: (timesteps, values)} and a
         description of what each (t, block) is compared with.
