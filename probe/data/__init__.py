@@ -38,7 +38,8 @@ def parse_spec(spec: str | None) -> tuple[str, str | None]:
 def load_dataset(spec: str | None = "demo", split: str = "train", image_size: int | None = None,
                  channels: int | None = None, interpolation: str = "bicubic") -> _d.ImageDataset:
     name, root = parse_spec(spec)
-    kw: dict[str, Any] = dict(image_size=image_size, channels=channels, interpolation=interpolation)
+    kw: dict[str, Any] = dict(image_size=image_size, channels=channels,
+                              interpolation=interpolation)
     if name == "demo":
         return _d.demo(split, **kw)
     if name == "fashion-mnist":

@@ -101,7 +101,8 @@ class FeatureSource:
         else:
             self.window_rows = self.num_rows
             self.arrays = {v: self._read_all(v) for v in self.views}
-        self._held: tuple[torch.device | None, dict[Any, torch.Tensor]] = (None, {})  # (device, {view or "labels": tensor}): see held()
+        # (device, {view or "labels": tensor}): see held()
+        self._held: tuple[torch.device | None, dict[Any, torch.Tensor]] = (None, {})
 
     @property
     def nbytes(self) -> int:
@@ -181,7 +182,8 @@ class FeatureSource:
                 yield (xs, y) if device is None else _tensors(xs, y, device)
 
     def eval_batches(self, rows: Any, batch_size: int, views: Sequence[Any] | None = None,
-                     device: str | torch.device | None = None) -> Iterator[tuple[dict[Any, Any], Any]]:
+                     device: str | torch.device | None = None
+                     ) -> Iterator[tuple[dict[Any, Any], Any]]:
         """Yield ``({view: array}, labels)`` over ``rows`` (sorted), in order; with
         ``device``, tensors on it."""
         views = self.views if views is None else views

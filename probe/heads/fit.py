@@ -72,8 +72,9 @@ def _solve_linear(setup, views, source, cfg, progress, desc):
     return members, infos, elapsed
 
 
-def train_heads(setup: Setup, head: str, keys: Sequence[Key], options: dict[str, Any] | None = None,
-                comparable_size: bool = False, progress: bool = True) -> list[FitResult]:
+def train_heads(setup: Setup, head: str, keys: Sequence[Key],
+                options: dict[str, Any] | None = None, comparable_size: bool = False,
+                progress: bool = True) -> list[FitResult]:
     """Train ``head`` on each of ``keys`` (neural heads: in one pass sharing batches) and
     evaluate; returns one :class:`FitResult` per key (the fusion head: one for all)."""
     check_head(head)

@@ -111,11 +111,13 @@ CPU_GRID_WIDTH = 4096
 
 
 def linear_grid_units(views: Sequence[Any], dims: Sequence[int], num_classes: int, seed: int,
-                      device: Any) -> tuple[list[Unit], list[tuple[dict[str, Any], int]], list[int]]:
+                      device: Any
+                      ) -> tuple[list[Unit], list[tuple[dict[str, Any], int]], list[int]]:
     """(units, (options, params) per member, the view index of each member): linear probes
     of equal input width stacked into grids, each grid within CPU_GRID_WIDTH on the CPU."""
     cap = CPU_GRID_WIDTH if torch.device(device).type == "cpu" else float("inf")
-    chunks: dict[int, list[list[int]]] = {}  # width -> list of member lists, each list within the cap
+    # width -> list of member lists, each list within the cap
+    chunks: dict[int, list[list[int]]] = {}
     for i, d in enumerate(dims):
         lists = chunks.setdefault(d, [[]])
         if lists[-1] and (len(lists[-1]) + 1) * d > cap:
@@ -128,5 +130,6 @@ def linear_grid_units(views: Sequence[Any], dims: Sequence[int], num_classes: in
         grid = LinearGrid([dims[i] for i in members], num_classes, gens)
         units.append((members, Unit(grid, [views[i] for i in members], lambda m, i: m.export(i))))
     order = [i for members, _ in units for i in members]  # views, in the units' member order
-    infos: list[tuple[dict[str, Any], int]] = [({}, dims[i] * num_classes + num_classes) for i in order]
+    infos: list[tuple[dict[str, Any], int]] = [({}, dims[i] * num_classes + num_classes)
+                                               for i in order]
     return [u for _, u in units], infos, order

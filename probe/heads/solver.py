@@ -34,7 +34,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ PATH_TOL_FACTOR = 10   # the path solves to 10 * tol; the chosen l2 is then solv
 SIGMA_ROWS = 16384     # rows (evenly strided) for the preconditioner's correlation matrix
 CPU_CHUNK_BYTES = 4 << 20  # rows per chunk on the CPU: about this much of one view
 SMALL_PRODUCT = 1 << 25  # multiply-adds per chunk and key below which one CPU thread runs
+Index = Union[Sequence[int], np.ndarray]  # key positions
 LOG_FLOOR = -50.0      # log-probabilities are raised to this before exp (see _probabilities)
 
 
@@ -89,7 +90,7 @@ class Rows:
             yield ([self._standardise(i, xs[v]) for i, v in zip(idx, views)],
                    torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device))
 
-    def chunks(self, idx: Sequence[int] | np.ndarray) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    def chunks(self, idx: Index) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """Yield (one (rows, D) tensor per view in ``idx``, labels)."""
         for zs, y in self._blocks(idx):
             for a in range(0, len(y), self.step):
@@ -138,7 +139,7 @@ def _probabilities(logp):
     return logp.clamp_(min=LOG_FLOOR).exp_()
 
 
-def loss_grad(data: Rows, P: torch.Tensor, idx: Sequence[int] | np.ndarray, l2: torch.Tensor, n: int
+def loss_grad(data: Rows, P: torch.Tensor, idx: Index, l2: torch.Tensor, n: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective and gradient for the keys ``idx`` of ``data``, at P (len(idx), K, D+1)
     and l2 (len(idx),)."""
@@ -183,7 +184,7 @@ def kfac_preconditioner(vecs: torch.Tensor, vals: torch.Tensor, avecs: torch.Ten
 
 
 @torch.no_grad()
-def class_curvature(data: Rows, P: torch.Tensor, idx: Sequence[int] | np.ndarray
+def class_curvature(data: Rows, P: torch.Tensor, idx: Index
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per key in ``idx``: the mean over rows of diag(p) - p p^T, p the softmax of the
     logits at P, as (eigenvectors, eigenvalues)."""
@@ -200,7 +201,7 @@ def class_curvature(data: Rows, P: torch.Tensor, idx: Sequence[int] | np.ndarray
 
 
 @torch.no_grad()
-def evaluate(data: Rows, P: torch.Tensor, idx: Sequence[int] | np.ndarray) -> tuple[list[float], list[float]]:
+def evaluate(data: Rows, P: torch.Tensor, idx: Index) -> tuple[list[float], list[float]]:
     """(top-1, mean cross-entropy) of each key in ``idx`` over the rows of ``data``."""
     correct = torch.zeros(len(idx), dtype=torch.float64)
     loss = torch.zeros(len(idx), dtype=torch.float64)

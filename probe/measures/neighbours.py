@@ -77,7 +77,8 @@ def _nearest(s, k):
     in both representations: the rows with such a tie are sorted stably (the rest keep
     torch's faster topk, whose order among ties is arbitrary but whose set is not)."""
     vals, cols = s.topk(min(k + 1, s.shape[1]), dim=1)
-    tied: torch.Tensor | list[Any] = torch.nonzero(vals[:, k - 1] == vals[:, -1]).flatten() if vals.shape[1] > k else []
+    tied: torch.Tensor | list[Any] = (torch.nonzero(vals[:, k - 1] == vals[:, -1]).flatten()
+                                      if vals.shape[1] > k else [])
     vals, cols = vals[:, :k].clone(), cols[:, :k].clone()
     for i in range(0, len(tied), SORT_ROWS):
         rows = tied[i:i + SORT_ROWS]

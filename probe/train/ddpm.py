@@ -24,7 +24,8 @@ class DDPMObjective:
             raise ProbeError("probe train uses epsilon prediction with the full schedule: drop "
                              "predict_xstart, use_kl and timestep_respacing")
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+             ) -> torch.Tensor:
         """Mean squared error of the predicted noise; randomness from ``generator`` (CPU)."""
         model = self.model
         x0 = model.prepare(images)

@@ -50,7 +50,8 @@ class LDAEObjective:
             return torch.full((batch,), self.single_t, dtype=torch.long)
         return torch.randint(0, self.model.num_timesteps, (batch,), generator=generator)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+             ) -> torch.Tensor:
         """Weighted denoising loss of a batch of images in [0, 1] (labels unused).
         Randomness comes from ``generator`` (a CPU generator: same draws on any device)."""
         model = self.model

@@ -15,7 +15,8 @@ from ..extractors.ldae.tokenizer import patchify
 
 
 def sample_patches(images: Any, patch_size: int, num_patches: int, seed: int,
-                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int = 1024) -> torch.Tensor:
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int = 1024
+                   ) -> torch.Tensor:
     """``num_patches`` (image, grid position) pairs drawn uniformly with replacement.
 
     ``images``: a tensor (N, C, S, S), or anything with ``len`` whose ``[index array]``
@@ -58,7 +59,8 @@ def fit_pca(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def fit_patch_pca(images: Any, patch_size: int, num_patches: int = 50000, seed: int = 0,
-                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample patches of ``images`` (see :func:`sample_patches`) and fit their PCA."""
     return fit_pca(sample_patches(images, patch_size, num_patches, seed, transform))
 

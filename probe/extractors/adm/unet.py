@@ -159,7 +159,8 @@ class AttentionBlock(nn.Module):
 class EmbSequential(nn.Sequential):
     """A U-Net block: layers in order, residual blocks also get the embedding."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # a U-Net block also takes emb
+    # a U-Net block also takes emb
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
@@ -237,7 +238,8 @@ class ADMUNet(nn.Module):
         """Total downsampling factor: input sides must be multiples of it."""
         return 2 ** (len(self.channel_mult) - 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
         if (y is None) != (self.num_classes is None):
             raise ValueError("pass class labels y if and only if the model is class-conditional")
         dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype

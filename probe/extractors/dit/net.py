@@ -86,7 +86,8 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freqs = timestep_embedding(t, self.frequency_embedding_size)
-        return self.mlp(freqs.to(cast(nn.Linear, self.mlp[0]).weight.dtype))  # float32 sines into a half net
+        # float32 sines into a half net
+        return self.mlp(freqs.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class LabelEmbedder(nn.Module):
