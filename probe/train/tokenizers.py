@@ -10,6 +10,8 @@
 Everything random derives from ``seed``.  ``probe train tokenizer`` writes a tokenizer
 alone (``save_tokenizer``); ``probe train ldae --tokenizer-checkpoint`` reads it back.
 """
+from __future__ import annotations
+
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
