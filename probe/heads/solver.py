@@ -52,8 +52,8 @@ PATH_TOL_FACTOR = 10   # the path solves to 10 * tol; the chosen l2 is then solv
 SIGMA_ROWS = 16384     # rows (evenly strided) for the preconditioner's correlation matrix
 CPU_CHUNK_BYTES = 4 << 20  # rows per chunk on the CPU: about this much of one view
 SMALL_PRODUCT = 1 << 25  # multiply-adds per chunk and key below which one CPU thread runs
-Index = Union[Sequence[int], np.ndarray]  # key positions
 LOG_FLOOR = -50.0      # log-probabilities are raised to this before exp (see _probabilities)
+Index = Union[Sequence[int], np.ndarray]  # positions of keys
 
 
 class Rows:
