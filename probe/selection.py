@@ -118,7 +118,7 @@ def block_list(names: Sequence[str]) -> str:
     return ", ".join(out)
 
 
-def resolve_block(word, names: Sequence[str], owner: str, hint: str) -> str:
+def resolve_block(word: str | int, names: Sequence[str], owner: str, hint: str) -> str:
     """One block word (a name or a 1-based id into ``names``) -> its name."""
     if _is_id(word):
         i = int(word)
@@ -151,7 +151,7 @@ def key_label(key: Key) -> str:
     return str(block) if t is None else f"t{t_text(t)}/{block}"
 
 
-def parse_key(key) -> Key:
+def parse_key(key: str | Key) -> Key:
     """'t100/output_blocks.4' or (100, 'output_blocks.4') -> (100, 'output_blocks.4');
     a bare block name 'stages.2' or (None, 'stages.2') -> (None, 'stages.2') (no t)."""
     if isinstance(key, tuple) and len(key) == 2:
@@ -183,7 +183,7 @@ class Catalog:
         self.owner = owner
         self.hint = f"see `probe info {owner}`"
 
-    def block(self, word) -> str:
+    def block(self, word: str | int) -> str:
         if self.model_blocks is None:
             if _is_id(word):
                 raise ProbeError(f"{self.owner} does not record its model's block list (it was "
@@ -209,7 +209,7 @@ class Catalog:
                              f"{', '.join(map(t_text, self.timesteps))} ({self.hint})")
         return t
 
-    def key(self, key) -> Key:
+    def key(self, key: str | Key) -> Key:
         """One (t, block) pair, the block given by name or id, checked to be in the file."""
         if isinstance(key, tuple) and len(key) == 2:
             t, word = (None if key[0] is None else t_value(key[0])), key[1]

@@ -67,13 +67,15 @@ def _read_attr(v):
 CHUNK_BYTES = 1 << 20
 
 
-def chunk_rows(shape, itemsize, target_bytes=CHUNK_BYTES):
+def chunk_rows(shape: Sequence[int], itemsize: int, target_bytes: int = CHUNK_BYTES) -> int:
     """Rows per chunk so that a chunk is about 1 MiB (HDF5 likes 10 KiB - 1 MiB)."""
     row = int(np.prod(shape[1:])) * itemsize if len(shape) > 1 else itemsize
     return int(max(1, min(shape[0], target_bytes // max(row, 1))))
 
 
-def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs):
+def create(path: str | os.PathLike, *, num_samples: int, shapes: dict[Key, Sequence[int]],
+           dtype: Any, labels: Any, ids: Sequence[Any], class_names: Sequence[str],
+           attrs: dict[str, Any]) -> h5py.File:
     """Create a feature file with empty datasets; ``shapes`` maps (t, block) -> per-sample
     shape.  The file is marked incomplete until :func:`mark_complete`."""
     # HDF5 keeps up to 8 MiB of chunks per dataset by default: with many (t, block) keys the
@@ -99,12 +101,13 @@ def create(path, *, num_samples, shapes, dtype, labels, ids, class_names, attrs)
     return f
 
 
-def mark_complete(f):
+def mark_complete(f: h5py.File) -> None:
     f.attrs["complete"] = True
     f.flush()
 
 
-def create_masks(f, num_samples, size, class_names, ignore_index, description=""):
+def create_masks(f: Any, num_samples: int, size: int, class_names: Sequence[str],
+                 ignore_index: int, description: str = "") -> Any:
     """The empty /masks dataset (uint8, one ``size`` x ``size`` label map per sample)."""
     full = (int(num_samples), int(size), int(size))
     ds = f.create_dataset("masks", shape=full, dtype=np.uint8,
@@ -115,8 +118,11 @@ def create_masks(f, num_samples, size, class_names, ignore_index, description=""
     return ds
 
 
-def write_features(path, features, *, labels, ids=None, class_names=None, attrs=None,
-                   dtype=np.float32, masks=None, mask_class_names=None, ignore_index=255):
+def write_features(path: str | os.PathLike, features: dict[Any, Any], *, labels: Any,
+                   ids: Sequence[Any] | None = None, class_names: Sequence[str] | None = None,
+                   attrs: dict[str, Any] | None = None, dtype: Any = np.float32,
+                   masks: Any = None, mask_class_names: Sequence[str] | None = None,
+                   ignore_index: int = 255) -> str | os.PathLike:
     """Write in-memory features ``{(t, block): array (N, ...)}`` as a complete feature file
     (for small data, tests and conversions; `probe extract` streams instead)."""
     labels = np.asarray(labels)

@@ -9,6 +9,8 @@ import importlib
 import os
 import shlex
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import ProbeError
 
@@ -17,11 +19,11 @@ SUBCOMMANDS = ["models", "extract", "info", "fit", "compare", "cka", "similarity
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not the usage block
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
         raise ProbeError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="probe", description="Probe what diffusion models know about images.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     from ..version import __version__
@@ -33,7 +35,7 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:

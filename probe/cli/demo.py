@@ -1,8 +1,10 @@
 """`probe demo`: the study on the bundled data and the shipped models, as a report."""
+import argparse
+
 from .common import add_run_flags, add_selection, selection
 
 
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the whole study on the bundled data, write a report",
                        description="Extract features from each shipped model, compare heads, "
                                    "compute CKA, and write report.md + index.html with figures.")
@@ -24,7 +26,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> None:
     from ..demo import run_demo
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None

@@ -1,7 +1,10 @@
 """`probe fit`: train one head on one (t, block) of a feature file and evaluate it."""
+import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ProbeError
 from ..selection import key_label
@@ -22,7 +25,7 @@ def _ints(text):
             from None
 
 
-def add_head_args(p):
+def add_head_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("head options (each applies to the heads named)")
     g.add_argument("--hidden", type=_ints, help="mlp: hidden widths, e.g. 512,256 (default 512)")
     g.add_argument("--width", type=int, help="cnn: channels (default 128)")
@@ -57,7 +60,7 @@ def _floats(text):
     return values[0] if len(values) == 1 else values
 
 
-def add_train_args(p):
+def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("linear head")
     g.add_argument("--solver", choices=["lbfgs", "sgd"],
                    help="lbfgs (default): full-batch L-BFGS to convergence, where --epochs, "
@@ -110,7 +113,7 @@ TRAIN_KEYS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup
               "solver", "l2", "max_iter", "tol")
 
 
-def options(args):
+def options(args: argparse.Namespace) -> dict[str, Any]:
     """Flags -> keyword options for probe.fit / compare (unset flags keep the defaults)."""
     opts = {k: getattr(args, k) for k in HEAD_KEYS + TRAIN_KEYS if getattr(args, k) is not None}
     if not args.pos_embed:
@@ -118,7 +121,7 @@ def options(args):
     return opts
 
 
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit", help="train a probe head on cached features and evaluate it",
                        description="Train a head on one (t, block) of a feature file made by "
                                    "`probe extract` (the fusion head: on several), evaluate "
@@ -141,11 +144,11 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def default_out(head, t, block):
+def default_out(head: str, t: float | None, block: str) -> str:
     return f"fit-{head}-{'' if t is None else f't{t}-'}{safe_name(block)}.json"
 
 
-def default_fusion_out(keys):
+def default_fusion_out(keys: Sequence[tuple[Any, str]]) -> str:
     """fit-fusion-t10_blocks.1+t100_blocks.2.json; a digest when that would be too long."""
     name = "+".join(safe_name(key_label((t, b)).replace("/", "_")) for t, b in keys)
     if len(name) > 150:
@@ -153,7 +156,7 @@ def default_fusion_out(keys):
     return f"fit-fusion-{name}.json"
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..heads.fit import fit
     from ..heads.result import weights_plot_path
 
@@ -191,7 +194,7 @@ def _print_weights(s):
         print(f"  {k:<{width}}  {w:.3f}  {'#' * round(40 * w)}")
 
 
-def print_summary(s):
+def print_summary(s: dict[str, Any]) -> None:
     on = (f"{len(s['keys'])} keys ({s['head_options']['fusion_head']} head)" if s.get("keys")
           else key_label((s["t"], s["block"])))
     print(f"{s['head']} head on {on}: {s['input']}, {s['params']:,} parameters")

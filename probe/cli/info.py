@@ -1,4 +1,5 @@
 """`probe info FILE`: how a feature file was made, and what it holds."""
+import argparse
 import json
 import os
 
@@ -8,7 +9,7 @@ from .common import add_selection, selection
 HIDDEN = ("format", "complete", "settings")
 
 
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print how a feature file was made and what it holds",
                        description="Print a feature file's settings and its (t, block) keys with "
                                    "their block ids; --t/--blocks/--keys list only those keys.")
@@ -17,7 +18,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..selection import key_label
     from ..store import open_features
 

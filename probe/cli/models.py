@@ -1,7 +1,8 @@
 """`probe models` (the zoo) and `probe blocks NAME` (block names, ids and shapes)."""
+import argparse
 
 
-def register(sub):
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list the model zoo")
     p.set_defaults(func=run_models)
     p = sub.add_parser("blocks", help="list a model's blocks: names, ids, output shapes")
@@ -17,10 +18,10 @@ def register(sub):
     p.set_defaults(func=run_blocks)
 
 
-def run_models(args):
+def run_models(args: argparse.Namespace) -> int:
     from ..extractors.registry import ALIASES, MODELS
 
-    aliases = {}
+    aliases: dict[str, list[str]] = {}
     for a, n in ALIASES.items():
         aliases.setdefault(n, []).append(a)
     print(f"{'name':<24} {'family':<6} {'input':<12} {'weights'}")
@@ -38,7 +39,7 @@ def run_models(args):
     return 0
 
 
-def run_blocks(args):
+def run_blocks(args: argparse.Namespace) -> int:
     from ..extractors.registry import load_architecture
 
     from .extract import model_kwargs

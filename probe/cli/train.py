@@ -12,8 +12,8 @@ from .common import (add_batch_size, add_device, add_num_workers, add_overwrite,
 from .train_tokenizer import add_tokenizer_parser, saved_tokenizer_meta, tokenizer_flags, tokenizer_options
 
 # Small pixel-space defaults that train on 2 CPU cores in minutes to an hour.
-SMALL_DIT = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3, class_dropout_prob=0.0,
-                 num_classes=0, learn_sigma=False)
+SMALL_DIT: dict[str, Any] = dict(patch_size=4, hidden_size=192, depth=6, num_heads=3,
+                                 class_dropout_prob=0.0, num_classes=0, learn_sigma=False)
 SMALL_ADM = dict(num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
                  attention_resolutions="16,8", num_heads=4, num_head_channels=32,
                  use_scale_shift_norm=True, resblock_updown=True, learn_sigma=False,

@@ -1,12 +1,14 @@
 """`probe train tokenizer`, and the tokenizer flags of `probe train ldae`."""
+import argparse
 import os
+from typing import Any
 
 from .common import add_device, add_overwrite, add_quiet, add_seed, add_threads, refuse_existing
 
 KINDS = ("pca", "patch-ae", "patch-vae", "conv-vae")  # probe.extractors.ldae.tokenizer.KINDS
 
 
-def add_tokenizer_parser(fam, patch_size):
+def add_tokenizer_parser(fam: argparse._SubParsersAction, patch_size: int) -> None:
     q = fam.add_parser("tokenizer", help="an l-DAE tokenizer alone (PCA, patch AE/VAE, conv "
                                          "VAE), for probe train ldae --tokenizer-checkpoint",
                        description="Fit or train an l-DAE tokenizer on a dataset and write it "
@@ -32,7 +34,7 @@ def add_tokenizer_parser(fam, patch_size):
     q.set_defaults(func=run_tokenizer)
 
 
-def tokenizer_flags(q, checkpoint):
+def tokenizer_flags(q: argparse.ArgumentParser, checkpoint: bool) -> None:
     g = q.add_argument_group("the tokenizer (trained first, then frozen)")
     g.add_argument("--tokenizer", choices=KINDS,
                    default="pca", help="patch-wise PCA (default), linear AE or VAE per patch, "
@@ -51,12 +53,12 @@ def tokenizer_flags(q, checkpoint):
                    help="conv-vae: channels of its first level (default 16)")
 
 
-def tokenizer_options(args):
+def tokenizer_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(steps=args.tokenizer_steps, batch_size=args.tokenizer_batch_size,
                 lr=args.tokenizer_lr, kl_weight=args.kl_weight)
 
 
-def run_tokenizer(args):
+def run_tokenizer(args: argparse.Namespace) -> int:
     from ..data import data_channels, load_dataset
     from ..device import resolve_device
     from ..extractors.ldae.extractor import validate_config
@@ -76,7 +78,9 @@ def run_tokenizer(args):
     images = loop.Images(load_dataset(args.data, args.split, args.image_size, channels),
                          limit=args.limit, progress=not args.quiet)
     loop.seed_everything(args.seed)
-    tok = make_tokenizer(cfg).to(device)
+    tok = make_tokenizer(cfg)
+    assert tok is not None  # KINDS are all tokenizers
+    tok = tok.to(device)
     meta = fit_tokenizer(tok, images, lambda x: x * 2.0 - 1.0, patches=args.pca_patches,
                          seed=args.seed, progress=not args.quiet, **tokenizer_options(args))
     meta.update(data=args.data, split=args.split, limit=args.limit)
@@ -89,7 +93,7 @@ def run_tokenizer(args):
     return 0
 
 
-def saved_tokenizer_meta(out):
+def saved_tokenizer_meta(out: str) -> Any:
     import torch
 
     path = os.path.join(out, "model.pt")

@@ -96,8 +96,10 @@ def _read_images(root: str) -> tuple[list[str], list[np.ndarray], list[str]]:
     """(ids, uint8 arrays, category per image) of ``demo`` or an image folder."""
     if root == "demo":
         from ..data import load_dataset
+        from ..data.datasets import ArrayDataset
 
         ds = load_dataset("demo", "test")
+        assert isinstance(ds, ArrayDataset)  # the bundled demo split is held in memory
         ims = [ds.images[i] for i in range(len(ds))]
         return list(ds.ids), ims, [ds.class_names[y] for y in ds.labels]
     from PIL import Image

@@ -3,6 +3,8 @@
 ``load_dataset(spec, split, image_size, channels, interpolation)`` returns a torch Dataset of
 ``(image in [0,1] (C,S,S), label)`` with ``ids``, ``class_names``, ``spec`` and ``split``.
 """
+from typing import Any
+
 from ..errors import ProbeError, suggest
 from . import datasets as _d
 from . import segmentation as _seg
@@ -24,7 +26,7 @@ SPECS = {
 _NEEDS_ROOT = set(SPECS) - {"demo", "fashion-mnist", "demo-seg", "fashion-mnist-seg"}
 
 
-def parse_spec(spec):
+def parse_spec(spec: str | None) -> tuple[str, str | None]:
     name, _, root = (spec or "demo").partition(":")
     name = name.strip().lower()
     if name not in SPECS:
@@ -35,14 +37,16 @@ def parse_spec(spec):
     return name, root or None
 
 
-def load_dataset(spec="demo", split="train", image_size=None, channels=None,
-                 interpolation="bicubic"):
+def load_dataset(spec: str | None = "demo", split: str = "train", image_size: int | None = None,
+                 channels: int | None = None, interpolation: str = "bicubic") -> _d.ImageDataset:
     name, root = parse_spec(spec)
-    kw = dict(image_size=image_size, channels=channels, interpolation=interpolation)
+    kw: dict[str, Any] = dict(image_size=image_size, channels=channels,
+                              interpolation=interpolation)
     if name == "demo":
         return _d.demo(split, **kw)
     if name == "fashion-mnist":
         return _d.fashion_mnist(root, split, **kw)
+    assert root is not None  # parse_spec refused the rest without a folder
     if name == "imagefolder":
         return _d.imagefolder(root, split, **kw)
     if name == "imagenet50":
@@ -54,7 +58,7 @@ def load_dataset(spec="demo", split="train", image_size=None, channels=None,
     return finegrained.load(name, root, split, **kw)
 
 
-def data_channels(dataset):
+def data_channels(dataset: Any) -> int:
     """The channel count of a dataset's images as stored (1 for grayscale), read from its
     first image: what a model trained on it takes when no channel count is given."""
     image = dataset[0][0]

@@ -7,7 +7,9 @@ decoded yields ``None`` so the caller can stop or skip (``bad_reason`` says why)
 """
 import gzip
 import os
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,15 +51,15 @@ class ImageDataset(torch.utils.data.Dataset):
             image = None
         return image, int(self.labels[i])
 
-    def load_batch(self, indices):
+    def load_batch(self, indices: Sequence[int]) -> list[Any]:
         """``[image or None, ...]`` for ``indices``: what ``self[i][0]`` gives, one by one.
         Subclasses that hold their images in memory transform the batch at once."""
         return [self[i][0] for i in indices]
 
-    def bad_reason(self, i):
+    def bad_reason(self, i: int) -> str:
         return self.bad.get(i) or f"{self.ids[i]}: could not be decoded"
 
-    def describe_transform(self):
+    def describe_transform(self) -> str:
         return describe(self.image_size, self.channels, self.interpolation)
 
     def _load(self, i):
@@ -77,7 +79,7 @@ class ArrayDataset(ImageDataset):
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(a))
 
-    def load_batch(self, indices):
+    def load_batch(self, indices: Sequence[int]) -> list[Any]:
         # One transform call for the batch: per image it costs ~1 ms, a tenth of a small
         # model's forward pass.  Resize and crop act on each image alone, so the values are
         # those of the one-by-one path (tests/data check it bit for bit).
@@ -88,6 +90,8 @@ class ArrayDataset(ImageDataset):
 
 class FileDataset(ImageDataset):
     """Image files on disk; ids are paths relative to the dataset root."""
+
+    official_split: str  # set by the loaders of datasets with official splits (finegrained)
 
     def __init__(self, spec, split, root, paths, labels, class_names, **kw):
         self.root = root
@@ -101,7 +105,7 @@ class FileDataset(ImageDataset):
 
 
 # ---- Fashion-MNIST (IDX files) and the bundled demo subset -----------------------------
-def read_idx(path):
+def read_idx(path: str) -> np.ndarray:
     """An IDX file (optionally gzipped) -> numpy array."""
     opener = gzip.open if path.endswith(".gz") else open
     try:
@@ -121,7 +125,7 @@ def read_idx(path):
     return body.reshape(shape).copy()  # frombuffer is read-only; torch wants writable
 
 
-def fashion_mnist(root, split, **kw):
+def fashion_mnist(root: str | None, split: str, **kw: Any) -> ArrayDataset:
     root = root or FASHION_MNIST_ROOT
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
@@ -142,7 +146,7 @@ def fashion_mnist(root, split, **kw):
     return ArrayDataset(f"fashion-mnist:{root}", split, images, labels, FASHION_MNIST_CLASSES, **kw)
 
 
-def demo(split, **kw):
+def demo(split: str, **kw: Any) -> ArrayDataset:
     """The bundled demo set: a balanced subset of real Fashion-MNIST (see data/demo/README)."""
     if split not in ("train", "test"):
         raise ProbeError(f"demo has splits train and test, not {split!r}")
@@ -164,7 +168,8 @@ def _list_images(folder):
 FOLDER_SPLITS = ("train", "val", "test")
 
 
-def imagefolder(root, split, keep=None, spec=None, **kw):
+def imagefolder(root: str, split: str, keep: Any = None, spec: str | None = None,
+                **kw: Any) -> FileDataset:
     """ROOT/CLASS/IMAGE, or ROOT/SPLIT/CLASS/IMAGE when ROOT has a folder for the split.
     ``keep``: an ordered list of class folder names to use (others are ignored)."""
     spec = spec or f"imagefolder:{root}"
@@ -194,13 +199,13 @@ def imagefolder(root, split, keep=None, spec=None, **kw):
     return FileDataset(spec, split, root, paths, labels, classes, **kw)
 
 
-def imagenet50_classes():
+def imagenet50_classes() -> tuple[list[str], list[str]]:
     text = resources.files("probe.data").joinpath("imagenet50.txt").read_text()
     rows = [line.split(maxsplit=1) for line in text.splitlines() if line.strip()]
     return [r[0] for r in rows], [r[1] if len(r) > 1 else r[0] for r in rows]
 
 
-def imagenet50(root, split, **kw):
+def imagenet50(root: str, split: str, **kw: Any) -> FileDataset:
     """An ImageNet tree (ROOT/train/WNID/*.JPEG, ROOT/val/WNID/*.JPEG) filtered to the
     50 classes of the standard ImageNet-50 list."""
     split = {"test": "val"}.get(split, split)

@@ -14,7 +14,7 @@ folder, so they are the same either way.
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from torchvision import datasets as tvd
 
@@ -85,7 +85,7 @@ SETS = {
 }
 
 
-def load(name, root, split, **kw):
+def load(name: str, root: str, split: str, **kw: Any) -> FileDataset:
     """``--data NAME:ROOT`` for the fine-grained sets -> FileDataset of the mapped split."""
     if not root or not os.path.isdir(root):
         layout = CUB_LAYOUT if name == "cub200" else "expected " + SETS[name].layout
@@ -149,7 +149,7 @@ CUB_LAYOUT = ("ROOT = the CUB_200_2011 folder (or its parent) holding images.txt
               "image_class_labels.txt, train_test_split.txt, classes.txt and images/")
 
 
-def cub200(root, split, **kw):
+def cub200(root: str, split: str, **kw: Any) -> FileDataset:
     """CUB-200-2011 from its own index files; train/test from train_test_split.txt."""
     flag = {"train": "1", "test": "0"}.get(split)
     if flag is None:

@@ -4,10 +4,13 @@ Resize the shorter side to S and centre-crop (the usual evaluation transform), t
 expand grayscale to the model's channels (or average colour down to one channel).
 Normalisation to the model's range is the model's own job (``Extractor.prepare``).
 """
+from typing import Any
+
 import torch
 
 
-def image_transform(size, channels, interpolation="bicubic"):
+def image_transform(size: int | None, channels: int | None, interpolation: str = "bicubic"
+                    ) -> Any:
     # torchvision's import pulls in torch._dynamo (over a second): only datasets pay for it
     from torchvision.transforms import v2 as T
 
@@ -20,7 +23,7 @@ def image_transform(size, channels, interpolation="bicubic"):
     return T.Compose(steps)
 
 
-def match_channels(x, channels):
+def match_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
     if channels is None or x.shape[-3] == channels:
         return x
     if x.shape[-3] == 1:
@@ -32,6 +35,6 @@ def match_channels(x, channels):
     raise ValueError(f"cannot turn {x.shape[-3]} channels into {channels}")
 
 
-def describe(size, channels, interpolation="bicubic"):
+def describe(size: int | None, channels: int | None, interpolation: str = "bicubic") -> str:
     return (f"resize shorter side to {size} ({interpolation}, antialias), center crop {size}, "
             f"to [0,1], channels -> {channels}")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ProbeError
-from ..selection import resolve_blocks
+from ..selection import Spec, resolve_blocks
 from ..tokens import to_map
 from .hooks import capture, run_until_stop
 from .schedules import Schedule
@@ -60,7 +60,7 @@ class Extractor(nn.Module):
     def block_names(self) -> list[str]:
         return list(self._block_modules().keys())
 
-    def resolve_blocks(self, blocks):
+    def resolve_blocks(self, blocks: Spec) -> list[str]:
         """Names, 1-based ids in forward order, 'all', or a comma list of these -> names
         (the grammar of :mod:`probe.selection`)."""
         return resolve_blocks(blocks, self.block_names, self.name,

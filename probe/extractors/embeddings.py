@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 
-def timestep_embedding(t, dim, max_period=10000):
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) timesteps t (B,) -> (B, dim): cosines
     first, then sines, at frequencies max_period^(-i/half), zero-padded to an odd dim.
 

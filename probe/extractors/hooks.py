@@ -4,7 +4,14 @@ Early exit works by raising :class:`_StopForward` from the hook of the deepest
 requested block; the caller catches it.  This needs no change to the network's
 own ``forward`` and so works the same for every family.
 """
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 
@@ -13,7 +20,8 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def capture(modules, stop_after=None):
+def capture(modules: Mapping[str, nn.Module], stop_after: str | None = None
+            ) -> Iterator[dict[str, Any]]:
     """Record the output of each module in ``modules`` (a dict name -> nn.Module).
 
     Yields a dict that fills with ``name -> output tensor`` as the forward pass runs.
@@ -21,7 +29,7 @@ def capture(modules, stop_after=None):
     that module runs; wrap the call in :func:`run_until_stop`.
     Hooks are removed on exit, also when the forward pass raises.
     """
-    outputs = {}
+    outputs: dict[str, Any] = {}
     handles = []
 
     def make_hook(name):
@@ -43,7 +51,7 @@ def capture(modules, stop_after=None):
             h.remove()
 
 
-def run_until_stop(fn, *args, **kwargs):
+def run_until_stop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call ``fn``; return its result, or None if a capture hook stopped it early."""
     try:
         return fn(*args, **kwargs)

@@ -146,12 +146,12 @@ ALIASES = {"dit-l": "dit-l-2", "dit-b": "dit-b-2", "dit-xl": "dit-xl-2", "sit-xl
            "repa-sit-xl": "repa-sit-xl-2"}
 
 
-def register(name, spec):
+def register(name: str, spec: dict[str, Any]) -> None:
     """Add a model to the zoo (used for the shipped trained models and by plugins)."""
     MODELS[name] = spec
 
 
-def resolve(name):
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
     """Registry name or alias -> (canonical name, spec); ``timm:NAME`` and
     ``torchvision:NAME`` -> a spec of that family (see probe/extractors/reference/extractor.py)."""
     prefix, sep, arch = name.partition(":")
@@ -167,7 +167,7 @@ def resolve(name):
     return name, MODELS[name]
 
 
-def shipped_weights(filename):
+def shipped_weights(filename: str) -> str:
     """Path of a checkpoint shipped inside the package (probe/weights/)."""
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", filename)
     if not os.path.exists(path):
@@ -176,7 +176,7 @@ def shipped_weights(filename):
     return path
 
 
-def family_module(family):
+def family_module(family: str) -> Any:
     return importlib.import_module(FAMILIES[family])
 
 
@@ -214,7 +214,8 @@ def load_model(name: str, checkpoint: str | None = None, random_init: bool = Fal
     return model.to(device) if device is not None else model
 
 
-def load_architecture(name, checkpoint=None, trust_checkpoint=False, **config):
+def load_architecture(name: str, checkpoint: str | None = None, trust_checkpoint: bool = False,
+                      **config: Any) -> Extractor:
     """A model with the architecture of ``name``, to read its blocks and shapes, built on
     the meta device (no memory, no weights, no download) whenever the architecture is
     known without the weights: registry entries, and families given their config.  With
@@ -240,7 +241,9 @@ def load_architecture(name, checkpoint=None, trust_checkpoint=False, **config):
         return load_model(name, random_init=True, **config)
 
 
-def block_shapes(name, checkpoint=None, image_size=None, config=None, trust_checkpoint=False):
+def block_shapes(name: str, checkpoint: str | None = None, image_size: int | None = None,
+                 config: dict[str, Any] | None = None, trust_checkpoint: bool = False
+                 ) -> list[tuple[int, str, tuple]]:
     """``[(id, block name, output shape), ...]`` of a model in forward order, for one
     input; ``image_size``: another input side, for ADM U-Nets.  ``config``: the family's
     arguments (what ``load_model`` takes as keywords).  No weights are loaded where the

@@ -34,7 +34,7 @@ class AttentionHead(nn.Module):
         self.fc = nn.Linear(dim, num_classes)
         trunc_normal_(self.cls_token, std=0.02)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.proj(self.norm_in(x)).flatten(2).transpose(1, 2)  # (B, HW, dim)
         tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
         if self.pos_embed is not None:

@@ -4,10 +4,12 @@
   land within about a point of it).
 - ``knn``: k-nearest-neighbour vote on L2-normalised features (cosine similarity).
 """
+from typing import Any
+
 import numpy as np
 
 
-def make_baseline(name, opts, seed):
+def make_baseline(name: str, opts: dict[str, Any], seed: int) -> Any:
     # scikit-learn takes seconds to import: only the runs that ask for a baseline pay it
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
@@ -20,7 +22,7 @@ def make_baseline(name, opts, seed):
     return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors=opts["k"]))
 
 
-def baseline_params(model):
+def baseline_params(model: Any) -> int:
     """Learned numbers: the logistic regression's weights and biases; k-NN has none (it
     stores the training set)."""
     from sklearn.linear_model import LogisticRegression
@@ -31,7 +33,7 @@ def baseline_params(model):
     return 0
 
 
-def baseline_scores(model, x, num_classes):
+def baseline_scores(model: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
     """Class probabilities as an (N, num_classes) array (classes absent from training
     get 0)."""
     proba = model.predict_proba(x)

@@ -6,6 +6,7 @@ then ``depth - 1`` 3x3 convolutions, stride 2 while the map is larger than 2x2 (
 the pooled features see the layout, not just a bag of local patterns), each with
 BatchNorm and ReLU; global average pool and a Linear classifier.
 """
+import torch
 from torch import nn
 
 from .linear import EPS
@@ -17,7 +18,8 @@ def _conv(cin, cout, k, stride=1):
 
 
 class CNNHead(nn.Module):
-    def __init__(self, channels, num_classes, width=128, depth=2, size=None):
+    def __init__(self, channels: int, num_classes: int, width: int = 128, depth: int = 2,
+                 size: int | None = None) -> None:
         super().__init__()
         layers = [nn.BatchNorm2d(channels, affine=False, eps=EPS)] + _conv(channels, width, 1)
         for _ in range(depth - 1):
@@ -27,5 +29,5 @@ class CNNHead(nn.Module):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -19,6 +19,8 @@ share the arrays' memory), so the host never copies or uploads a batch; streamed
 windows are moved as read.
 """
 import math
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,18 +30,19 @@ BLOCK_ROWS = 256
 READ_BYTES = 64 << 20  # per read when loading or evaluating sequentially
 
 
-def view_shape(shape, view):
+def view_shape(shape: Sequence[int], view: str) -> tuple[int, ...]:
     return tuple(shape) if view == MAP else tuple(shape[:1])
 
 
-def to_view(x, view):
+def to_view(x: Any, view: str) -> np.ndarray:
     """A batch read from the file -> float32 in the view's shape (the same per-row
     arithmetic whether read whole or in blocks, so both paths agree exactly)."""
     x = np.asarray(x, dtype=np.float32)
     return x.mean(axis=(2, 3), dtype=np.float32) if view == VEC and x.ndim == 4 else x
 
 
-def epoch_windows(train_rows, num_rows, seed, epoch, window_rows, block_rows=BLOCK_ROWS):
+def epoch_windows(train_rows: np.ndarray, num_rows: int, seed: int, epoch: int, window_rows: int,
+                  block_rows: int = BLOCK_ROWS) -> list[np.ndarray]:
     """The rows of one epoch, as a list of windows (each a permuted array of row indices)."""
     rng = np.random.default_rng([seed, epoch])
     if window_rows >= num_rows:
@@ -56,7 +59,7 @@ def epoch_windows(train_rows, num_rows, seed, epoch, window_rows, block_rows=BLO
     return windows
 
 
-def room_on(device, nbytes):
+def room_on(device: str | torch.device, nbytes: int) -> bool:
     """Whether ``nbytes`` of features can be held on ``device`` next to a head's training
     (on a GPU: within half its free memory)."""
     device = torch.device(device)
@@ -70,7 +73,7 @@ def _tensors(xs, y, device):
             torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device))
 
 
-def batches_of(order, batch_size):
+def batches_of(order: Any, batch_size: int) -> list[Any]:
     # BatchNorm cannot train on one sample: a last batch of one is dropped
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)
             if len(order[i:i + batch_size]) > 1]
@@ -98,13 +101,15 @@ class FeatureSource:
         else:
             self.window_rows = self.num_rows
             self.arrays = {v: self._read_all(v) for v in self.views}
-        self._held = (None, {})  # (device, {view or "labels": tensor}): see held()
+        # (device, {view or "labels": tensor}): see held()
+        self._held: tuple[torch.device | None, dict[Any, torch.Tensor]] = (None, {})
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.row_bytes * self.num_rows
 
-    def held(self, views, device):
+    def held(self, views: Sequence[Any], device: str | torch.device
+             ) -> tuple[dict[Any, torch.Tensor], torch.Tensor] | None:
         """``({view: tensor}, labels)`` of the in-memory features on ``device``, moved there
         once and kept; None when streamed or when they do not fit there."""
         if self.streamed:
@@ -150,7 +155,9 @@ class FeatureSource:
             out[view] = np.concatenate(parts)
         return out
 
-    def epoch_batches(self, train_rows, batch_size, seed, epoch, views=None, device=None):
+    def epoch_batches(self, train_rows: np.ndarray, batch_size: int, seed: int, epoch: int,
+                      views: Sequence[Any] | None = None, device: str | torch.device | None = None
+                      ) -> Iterator[tuple[dict[Any, Any], Any]]:
         """Yield ``({view: array}, labels)`` over the training rows in this epoch's order;
         with ``device``, tensors on it."""
         views = self.views if views is None else views
@@ -174,7 +181,9 @@ class FeatureSource:
             for xs, y in batches:
                 yield (xs, y) if device is None else _tensors(xs, y, device)
 
-    def eval_batches(self, rows, batch_size, views=None, device=None):
+    def eval_batches(self, rows: Any, batch_size: int, views: Sequence[Any] | None = None,
+                     device: str | torch.device | None = None
+                     ) -> Iterator[tuple[dict[Any, Any], Any]]:
         """Yield ``({view: array}, labels)`` over ``rows`` (sorted), in order; with
         ``device``, tensors on it."""
         views = self.views if views is None else views

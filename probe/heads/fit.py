@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import ProbeError, suggest
-from ..selection import Spec, key_label
+from ..selection import Key, Spec, key_label
 from ..store import FeatureFile, opened
 from .baselines import baseline_params, baseline_scores, make_baseline
 from .build import BASELINES, build_head, check_head, count_params, head_options
@@ -71,7 +72,9 @@ def _solve_linear(setup, views, source, cfg, progress, desc):
     return members, infos, elapsed
 
 
-def train_heads(setup, head, keys, options=None, comparable_size=False, progress=True):
+def train_heads(setup: Setup, head: str, keys: Sequence[Key],
+                options: dict[str, Any] | None = None, comparable_size: bool = False,
+                progress: bool = True) -> list[FitResult]:
     """Train ``head`` on each of ``keys`` (neural heads: in one pass sharing batches) and
     evaluate; returns one :class:`FitResult` per key (the fusion head: one for all)."""
     check_head(head)
@@ -143,7 +146,7 @@ HEAD_OPTIONS = {"hidden", "width", "depth", "dim", "num_heads", "pos_embed", "k"
                 "fusion_head"}
 
 
-def split_options(kwargs):
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], TrainConfig]:
     """Keyword arguments -> (head options, TrainConfig); unknown names are an error."""
     unknown = set(kwargs) - TRAIN_OPTIONS - HEAD_OPTIONS
     if unknown:

@@ -112,7 +112,7 @@ class _Fused(nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, xs):
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [self.head(xs)]
 
 

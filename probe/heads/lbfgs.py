@@ -6,6 +6,8 @@ is one call for the problems still running, so a caller can serve all of them fr
 pass over its data; a problem that backtracks in its line search, or has converged,
 holds back no other.
 """
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 
@@ -33,7 +35,7 @@ def _direction(G, state, precond):
     return -q
 
 
-def new_state(P):
+def new_state(P: torch.Tensor) -> dict[str, torch.Tensor]:
     """No curvature pairs yet, unit scale."""
     empty = P.new_zeros((P.shape[0], 0) + P.shape[1:])
     return dict(S=empty, Y=empty.clone(), rho=P.new_zeros(P.shape[0], 0),
@@ -54,7 +56,10 @@ def _remember(state, s, y, moved):
     return rho
 
 
-def lbfgs(fun, P, precond, state, max_iter, tol):
+def lbfgs(fun: Callable[[torch.Tensor, np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+          P: torch.Tensor, precond: Callable[[torch.Tensor], torch.Tensor],
+          state: dict[str, torch.Tensor], max_iter: int, tol: float
+          ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """Minimise n problems from P (n, a, b).  ``fun(P_sub, idx) -> (f, G)`` evaluates the
     problems ``idx`` (a numpy array) at P_sub (len(idx), a, b); ``precond(q)`` applies
     the initial inverse Hessian to (n, a, b); ``state`` (see :func:`new_state`): the
@@ -112,7 +117,8 @@ def lbfgs(fun, P, precond, state, max_iter, tol):
     return P, f, iters, passes, met
 
 
-def keep_state(state, keep):
+def keep_state(state: dict[str, torch.Tensor], keep: Sequence[int] | np.ndarray
+               ) -> dict[str, torch.Tensor]:
     """The state of the problems ``keep`` (indices) only."""
     k = torch.as_tensor(keep, dtype=torch.long, device=state["gamma"].device)
     return {name: v[k] for name, v in state.items()}

@@ -5,6 +5,9 @@ same batches (as DDAE does): probes with the same input width are stacked and ru
 one batched matmul, so a grid of N probes costs about as much as one;
 :func:`linear_grid_units` lays a set of keys out in such grids.
 """
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -13,7 +16,8 @@ from .train import Unit, head_seed
 EPS = 1e-6  # as MAE's linear probe
 
 
-def init_linear(dim, num_classes, generator):
+def init_linear(dim: int, num_classes: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Small normal weights and zero bias; drawn from ``generator`` so that a probe's start
     does not depend on which other probes it is trained with."""
     weight = torch.randn(num_classes, dim, generator=generator) * 0.01
@@ -21,12 +25,12 @@ def init_linear(dim, num_classes, generator):
 
 
 class LinearHead(nn.Module):
-    def __init__(self, dim, num_classes):
+    def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(dim, affine=False, eps=EPS)
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.norm(x))
 
 
@@ -39,10 +43,11 @@ class LinearGrid(nn.Module):
     statistics (momentum 0.1, unbiased variance) in eval.
     """
 
-    def __init__(self, dims, num_classes, generators, momentum=0.1):
+    def __init__(self, dims: Sequence[int], num_classes: int,
+                 generators: Sequence[torch.Generator], momentum: float = 0.1) -> None:
         super().__init__()
         self.dims, self.num_classes, self.momentum = list(dims), num_classes, momentum
-        self.groups = {}  # width -> member indices, stacked in this order
+        self.groups: dict[int, list[int]] = {}  # width -> member indices, stacked in this order
         for i, d in enumerate(self.dims):
             self.groups.setdefault(d, []).append(i)
         self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
@@ -55,8 +60,8 @@ class LinearGrid(nn.Module):
             self.register_buffer(f"mean{g}", torch.zeros(len(members), 1, d))
             self.register_buffer(f"var{g}", torch.ones(len(members), 1, d))
 
-    def forward(self, xs):
-        out = [None] * len(self.dims)
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out: list[Any] = [None] * len(self.dims)
         for g, members in enumerate(self.groups.values()):
             x = torch.stack([xs[i] for i in members])  # (n, B, D)
             mean, var = getattr(self, f"mean{g}"), getattr(self, f"var{g}")
@@ -79,12 +84,13 @@ class LinearGrid(nn.Module):
                 out[i] = logits[j].t()
         return out
 
-    def export(self, i):
+    def export(self, i: int) -> LinearHead:
         """Member ``i`` as a standalone :class:`LinearHead` (a copy)."""
         d = self.dims[i]
         g = list(self.groups).index(d)
         j = self.groups[d].index(i)
         head = LinearHead(d, self.num_classes)
+        assert head.norm.running_mean is not None and head.norm.running_var is not None
         with torch.no_grad():
             head.norm.running_mean.copy_(getattr(self, f"mean{g}")[j, 0])
             head.norm.running_var.copy_(getattr(self, f"var{g}")[j, 0])
@@ -93,7 +99,7 @@ class LinearGrid(nn.Module):
         return head.to(self.weights[g].device).eval()
 
 
-def linear_params(dim, num_classes):
+def linear_params(dim: int, num_classes: int) -> int:
     return dim * num_classes + num_classes
 
 
@@ -104,11 +110,14 @@ def linear_params(dim, num_classes):
 CPU_GRID_WIDTH = 4096
 
 
-def linear_grid_units(views, dims, num_classes, seed, device):
+def linear_grid_units(views: Sequence[Any], dims: Sequence[int], num_classes: int, seed: int,
+                      device: Any
+                      ) -> tuple[list[Unit], list[tuple[dict[str, Any], int]], list[int]]:
     """(units, (options, params) per member, the view index of each member): linear probes
     of equal input width stacked into grids, each grid within CPU_GRID_WIDTH on the CPU."""
     cap = CPU_GRID_WIDTH if torch.device(device).type == "cpu" else float("inf")
-    chunks = {}  # width -> list of member lists, each list within the cap
+    # width -> list of member lists, each list within the cap
+    chunks: dict[int, list[list[int]]] = {}
     for i, d in enumerate(dims):
         lists = chunks.setdefault(d, [[]])
         if lists[-1] and (len(lists[-1]) + 1) * d > cap:
@@ -121,5 +130,6 @@ def linear_grid_units(views, dims, num_classes, seed, device):
         grid = LinearGrid([dims[i] for i in members], num_classes, gens)
         units.append((members, Unit(grid, [views[i] for i in members], lambda m, i: m.export(i))))
     order = [i for members, _ in units for i in members]  # views, in the units' member order
-    infos = [({}, dims[i] * num_classes + num_classes) for i in order]
+    infos: list[tuple[dict[str, Any], int]] = [({}, dims[i] * num_classes + num_classes)
+                                               for i in order]
     return [u for _, u in units], infos, order

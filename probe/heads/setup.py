@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from ..errors import ProbeError
-from ..selection import key_label
+from ..selection import Key, key_label
 from ..store import check_compatible, opened
 from .build import MAP, VEC, head_view
 from .data import FeatureSource
@@ -16,7 +16,8 @@ COMPATIBLE = ("model", "checkpoint_sha256", "weights_sha256", "pool", "add_noise
 GB = 1 << 30
 
 
-def split_rows(labels, val_fraction, seed):
+def split_rows(labels: np.ndarray, val_fraction: float, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, validation rows), sorted; stratified by class when every class can
     give a sample to each side.  Reproduce with sklearn's train_test_split(arange(N),
     test_size=val_fraction, random_state=seed, stratify=labels)."""
@@ -72,7 +73,7 @@ class Setup:
             self.notes.append(f"no test file: evaluated on the validation split "
                               f"({len(self.val_rows)} samples held out of {self.train.path})")
 
-    def close(self):
+    def close(self) -> None:
         """Close the files this setup opened (not those passed in open)."""
         self._files.close()
 
@@ -84,6 +85,7 @@ class Setup:
 
     def _check_test(self):
         tr, te = self.train, self.test
+        assert te is not None  # called only with a test file
         check_compatible(tr, te, what=COMPATIBLE)
         if tr.class_names != te.class_names:
             raise ProbeError(f"{tr.path} and {te.path} have different class names/order: extract "
@@ -105,7 +107,7 @@ class Setup:
             self.notes.append(f"train file split is {tr.attrs.get('split')!r}, test file split is "
                               f"{te.attrs.get('split')!r}: check the files are not swapped")
 
-    def view(self, key, head):
+    def view(self, key: Key, head: str) -> tuple[Key, str]:
         """The input view of ``head`` on ``key``; a spatial head needs a spatial map."""
         kind = head_view(head)
         shape = self.train.shape(key)
@@ -116,13 +118,13 @@ class Setup:
                 "with --pool avg4 (or --pool none for the full map)")
         return (key, kind)
 
-    def describe_input(self, key, kind):
+    def describe_input(self, key: Key, kind: str) -> str:
         shape = self.train.shape(key)
         if len(shape) == 3 and kind == VEC:
             return f"map {shape} global-average-pooled to ({shape[0]},)"
         return f"map {shape}" if len(shape) == 3 else f"pooled features {shape}"
 
-    def eval_source(self, views):
+    def eval_source(self, views: list[tuple[Key, str]]) -> tuple[FeatureSource | None, np.ndarray]:
         """(source, rows) the heads are evaluated on."""
         limit = self.cfg.memory_limit_gb * GB
         if self.test is None:
@@ -130,7 +132,7 @@ class Setup:
         # read once, in order: streaming costs the same as loading
         return FeatureSource(self.test, views, limit, stream=True), np.arange(len(self.test))
 
-    def eval_labels(self):
+    def eval_labels(self) -> np.ndarray:
         return (np.asarray(self.test.labels) if self.test is not None
                 else np.asarray(self.train.labels)[self.val_rows])
 

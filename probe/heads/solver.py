@@ -33,6 +33,8 @@ to convergence and exports the result as a :class:`~probe.heads.linear.LinearHea
 import contextlib
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -51,6 +53,7 @@ SIGMA_ROWS = 16384     # rows (evenly strided) for the preconditioner's correlat
 CPU_CHUNK_BYTES = 4 << 20  # rows per chunk on the CPU: about this much of one view
 SMALL_PRODUCT = 1 << 25  # multiply-adds per chunk and key below which one CPU thread runs
 LOG_FLOOR = -50.0      # log-probabilities are raised to this before exp (see _probabilities)
+Index = Union[Sequence[int], np.ndarray]  # positions of keys
 
 
 class Rows:
@@ -59,13 +62,15 @@ class Rows:
     On the CPU the chunks are of about CPU_CHUNK_BYTES per view, so that the backward
     product reads a chunk from cache, not from memory, right after the forward one."""
 
-    def __init__(self, source, views, rows, stats, device, dtype):
+    def __init__(self, source: Any, views: Sequence[Any], rows: np.ndarray,
+                 stats: Sequence[tuple[torch.Tensor, torch.Tensor]], device: Any,
+                 dtype: torch.dtype) -> None:
         self.source, self.views, self.rows = source, list(views), np.asarray(rows)
         self.stats, self.device, self.dtype = stats, torch.device(device), dtype
         width = max(int(s[0].shape[0]) for s in stats) * torch.finfo(dtype).bits // 8
         self.step = (max(256, CPU_CHUNK_BYTES // width) if self.device.type == "cpu"
                      else max(1, len(self.rows)))
-        self.held = None
+        self.held: tuple[list[torch.Tensor], torch.Tensor] | None = None
         if not source.streamed:  # one view at a time: a single transient copy
             y = torch.from_numpy(np.asarray(source.ff.labels, dtype=np.int64)[self.rows])
             self.held = ([self._standardise(i, source.arrays[v][self.rows])
@@ -85,27 +90,30 @@ class Rows:
             yield ([self._standardise(i, xs[v]) for i, v in zip(idx, views)],
                    torch.from_numpy(np.asarray(y, dtype=np.int64)).to(self.device))
 
-    def chunks(self, idx):
+    def chunks(self, idx: Index) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
         """Yield (one (rows, D) tensor per view in ``idx``, labels)."""
         for zs, y in self._blocks(idx):
             for a in range(0, len(y), self.step):
                 yield [z[a:a + self.step] for z in zs], y[a:a + self.step]
 
 
-def moments(source, views, rows, device):
+def moments(source: Any, views: Sequence[Any], rows: np.ndarray, device: torch.device
+            ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per view: mean and population variance over ``rows`` (float64, exact when
     streamed too), and the correlation matrix of the standardised features over an evenly
     strided subset of at most SIGMA_ROWS rows."""
     # streamed: chunks that fit the memory limit; in memory: a few tens of MB at a time
     chunk = source.window_rows if source.streamed else max(1, READ_BYTES // source.row_bytes)
-    dev = dict(device=device, dtype=torch.float64)
-    sums = [0.0] * len(views)
+    dev: dict[str, Any] = dict(device=device, dtype=torch.float64)
+    sums: list[Any] = [0.0] * len(views)  # float 0, then a tensor
     for xs, _ in source.eval_batches(rows, chunk, views):
         for i, v in enumerate(views):
             sums[i] = sums[i] + torch.from_numpy(xs[v]).to(**dev).sum(0)
     means = [s / len(rows) for s in sums]
     stride = max(1, math.ceil(len(rows) / SIGMA_ROWS))
-    sq, cross, seen = [0.0] * len(views), [0.0] * len(views), 0
+    sq: list[Any] = [0.0] * len(views)
+    cross: list[Any] = [0.0] * len(views)
+    seen = 0
     for xs, _ in source.eval_batches(rows, chunk, views):
         first = -seen % stride  # keep rows seen + first, +stride, ... of the whole pass
         for i, v in enumerate(views):
@@ -131,7 +139,8 @@ def _probabilities(logp):
     return logp.clamp_(min=LOG_FLOOR).exp_()
 
 
-def loss_grad(data, P, idx, l2, n):
+def loss_grad(data: Rows, P: torch.Tensor, idx: Index, l2: torch.Tensor, n: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective and gradient for the keys ``idx`` of ``data``, at P (len(idx), K, D+1)
     and l2 (len(idx),)."""
     # the loss adds up in float64: near the optimum the line search compares losses that
@@ -154,7 +163,9 @@ def loss_grad(data, P, idx, l2, n):
     return f, G
 
 
-def kfac_preconditioner(vecs, vals, avecs, avals, l2):
+def kfac_preconditioner(vecs: torch.Tensor, vals: torch.Tensor, avecs: torch.Tensor,
+                        avals: torch.Tensor, l2: torch.Tensor
+                        ) -> Callable[[torch.Tensor], torch.Tensor]:
     """q -> (A x Sigma + l2)^-1 q per key, the Kronecker-factored Hessian: A (K, K) the
     mean Hessian of the softmax loss in the logits, Sigma (D+1, D+1) the second moment of
     the standardised features with a bias entry 1 (no l2 on the bias).  Both are given by
@@ -165,7 +176,7 @@ def kfac_preconditioner(vecs, vals, avecs, avals, l2):
     den_w = a[:, :, None] * vals.clamp_min(0)[:, None, :] + l2[:, None, None]
     den_b = a[:, :, None]
 
-    def apply(q):
+    def apply(q: torch.Tensor) -> torch.Tensor:
         q = torch.bmm(avecs.transpose(1, 2), q)
         w = torch.bmm(torch.bmm(q[:, :, :-1], vecs) / den_w, vecs.transpose(1, 2))
         return torch.bmm(avecs, torch.cat([w, q[:, :, -1:] / den_b], 2))
@@ -173,7 +184,8 @@ def kfac_preconditioner(vecs, vals, avecs, avals, l2):
 
 
 @torch.no_grad()
-def class_curvature(data, P, idx):
+def class_curvature(data: Rows, P: torch.Tensor, idx: Index
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per key in ``idx``: the mean over rows of diag(p) - p p^T, p the softmax of the
     logits at P, as (eigenvectors, eigenvalues)."""
     K = P.shape[1]
@@ -189,7 +201,7 @@ def class_curvature(data, P, idx):
 
 
 @torch.no_grad()
-def evaluate(data, P, idx):
+def evaluate(data: Rows, P: torch.Tensor, idx: Index) -> tuple[list[float], list[float]]:
     """(top-1, mean cross-entropy) of each key in ``idx`` over the rows of ``data``."""
     correct = torch.zeros(len(idx), dtype=torch.float64)
     loss = torch.zeros(len(idx), dtype=torch.float64)
@@ -203,7 +215,7 @@ def evaluate(data, P, idx):
     return (correct / max(count, 1)).tolist(), (loss / max(count, 1)).tolist()
 
 
-def l2_path(l2, num_val):
+def l2_path(l2: float | Sequence[float] | None, num_val: int) -> tuple[list[float], bool]:
     """(the l2 values to solve for, strongest first; whether to choose among them on the
     validation split).  ``l2``: None (L2_PATH), one value, or several."""
     values = L2_PATH if l2 is None else sorted({float(v) for v in np.atleast_1d(l2)}, reverse=True)
@@ -240,7 +252,8 @@ def _record(l2, top1, loss, iters, passes, met):
                 data_passes=int(passes), converged=bool(met))
 
 
-def solve_path(train, val, corr, num_classes, path, choose, cfg, bar):
+def solve_path(train: Rows, val: Rows | None, corr: list[torch.Tensor], num_classes: int,
+               path: Sequence[float], choose: bool, cfg: Any, bar: Any) -> list[dict[str, Any]]:
     """Solve one group of keys of equal width along ``path`` (to PATH_TOL_FACTOR * tol
     when choosing on validation), then the chosen l2 of each key to tol.  Returns per key
     a dict: ``P`` (K, D+1), the ``final`` record and a ``path`` of records."""
@@ -249,7 +262,8 @@ def solve_path(train, val, corr, num_classes, path, choose, cfg, bar):
     spectra = (vecs.to(dtype), vals.to(dtype))
     P = torch.zeros(len(corr), num_classes, corr[0].shape[0] + 1, dtype=dtype, device=device)
     state = new_state(P)
-    out = [dict(P=None, l2=None, loss=math.inf, since=0, path=[]) for _ in corr]
+    out: list[dict[str, Any]] = [dict(P=None, l2=None, loss=math.inf, since=0, path=[])
+                                 for _ in corr]
     live, previous = np.arange(len(corr)), None
     tol = cfg.tol * PATH_TOL_FACTOR if choose else cfg.tol
     for l2 in path:
@@ -291,10 +305,11 @@ def _refine(train, val, spectra, out, cfg):
         o.update(P=P[k], final=_record(o["l2"], top1[k], loss[k], iters[k], passes[k], met[k]))
 
 
-def export_head(mean, var, P):
+def export_head(mean: torch.Tensor, var: torch.Tensor, P: torch.Tensor) -> LinearHead:
     """A :class:`LinearHead` that computes what the solver solved: BatchNorm's eval with
     the training statistics, then the weights (the bias centred, which softmax ignores)."""
     head = LinearHead(P.shape[1] - 1, P.shape[0])
+    assert head.norm.running_mean is not None and head.norm.running_var is not None
     with torch.no_grad():
         head.norm.running_mean.copy_(mean)
         head.norm.running_var.copy_(var)
@@ -319,8 +334,10 @@ def _threads(multiply_adds, device):
             torch.set_num_threads(before)
 
 
-def fit_linear(source, views, dims, train_rows, val_rows, num_classes, cfg, progress=True,
-               desc="linear", dtype=torch.float32):
+def fit_linear(source: Any, views: Sequence[Any], dims: Sequence[int], train_rows: np.ndarray,
+               val_rows: np.ndarray, num_classes: int, cfg: Any, progress: bool = True,
+               desc: str = "linear", dtype: torch.dtype = torch.float32
+               ) -> tuple[list[dict[str, Any]], float]:
     """Linear probes on ``views`` (vectors of widths ``dims``) by full-batch L-BFGS, the
     keys of each width solved together.  ``cfg``: a TrainConfig filled in for the linear
     head (device, l2, max_iter, tol).  Returns (per view a dict: ``head``, ``val_top1``,
@@ -328,10 +345,10 @@ def fit_linear(source, views, dims, train_rows, val_rows, num_classes, cfg, prog
     start = time.perf_counter()
     device = torch.device(cfg.device)
     path, choose = l2_path(cfg.l2, len(val_rows))
-    groups = {}
+    groups: dict[int, list[int]] = {}
     for i, d in enumerate(dims):
         groups.setdefault(d, []).append(i)
-    results = [None] * len(views)
+    results: list[Any] = [None] * len(views)
     bar = tqdm(total=(len(path) + 1) * len(groups), desc=desc, unit="l2",
                disable=not progress, leave=False)
     for width, members in groups.items():

@@ -162,7 +162,7 @@ class _Single(torch.nn.Module):
         super().__init__()
         self.head = head
 
-    def forward(self, xs):
+    def forward(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [self.head(xs[0])]
 
 

@@ -13,7 +13,9 @@ CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)).  Everything after the feature pr
 X X^T is float64 on the chosen device; that product uses ``dtype`` (float32 by default,
 the precision features are stored in, on mean-centred features so nothing cancels).
 """
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,11 +40,13 @@ class Estimator:
     device: torch.device = torch.device("cpu")
 
     @property
-    def min_batch(self):
+    def min_batch(self) -> int:
         return 4 if self.unbiased else 2
 
 
-def make_estimator(kernel="linear", sigma=1.0, unbiased=False, device="cpu", dtype=None):
+def make_estimator(kernel: str = "linear", sigma: float = 1.0, unbiased: bool = False,
+                   device: str | torch.device | None = "cpu",
+                   dtype: str | torch.dtype | None = None) -> Estimator:
     if kernel not in KERNELS:
         raise ProbeError(f"unknown CKA kernel {kernel!r}: use one of {', '.join(KERNELS)}")
     if kernel == "rbf" and not (np.isfinite(sigma) and sigma > 0):
@@ -56,12 +60,13 @@ def make_estimator(kernel="linear", sigma=1.0, unbiased=False, device="cpu", dty
     return Estimator(kernel, float(sigma), bool(unbiased), dtype, device)
 
 
-def feature_grams(slabs, est):
+def feature_grams(slabs: Iterable[Any], est: Estimator) -> tuple[torch.Tensor, torch.Tensor]:
     """X_c X_c^T (k, n, n) in ``est.dtype`` for k representations of one batch, and which
     of them are constant (k,).  ``slabs`` yields (k, n, ...) pieces of the features (all
     of them, or column slabs of large rows).  Centring first keeps the float32 product
     accurate (HSIC is unchanged by it).  No host sync, so a GPU never waits."""
-    gram, size = None, 0.0
+    gram: torch.Tensor | None = None
+    size: torch.Tensor | float = 0.0
     for part in slabs:
         x = part if torch.is_tensor(part) else torch.from_numpy(np.asarray(part))
         x = x.to(est.device).reshape(x.shape[0], x.shape[1], -1).to(est.dtype)
@@ -70,6 +75,7 @@ def feature_grams(slabs, est):
         g = x @ x.transpose(1, 2)
         gram = g if gram is None else gram + g
         size = size + x.shape[1] * mu.double().square().sum((1, 2))
+    assert gram is not None, "no slabs"
     spread = gram.diagonal(dim1=1, dim2=2).sum(1, dtype=torch.float64)
     # sum of squared norms = spread around the mean + n |mean|^2
     return gram, spread <= CONSTANT_TOL * (size + spread)
@@ -87,7 +93,7 @@ def _median_offdiag(d):
     return (lo + hi) / 2
 
 
-def kernel_matrices(gram, est):
+def kernel_matrices(gram: torch.Tensor, est: Estimator) -> torch.Tensor:
     """Kernels (k, n, n) from the centred linear Grams: themselves, or the RBF (float64)
     with sigma = est.sigma * median pairwise Euclidean distance in the batch."""
     if est.kernel == "linear":
@@ -101,7 +107,8 @@ def kernel_matrices(gram, est):
     return torch.where(ok, torch.exp(-d2 / torch.where(ok, width, 1.0)), 1.0)
 
 
-def kernels_into(slabs, est, out):
+def kernels_into(slabs: Iterable[Any], est: Estimator, out: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Write k representations' kernels on one batch into ``out`` (float64, (k, n, n); zero
     diagonal for the unbiased HSIC); return their row sums (k, n) and constant flags (k,)."""
     gram, constant = feature_grams(slabs, est)
@@ -126,9 +133,12 @@ class HSICAccumulator:
     and self terms together.  Each batch is weighted by its size.
     """
 
-    def __init__(self, est):
+    def __init__(self, est: Estimator) -> None:
         self.est = est
-        self.cross = self.self_a = self.self_b = None
+        # None until the first batch; self_b is self_a (the same tensor) with one file
+        self.cross: Any = None
+        self.self_a: Any = None
+        self.self_b: Any = None
         self.batches = 0
 
     def _hsic(self, n, inner, rr, ss):
@@ -139,7 +149,8 @@ class HSICAccumulator:
             c1, c2, scale = 2 / n, 1 / n ** 2, 1 / (n - 1) ** 2
         return (inner - c1 * rr + c2 * ss) * (n * scale)
 
-    def add(self, a, b=None):
+    def add(self, a: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+            b: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         ka, ra, ca = a
         n = ra.shape[1]
         live_a = (~ca).double()
@@ -147,7 +158,7 @@ class HSICAccumulator:
         if b is None:
             cross = self._hsic(n, ka @ ka.T, ra @ ra.T, sa[:, None] * sa[None, :])
             cross *= live_a[:, None] * live_a[None, :]
-            selfs = (cross.diagonal().clone(),)
+            selfs: tuple[torch.Tensor, ...] = (cross.diagonal().clone(),)
         else:
             kb, rb, cb = b
             live_b = (~cb).double()
@@ -167,7 +178,7 @@ class HSICAccumulator:
                 self.self_b += selfs[1]
         self.batches += 1
 
-    def cka(self):
+    def cka(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(matrix, constant rows, constant columns) as numpy; pairs with a
         representation that never varied are defined as 0."""
         cross, sa, sb = (t.double().cpu().numpy() for t in (self.cross, self.self_a, self.self_b))

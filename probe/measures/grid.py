@@ -4,12 +4,15 @@ Memory stays bounded by one batch: for each batch, the keys' rows are read (keys
 size together; a key with large rows alone, in column slabs), turned into one kernel
 matrix per key and stacked; the pair matmul then consumes the stack.
 """
+from collections.abc import Iterator, Sequence
+from typing import Any
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import ProbeError
-from .core import HSICAccumulator, kernels_into
+from .core import Estimator, HSICAccumulator, kernels_into
 
 # HDF5 costs ~70 us per selection but streams ~1.5 GB/s, so rows closer than this many
 # bytes are read as one slice and the rows in between dropped
@@ -23,7 +26,7 @@ GROUP_GRAM_BYTES = 1 << 30
 MAX_GRAM_BYTES = 8 << 30
 
 
-def align_ids(fa, fb):
+def align_ids(fa: Any, fb: Any) -> np.ndarray | None:
     """Row of ``fb`` for each row of ``fa`` (None when the files list the same ids in the
     same order)."""
     ids_a, ids_b = list(fa.ids), list(fb.ids)
@@ -44,7 +47,8 @@ def align_ids(fa, fb):
     return np.fromiter((pos[s] for s in ids_a), dtype=np.int64, count=len(ids_a))
 
 
-def make_batches(n, minibatch, min_batch, shuffle=True, seed=0):
+def make_batches(n: int, minibatch: int | None, min_batch: int, shuffle: bool = True,
+                 seed: int = 0) -> list[np.ndarray]:
     """Row indices of each batch (sorted within a batch, for reading).  A last batch smaller
     than ``min_batch`` (the estimator's minimum) joins the one before it."""
     what = "the unbiased HSIC" if min_batch == 4 else "CKA"
@@ -63,7 +67,7 @@ def make_batches(n, minibatch, min_batch, shuffle=True, seed=0):
     return [np.sort(b) for b in batches]
 
 
-def read_rows(ds, idx, cols=slice(None)):
+def read_rows(ds: Any, idx: Any, cols: slice = slice(None)) -> np.ndarray:
     """``ds[idx, cols]`` for ascending row indices, reading nearby rows as one slice."""
     idx = np.asarray(idx)
     span = (lambda a, b: ds[a:b]) if ds.ndim == 1 else (lambda a, b: ds[a:b, cols])
@@ -82,7 +86,8 @@ def _group(sizes, n, itemsize):
     size, the group's features under SLAB_BYTES (in the compute dtype) and its kernels
     under GROUP_GRAM_BYTES.  A key too big on its own is alone and read in slabs.  Returns
     lists of key positions; the processing order is their concatenation."""
-    groups, open_ = [], {}
+    groups: list[list[int]] = []
+    open_: dict[int, list[int]] = {}
     most = max(1, GROUP_GRAM_BYTES // (n * n * 8))
     for i, d in enumerate(sizes):
         one = n * d * itemsize
@@ -107,10 +112,10 @@ class FileSource:
     def __len__(self):
         return len(self.ff)
 
-    def groups(self, n, itemsize):
+    def groups(self, n: int, itemsize: int) -> list[list[int]]:
         return _group([int(np.prod(d.shape[1:])) for d in self.dsets], n, itemsize)
 
-    def slabs(self, group, idx):
+    def slabs(self, group: Sequence[int], idx: Any) -> Iterator[np.ndarray]:
         """(k, n, ...) pieces of rows ``idx`` (any order) of the keys in ``group``: one
         piece with all of them, or column slabs (along axis 1) of a single large key."""
         order = np.argsort(idx, kind="stable")
@@ -148,10 +153,10 @@ class ArraySource:
     def __len__(self):
         return len(self.arrays[0])
 
-    def groups(self, n, itemsize):
+    def groups(self, n: int, itemsize: int) -> list[list[int]]:
         return _group([int(np.prod(a.shape[1:])) for a in self.arrays], n, itemsize)
 
-    def slabs(self, group, idx):
+    def slabs(self, group: Sequence[int], idx: Any) -> Iterator[np.ndarray | torch.Tensor]:
         rows = [self.arrays[i] for i in group]
         if all(torch.is_tensor(a) for a in rows):
             t = torch.as_tensor(np.asarray(idx), device=rows[0].device)
@@ -174,7 +179,10 @@ def _stack(src, groups, idx, est):
     return kernels, torch.cat(sums), torch.cat(flags)
 
 
-def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, progress=False):
+def run(src_a: FileSource | ArraySource, src_b: FileSource | ArraySource | None, est: Estimator,
+        minibatch: int | None = None, shuffle: bool = True, seed: int = 0,
+        rows_b: np.ndarray | None = None, progress: bool = False
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """CKA between every key of ``src_a`` and every key of ``src_b`` (or of ``src_a`` when
     ``src_b`` is None).  ``rows_b[i]`` is the row of ``src_b`` paired with row i of
     ``src_a``.  Returns (matrix, constant rows, constant columns, batch sizes)."""
@@ -188,7 +196,7 @@ def run(src_a, src_b, est, minibatch=None, shuffle=True, seed=0, rows_b=None, pr
     itemsize = torch.empty((), dtype=est.dtype).element_size()
     # keys of one size are multiplied together; the matrix is put back in key order at the end
     groups_a = src_a.groups(n, itemsize)
-    groups_b = src_b.groups(n, itemsize) if src_b is not None else None
+    groups_b = src_b.groups(n, itemsize) if src_b is not None else []  # unused without src_b
     acc = HSICAccumulator(est)
     with torch.no_grad():
         for idx in tqdm(batches, desc="CKA", unit="batch", disable=not progress or len(batches) < 2):

@@ -8,12 +8,19 @@ applied to whole kernel matrices, so that a permutation null and a bootstrap reu
 Shuffling the samples of one side only reorders that side's kernel: with the kernels
 made once, HSIC(K, L[p][:, p]) for a chunk of permutations p is one matrix product.
 """
-from dataclasses import dataclass
+from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 import torch
 
 from .core import HSICAccumulator, kernel_matrices, make_estimator
-from .reading import centred
+from .reading import Raw, centred
+
+if TYPE_CHECKING:
+    from .pairs import Options
 
 SETTINGS = {"cka": ("linear", False), "cka-unbiased": ("linear", True), "cka-rbf": ("rbf", False)}
 
@@ -26,7 +33,7 @@ class Side:
     constant: bool
 
 
-def needs_features(opts, n, dims):
+def needs_features(opts: Options, n: int, dims: int) -> bool:
     return False
 
 
@@ -47,11 +54,12 @@ def _side(gram, est, constant, same=None):
     return Side(gram, k, k.sum(1), constant)
 
 
-def prepare(raw, opts):
+def prepare(raw: Raw, opts: Options) -> Side:
+    assert raw.gram is not None  # read without features (needs_features)
     return _side(centred(raw.gram), _estimator(opts), raw.constant)
 
 
-def score(a, b, opts, perms=None):
+def score(a: Side, b: Side, opts: Options, perms: torch.Tensor | None = None) -> np.ndarray:
     """CKA of ``a`` with ``b`` (numpy, (1,)), or with ``b``'s samples shuffled by each row
     of ``perms`` ((c,))."""
     est = _estimator(opts)
@@ -66,10 +74,11 @@ def score(a, b, opts, perms=None):
     return acc.cka()[0][0]
 
 
-def resample(a, b, opts, idx):
+def resample(a: Side, b: Side, opts: Options, idx: torch.Tensor) -> float:
     """CKA on the bootstrap sample ``idx`` (the RBF bandwidth is the resample's median).
     The biased HSIC counts a copy like any sample (so it sees fewer distinct samples and
     grows, see docs/cka.md); the unbiased one leaves pairs of copies out."""
     est = _estimator(opts)
     same = idx[:, None] == idx[None, :]
-    return float(score(*(_side(s.gram[idx][:, idx], est, s.constant, same) for s in (a, b)), opts)[0])
+    ra, rb = (_side(s.gram[idx][:, idx], est, s.constant, same) for s in (a, b))
+    return float(score(ra, rb, opts)[0])

@@ -16,11 +16,18 @@ sample to unit length, then take inner products); a sample is never its own neig
 Every term needs only the k neighbours of each sample, so a permutation of one side
 relabels that side's neighbour lists (computed once) and costs O(n k).
 """
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .pairs import Options
+    from .reading import Raw
 
 SORT_ROWS = 256  # rows with a tie, sorted at once
 
@@ -36,11 +43,11 @@ class Side:
     constant: bool
 
 
-def needs_features(opts, n, dims):
+def needs_features(opts: Options, n: int, dims: int) -> bool:
     return False
 
 
-def cosine(gram):
+def cosine(gram: torch.Tensor) -> torch.Tensor:
     norm = gram.diagonal().sqrt().clamp_min(1e-12)  # torch's normalize: a zero vector stays zero
     return gram / torch.outer(norm, norm)
 
@@ -70,7 +77,8 @@ def _nearest(s, k):
     in both representations: the rows with such a tie are sorted stably (the rest keep
     torch's faster topk, whose order among ties is arbitrary but whose set is not)."""
     vals, cols = s.topk(min(k + 1, s.shape[1]), dim=1)
-    tied = torch.nonzero(vals[:, k - 1] == vals[:, -1]).flatten() if vals.shape[1] > k else []
+    tied: torch.Tensor | list[Any] = (torch.nonzero(vals[:, k - 1] == vals[:, -1]).flatten()
+                                      if vals.shape[1] > k else [])
     vals, cols = vals[:, :k].clone(), cols[:, :k].clone()
     for i in range(0, len(tied), SORT_ROWS):
         rows = tied[i:i + SORT_ROWS]
@@ -79,7 +87,8 @@ def _nearest(s, k):
     return vals, cols
 
 
-def prepare(raw, opts):
+def prepare(raw: Raw, opts: Options) -> Side:
+    assert raw.gram is not None  # read without features (needs_features)
     return _side(cosine(raw.gram), opts, keep=opts.bootstrap, constant=raw.constant)
 
 
@@ -121,7 +130,7 @@ def _hsic(a, b, perms=None):
     return (trace + total - 2 * middle / (n - 2)) / (n * (n - 3))
 
 
-def score(a, b, opts, perms=None):
+def score(a: Side, b: Side, opts: Options, perms: torch.Tensor | None = None) -> np.ndarray:
     """The measure of ``a`` with ``b`` (numpy (1,)), or with ``b``'s samples shuffled by
     each row of ``perms`` ((c,)).  A representation that never varies has no neighbours to
     speak of: 0."""
@@ -136,9 +145,12 @@ def score(a, b, opts, perms=None):
     return (_hsic(a, b, perms) / math.sqrt(denom)).cpu().numpy()
 
 
-def resample(a, b, opts, idx):
+def resample(a: Side, b: Side, opts: Options, idx: torch.Tensor) -> float:
     """The measure on the bootstrap sample ``idx``; copies of one sample are not each
     other's neighbours (they would be in both representations, at distance 0)."""
     same = idx[:, None] == idx[None, :]
-    sides = [_side(s.sim[idx][:, idx], opts, same, constant=s.constant) for s in (a, b)]
-    return float(score(*sides, opts)[0])
+    sides = []
+    for s in (a, b):
+        assert s.sim is not None  # kept by prepare for a bootstrap
+        sides.append(_side(s.sim[idx][:, idx], opts, same, constant=s.constant))
+    return float(score(sides[0], sides[1], opts)[0])

@@ -10,7 +10,9 @@ made once per run from ``seed`` and shared by every pair:
 - a bootstrap resamples the samples with replacement; each resample re-derives the
   measure from the prepared matrices (rows and columns picked, not features re-read).
 """
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +53,8 @@ def _count(name, v, least=0):
     return int(v)
 
 
-def options(metric, k, sigma, rsa_corr, rdm, device, bootstrap):
+def options(metric: str, k: int, sigma: float, rsa_corr: str, rdm: str,
+            device: str | torch.device | None, bootstrap: int) -> Options:
     """The measure's settings, checked (each error names the flag to fix)."""
     from ..device import resolve_device
 
@@ -68,31 +71,32 @@ def options(metric, k, sigma, rsa_corr, rdm, device, bootstrap):
                    bool(bootstrap))
 
 
-def check_draws(permutations, bootstrap, ci):
+def check_draws(permutations: int, bootstrap: int, ci: float) -> None:
     _count("--permutations", permutations)
     _count("--bootstrap", bootstrap)
     if isinstance(ci, bool) or not (isinstance(ci, (int, float)) and 0 < ci < 1):
         raise ProbeError(f"--ci is the interval's coverage, between 0 and 1 (e.g. 0.95), got {ci!r}")
 
 
-def smallest(opts):
+def smallest(opts: Options) -> int:
     """The fewest samples the measure is defined on."""
     if opts.metric in ("cka-unbiased", "cknna"):
         return max(4, opts.k + 1)
     return {"mutual-knn": opts.k + 1, "rsa": 3}.get(opts.metric, 2)
 
 
-def square_bytes(n):
+def square_bytes(n: int) -> int:
     return n * n * 8
 
 
-def needs_square(opts, n, sizes):
+def needs_square(opts: Options, n: int, sizes: Sequence[int]) -> bool:
     """Whether the measure builds n x n matrices for keys of these feature sizes."""
     family = FAMILIES[opts.metric]
     return not all(family.needs_features(opts, n, d) for d in sizes)
 
 
-def pick_samples(n, sizes, opts, subsample, max_samples, seed):
+def pick_samples(n: int, sizes: Sequence[int], opts: Options, subsample: int | None,
+                 max_samples: int, seed: int) -> np.ndarray | None:
     """The sample rows used (None: all n), after the size checks: too few samples, or more
     than ``max_samples`` for a measure of n x n matrices without ``subsample``."""
     if subsample is not None:
@@ -114,7 +118,8 @@ def pick_samples(n, sizes, opts, subsample, max_samples, seed):
     return np.sort(np.random.default_rng([seed, 0]).choice(n, subsample, replace=False))
 
 
-def draws(n, permutations, bootstrap, seed, device):
+def draws(n: int, permutations: int, bootstrap: int, seed: int, device: torch.device
+          ) -> tuple[torch.Tensor | None, ...]:
     """The permutations (P, n) and bootstrap resamples (B, n) every pair uses."""
     g = np.random.default_rng([seed, 1])
     perms = np.stack([g.permutation(n) for _ in range(permutations)]) if permutations else None
@@ -126,10 +131,11 @@ class Sides:
     """Prepared keys, each made once while the cache has room."""
 
     def __init__(self, opts):
-        self.opts, self.cache, self.used = opts, {}, 0
-        self.constant = set()
+        self.opts, self.used = opts, 0
+        self.cache: dict[tuple[Any, ...], Any] = {}
+        self.constant: set[tuple[Any, Any]] = set()
 
-    def get(self, src, pos, rows):
+    def get(self, src: Any, pos: int, rows: np.ndarray | None) -> Any:
         name = (src.name, src.keys[pos], rows is None)
         if name in self.cache:
             return self.cache[name]
@@ -157,8 +163,9 @@ def _null(family, a, b, opts, perms, observed):
     return null.mean(), (1 + extreme.sum()) / (1 + len(null))
 
 
-def run(src_a, src_b, rows_a, rows_b, opts, permutations=0, bootstrap=0, ci=0.95, seed=0,
-        progress=False):
+def run(src_a: Any, src_b: Any, rows_a: np.ndarray | None, rows_b: np.ndarray | None,
+        opts: Options, permutations: int = 0, bootstrap: int = 0, ci: float = 0.95, seed: int = 0,
+        progress: bool = False) -> dict[str, Any]:
     """Every pair of ``src_a``'s keys (rows) with ``src_b``'s (columns), on sample rows
     ``rows_a`` of a and ``rows_b`` of b (None: all, in file order).  Returns a dict of
     (rows x cols) matrices: value, and null_mean, p_value, ci_low, ci_high when asked for,
@@ -167,7 +174,7 @@ def run(src_a, src_b, rows_a, rows_b, opts, permutations=0, bootstrap=0, ci=0.95
     n = len(src_a) if rows_a is None else len(rows_a)
     perms, boots = draws(n, permutations, bootstrap, seed, opts.device)
     shape = (len(src_a.keys), len(src_b.keys))
-    out = {"value": np.zeros(shape)}
+    out: dict[str, Any] = {"value": np.zeros(shape)}
     if perms is not None:
         out.update(null_mean=np.zeros(shape), p_value=np.zeros(shape))
     if boots is not None:

@@ -8,6 +8,7 @@ features themselves.  Rows are read through the sources of grid.py, so large key
 in channel slabs and memory stays at one n x n matrix (or the n x p features).
 """
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,19 +27,20 @@ class Raw:
     x: torch.Tensor | None = None
 
 
-def dims(src, pos):
+def dims(src: Any, pos: int) -> int:
     """Features per sample of key ``pos`` of a source."""
     shapes = src.dsets if hasattr(src, "dsets") else src.arrays
     return int(np.prod(shapes[pos].shape[1:]))
 
 
-def centred(gram):
+def centred(gram: torch.Tensor) -> torch.Tensor:
     """H G H, the Gram matrix of the features minus their mean over the samples."""
     r = gram.mean(1)
     return gram - r[:, None] - r[None, :] + r.mean()
 
 
-def read(src, pos, rows, device, features=False):
+def read(src: Any, pos: int, rows: np.ndarray, device: torch.device, features: bool = False
+         ) -> Raw:
     """Key ``pos`` of ``src`` on sample rows ``rows`` (in that order) as a :class:`Raw`:
     the features when ``features``, else the Gram matrix and per-sample sums."""
     parts = (torch.as_tensor(np.asarray(p)) if not torch.is_tensor(p) else p
@@ -48,7 +50,8 @@ def read(src, pos, rows, device, features=False):
         x = torch.cat(list(parts), 1)
         xc = x - x.mean(0)
         return Raw(x.shape[1], _flat(xc.square().sum(), x.square().sum()), x=x)
-    gram = sums = None
+    gram: Any = None  # sums of the slabs' products
+    sums: Any = None
     for x in parts:
         g, s = x @ x.T, x.sum(1)
         gram, sums = (g, s) if gram is None else (gram + g, sums + s)

@@ -1,13 +1,16 @@
 """What `probe.cka` and `probe.measures.similarity` return: the matrix, its labels, the
 panels to draw, the permutation null and bootstrap interval when asked for, and files."""
 import csv
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ..errors import ProbeError, suggest
 from ..files import atomic_json, atomic_write
-from ..selection import parse_key
+from ..selection import Key, parse_key
 from ..store import key_name
 
 ACROSS = ("blocks", "timesteps", "all")
@@ -24,7 +27,7 @@ DISTANCES = ("procrustes",)  # lower is more similar
 SHIFTED_BY_RESAMPLING = ("cka", "cka-rbf", "procrustes", "svcca")
 
 
-def interval_method(metric):
+def interval_method(metric: str) -> str:
     return "bias-corrected percentile" if metric in SHIFTED_BY_RESAMPLING else "percentile"
 # what the uncertainty matrices are called in the JSON and the stats CSV
 STATS = ("null_mean", "p_value", "ci_low", "ci_high")
@@ -70,27 +73,27 @@ class SimilarityResult:
     uncertainty: dict = field(default_factory=dict)
 
     @property
-    def label(self):
+    def label(self) -> str:
         return LABELS.get(self.metric, self.metric)
 
     @property
-    def distance(self):
+    def distance(self) -> bool:
         return self.metric in DISTANCES
 
     @property
-    def has_stats(self):
+    def has_stats(self) -> bool:
         return any(getattr(self, s) is not None for s in STATS)
 
     @property
-    def row_labels(self):
+    def row_labels(self) -> list[str]:
         return [key_name(*k) for k in self.rows]
 
     @property
-    def col_labels(self):
+    def col_labels(self) -> list[str]:
         return [key_name(*k) for k in self.cols]
 
     @property
-    def two_files(self):
+    def two_files(self) -> bool:
         return self.files[1] is not None
 
     def __repr__(self):
@@ -99,7 +102,7 @@ class SimilarityResult:
         return (f"{what}{m.shape[0]}x{m.shape[1]} over {self.num_samples} samples, "
                 f"across={self.across}, min={m.min():.3f}, max={m.max():.3f})")
 
-    def value(self, row, col):
+    def value(self, row: str | Key, col: str | Key) -> float:
         """The measure of one row key and one column key ('t100/block' or (100, 'block'))."""
         row, col = parse_key(row), parse_key(col)
         for k, keys, side in ((row, self.rows, "row"), (col, self.cols, "column")):
@@ -109,7 +112,7 @@ class SimilarityResult:
         return float(self.matrix[self.rows.index(row), self.cols.index(col)])
 
     # -- panels and lines ---------------------------------------------------------------
-    def panels(self, across=None):
+    def panels(self, across: str | None = None) -> list[Panel]:
         """The heatmaps to draw: one per t (across blocks), one per block (across
         timesteps), or one of everything (all).  Columns from a second file that has a
         single timestep (or block) go with every panel."""
@@ -139,7 +142,8 @@ class SimilarityResult:
                              f"{across}: use --across all")
         return out
 
-    def line(self, blocks=None, ref=None):
+    def line(self, blocks: str | Sequence[str] | None = None, ref: str | None = None
+             ) -> tuple[dict[str, tuple[list[Any], list[float]]], str]:
         """The measure against t for some blocks: {block: (timesteps, values)} and a
         description of what each (t, block) is compared with.
 
@@ -160,7 +164,7 @@ class SimilarityResult:
         elif isinstance(blocks, str):
             blocks = [b for b in blocks.split(",") if b]
         known = list(dict.fromkeys(b for _, b in self.rows))
-        lines = {}
+        lines: dict[str, tuple[list[Any], list[float]]] = {}
         for b in blocks:
             if b not in known:
                 raise ProbeError(f"block {b!r} is not in the {self.label} rows{suggest(b, known)}")
@@ -194,7 +198,7 @@ class SimilarityResult:
         return key_name(*parse_key(ref))
 
     # -- files --------------------------------------------------------------------------
-    def to_csv(self, path):
+    def to_csv(self, path: str | os.PathLike) -> str | os.PathLike:
         """The matrix with its labels: first row the column keys, first column the row keys;
         values written exactly (shortest round-trip decimal)."""
         with atomic_write(path, newline="") as f:
@@ -204,7 +208,7 @@ class SimilarityResult:
                 w.writerow([lab] + [repr(float(v)) for v in row])
         return path
 
-    def to_stats_csv(self, path):
+    def to_stats_csv(self, path: str | os.PathLike) -> str | os.PathLike:
         """One line per (row, column) pair: the value, then the permutation null's mean and
         p-value and the bootstrap interval, those that were computed."""
         stats = [s for s in STATS if getattr(self, s) is not None]
@@ -217,8 +221,8 @@ class SimilarityResult:
                            + [repr(float(getattr(self, s)[i, j])) for s in stats])
         return path
 
-    def to_dict(self):
-        out = {"metric": self.metric, "distance": self.distance,
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"metric": self.metric, "distance": self.distance,
                "rows": self.row_labels, "cols": self.col_labels,
                "matrix": self.matrix.tolist(), "across": self.across,
                "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
@@ -229,7 +233,7 @@ class SimilarityResult:
             out.update({s: getattr(self, s).tolist() for s in STATS if getattr(self, s) is not None})
         return out
 
-    def to_json(self, path):
+    def to_json(self, path: str | os.PathLike) -> str | os.PathLike:
         atomic_json(self.to_dict(), path)
         return path
 
@@ -237,10 +241,10 @@ class SimilarityResult:
 CKAResult = SimilarityResult  # its name before the other measures came
 
 
-def t_label(t, sep="="):
+def t_label(t: float | None, sep: str = "=") -> str:
     """'t=T' for a timestep; for a network without timesteps, what it sees instead."""
     return "clean image (no t)" if t is None else f"t{sep}{t}"
 
 
-def re_t(s):
+def re_t(s: object) -> bool:
     return isinstance(s, str) and len(s) > 1 and s[0] == "t" and s[1:].isdigit()

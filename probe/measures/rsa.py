@@ -9,14 +9,20 @@ Shuffling one side's samples only moves its RDM entries between pairs (a Mantel 
 each side's triangle is ranked and standardised once; a permutation's RSA is then an
 inner product with the other side's, and a chunk of permutations is one matrix product.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy.stats import rankdata
 
 from .core import CONSTANT_TOL
-from .reading import centred
+from .reading import Raw, centred
+
+if TYPE_CHECKING:
+    from .pairs import Options
 
 
 @dataclass
@@ -26,12 +32,13 @@ class Side:
     constant: bool     # every pair is as dissimilar as every other: no correlation to take
 
 
-def needs_features(opts, n, dims):
+def needs_features(opts: Options, n: int, dims: int) -> bool:
     return False
 
 
-def dissimilarities(raw, kind):
+def dissimilarities(raw: Raw, kind: str) -> torch.Tensor:
     g = raw.gram
+    assert g is not None and raw.sums is not None  # read without features (needs_features)
     if kind == "correlation":
         # inner products of the samples, each centred over its own features
         c = g - torch.outer(raw.sums, raw.sums) / raw.dims
@@ -71,11 +78,11 @@ def _side(d, opts):
     return Side(d, zm, z is None)
 
 
-def prepare(raw, opts):
+def prepare(raw: Raw, opts: Options) -> Side:
     return _side(dissimilarities(raw, opts.rdm), opts)
 
 
-def score(a, b, opts, perms=None):
+def score(a: Side, b: Side, opts: Options, perms: torch.Tensor | None = None) -> np.ndarray:
     """RSA of ``a`` with ``b`` (numpy (1,)), or with ``b``'s samples shuffled by each row of
     ``perms`` ((c,)).  The mean over the n(n-1) off-diagonal entries of z_a z_b is the
     correlation of the triangles."""
@@ -86,7 +93,7 @@ def score(a, b, opts, perms=None):
     return (zb.reshape(len(zb), -1) @ a.z.reshape(-1) / (n * (n - 1))).cpu().numpy()
 
 
-def resample(a, b, opts, idx):
+def resample(a: Side, b: Side, opts: Options, idx: torch.Tensor) -> float:
     """RSA on the bootstrap sample ``idx``, over the pairs of two different samples (a
     sample drawn twice is no pair: its zero dissimilarity with itself would count as
     agreement)."""

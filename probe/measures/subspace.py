@@ -14,12 +14,18 @@ once to a factor F (n x r, r <= min(n, p)) with F F^T = X_c X_c^T: from the SVD 
 features when p <= n, else from the eigenvectors of the Gram matrix.  A permutation of
 one side permutes the rows of its factor.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .reading import Raw, centred
+
+if TYPE_CHECKING:
+    from .pairs import Options
 
 VARIANCE = 0.99  # SVCCA keeps the directions that explain this much of the variance
 
@@ -31,7 +37,7 @@ class Side:
     constant: bool
 
 
-def needs_features(opts, n, dims):
+def needs_features(opts: Options, n: int, dims: int) -> bool:
     """Fewer features than samples: an SVD of the features beats an n x n eigenproblem."""
     return dims <= n
 
@@ -48,7 +54,7 @@ def _factor(raw):
     return u[:, keep], s[keep]
 
 
-def prepare(raw, opts):
+def prepare(raw: Raw, opts: Options) -> Side:
     u, s = _factor(raw)
     constant = raw.constant or len(s) == 0
     factor = u * s
@@ -61,7 +67,7 @@ def prepare(raw, opts):
     return Side(factor, basis, constant)
 
 
-def score(a, b, opts, perms=None):
+def score(a: Side, b: Side, opts: Options, perms: torch.Tensor | None = None) -> np.ndarray:
     """The measure of ``a`` with ``b`` (numpy (1,)), or with ``b``'s samples shuffled by
     each row of ``perms`` ((c,)).  A representation that never varies is as far as can be:
     Procrustes 2, SVCCA 0."""
@@ -75,7 +81,7 @@ def score(a, b, opts, perms=None):
     return sv.clamp_max(1).mean(1).cpu().numpy()
 
 
-def resample(a, b, opts, idx):
+def resample(a: Side, b: Side, opts: Options, idx: torch.Tensor) -> float:
     """The measure on the bootstrap sample ``idx``: the factors' rows are the samples."""
     sides = [prepare(Raw(s.factor.shape[1], s.constant, x=s.factor[idx]), opts) for s in (a, b)]
-    return float(score(*sides, opts)[0])
+    return float(score(sides[0], sides[1], opts)[0])

@@ -12,11 +12,11 @@ import torch
 from ..device import resolve_device
 
 
-def launched():
+def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def setup(device=None):
+def setup(device: str | torch.device | None = None) -> str | torch.device | None:
     """Join the process group if a launcher started us; return this rank's device."""
     if not launched():
         return device
@@ -35,6 +35,6 @@ def setup(device=None):
     return device
 
 
-def teardown():
+def teardown() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

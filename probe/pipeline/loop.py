@@ -80,6 +80,7 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
     def noised(tt, k):
         if not settings.add_noise:
             return x0
+        assert settings.noise_seed is not None  # settings with noise always have its seed
         noise = per_sample_noise(x0.shape[1:], settings.noise_seed, ids, tt, k,
                                  device=x0.device, dtype=x0.dtype)
         return model.q_sample(x0, tt, noise)

@@ -3,7 +3,11 @@
 The parts are streamed one at a time into a temporary file next to ``OUT``, which is marked
 complete and renamed into place: ``OUT`` appears whole or not at all.
 """
+from __future__ import annotations
+
 import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -12,8 +16,13 @@ from ..errors import ProbeError
 from ..data.segmentation import copy_masks, has_masks
 from .loop import DTYPES
 
+if TYPE_CHECKING:
+    from ..selection import Key
+    from .workdir import Workdir
 
-def assemble(out, work, data, n_total, keys, dtype, attrs):
+
+def assemble(out: str, work: Workdir, data: Any, n_total: int, keys: Sequence[Key], dtype: str,
+             attrs: dict[str, Any]) -> None:
     """Write the parts of ``work`` (which must cover all ``n_total`` images) to ``out``,
     then remove ``work``."""
     parts = work.part_files()
@@ -45,7 +54,9 @@ def assemble(out, work, data, n_total, keys, dtype, attrs):
 def _survey(parts, keys):
     """The sorted dataset indices done and skipped in ``parts``, and the feature shape of
     each key (None if every image was skipped)."""
-    index, skipped, shapes = [], [], None
+    index: list[np.ndarray] = []
+    skipped: Any = []  # the parts' arrays, then their sorted union
+    shapes = None
     for p in parts:
         with np.load(p) as z:
             index.append(z["index"])
@@ -71,7 +82,7 @@ def _copy_parts(parts, good, dsets):
                 ds[sel] = z[f"k{j}"]
 
 
-def summary(out, n, elapsed, log, world=1):
+def summary(out: str, n: int, elapsed: float, log: Callable[[str], Any], world: int = 1) -> None:
     """Log what ``out`` holds.  ``n``: images extracted by this session (a resumed run did
     the rest before)."""
     with store.open_features(out) as f:

@@ -8,15 +8,21 @@ the patch tokens (class and register tokens excluded).
 Token sequences (DiT, l-DAE, ViTs) are first laid on their (C, h, w) patch grid, without
 their prefix tokens, so every pooling but ``cls`` works for every family.
 """
+from __future__ import annotations
+
 import re
+from typing import TYPE_CHECKING
 
 from ..errors import ProbeError
+
+if TYPE_CHECKING:
+    import torch
 
 POOL_HELP = ("mean | avgK (e.g. avg4: adaptive average pool to 4x4) | none | cls (ViTs: the "
              "class token)")
 
 
-def parse_pool(pool):
+def parse_pool(pool: object) -> str:
     pool = str(pool).strip().lower()
     if pool in ("mean", "none", "cls"):
         return pool
@@ -26,7 +32,7 @@ def parse_pool(pool):
     raise ProbeError(f"bad --pool {pool!r}: use {POOL_HELP}")
 
 
-def apply_pool(feature, pool, prefix_tokens=0):
+def apply_pool(feature: torch.Tensor, pool: str, prefix_tokens: int = 0) -> torch.Tensor:
     """Pool one block output (B, C, H, W) or tokens (B, N, D); ``prefix_tokens``: how many
     tokens come before the patch grid (the network's class/register tokens)."""
     # imported here: the CLI reads POOL_HELP and parse_pool for `--help` without torch

@@ -3,6 +3,8 @@ own schedule and input pipeline, unconditional (class-conditional nets get their
 class).  Used for the DiT and ADM families; the checkpoint is the network's plain state
 dict, the family's own format.
 """
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -22,7 +24,8 @@ class DDPMObjective:
             raise ProbeError("probe train uses epsilon prediction with the full schedule: drop "
                              "predict_xstart, use_kl and timestep_respacing")
 
-    def loss(self, images, labels, generator):
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+             ) -> torch.Tensor:
         """Mean squared error of the predicted noise; randomness from ``generator`` (CPU)."""
         model = self.model
         x0 = model.prepare(images)
@@ -33,10 +36,10 @@ class DDPMObjective:
         out = model(x_t, t)
         return F.mse_loss(out[:, : x0.shape[1]], noise)
 
-    def extra_files(self):
+    def extra_files(self) -> dict[str, Any]:
         return {"config.json": self.config} if self.config is not None else {}
 
-    def export(self, meta=None):
+    def export(self, meta: Any = None) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.net.state_dict().items()}
 
 

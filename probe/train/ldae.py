@@ -11,6 +11,9 @@ MSE).  Each image's loss is weighted by lambda_t = 1 / (1 + sigma_t^2) (``loss_w
 ``augment="crop"`` pads each training image by S/8 (rounded) pixels of zeros and crops
 it back at a random offset before anything else.
 """
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -35,19 +38,20 @@ class LDAEObjective:
         self.loss_weight, self.residual_weight = cfg["loss_weight"], cfg["residual_weight"]
         self.net_output = cfg["net_output"]
 
-    def per_image_error(self, pred, target):
+    def per_image_error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean weighted squared residual per image, (B,)."""
         r = pred - target
         if self.model.net.tokenizer is None:
             return r.pow(2).flatten(1).mean(1)
         return self.model.net.tokenizer.weighted_error(r, self.residual_weight)
 
-    def sample_t(self, batch, generator):
+    def sample_t(self, batch: int, generator: torch.Generator) -> torch.Tensor:
         if self.single_t is not None:
             return torch.full((batch,), self.single_t, dtype=torch.long)
         return torch.randint(0, self.model.num_timesteps, (batch,), generator=generator)
 
-    def loss(self, images, labels, generator):
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+             ) -> torch.Tensor:
         """Weighted denoising loss of a batch of images in [0, 1] (labels unused).
         Randomness comes from ``generator`` (a CPU generator: same draws on any device)."""
         model = self.model
@@ -76,14 +80,14 @@ class LDAEObjective:
             err = err * (1 / (1 + sigma ** 2)).to(err.device, err.dtype)
         return err.mean()
 
-    def export(self, meta=None):
+    def export(self, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
         meta = dict(meta or {})
         if self.tokenizer_meta is not None:
             meta["tokenizer"] = self.tokenizer_meta
         return self.model.checkpoint(meta)
 
 
-def random_crop(images, generator):
+def random_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Pad (zeros) by S/8 pixels and crop back to S at a random offset per image."""
     s = images.shape[-1]
     pad = max(1, round(s / 8))
@@ -93,8 +97,10 @@ def random_crop(images, generator):
                         for i, (a, b) in enumerate(offsets.tolist())])
 
 
-def build(config, images=None, pca_patches=50000, seed=0, tokenizer_checkpoint=None,
-          tokenizer_options=None, progress=False):
+def build(config: Mapping[str, Any], images: Any = None, pca_patches: int = 50000, seed: int = 0,
+          tokenizer_checkpoint: str | None = None,
+          tokenizer_options: Mapping[str, Any] | None = None, progress: bool = False
+          ) -> ldae.LDAEExtractor:
     """A fresh l-DAE for ``config``; what was done to its tokenizer is recorded as its
     ``tokenizer_meta``.  With ``tokenizer_checkpoint`` (a ``probe train tokenizer``
     file) the tokenizer is loaded from it; else, with ``images`` (indexable by index

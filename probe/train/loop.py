@@ -262,7 +262,7 @@ class _Run:
             "wall_time_s": 0.0,
             "versions": {"probe": __version__, "torch": str(torch.__version__)}}
 
-    def resume(self, state):
+    def resume(self, state: dict[str, Any]) -> None:
         _check_same_run(state["run_config"], self.run_config, self.out)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -270,11 +270,11 @@ class _Run:
         torch.set_rng_state(state["rng"]["torch"])
         self.step, self.acc, self.log = state["step"], state["accumulators"], state["log"]
 
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """Linear warmup, then constant."""
         return self.lr * min(1.0, (self.step + 1) / self.warmup) if self.warmup else self.lr
 
-    def record(self, loss, images, seconds, log_every):
+    def record(self, loss: float, images: int, seconds: float, log_every: int) -> bool:
         """Account one step in the loss curve and the epoch table."""
         for a in self.acc.values():
             a["loss"] += loss
@@ -296,7 +296,7 @@ class _Run:
             self.acc["epoch"] = _zero()
         return end_of_epoch
 
-    def save(self):
+    def save(self) -> None:
         log, step = self.log, self.step
         last = log["loss"][-1]["loss"] if log["loss"] else None
         log.update(step=step, epochs_done=step / self.per_epoch, final_loss=last,

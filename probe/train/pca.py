@@ -4,6 +4,9 @@ Patches sit on the same non-overlapping grid the tokenizer uses.  The basis is t
 eigendecomposition (in float64) of their covariance, components in order of
 decreasing variance, each signed so that its largest-magnitude entry is positive.
 """
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -11,7 +14,9 @@ from ..errors import ProbeError
 from ..extractors.ldae.tokenizer import patchify
 
 
-def sample_patches(images, patch_size, num_patches, seed, transform=None, chunk=1024):
+def sample_patches(images: Any, patch_size: int, num_patches: int, seed: int,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None, chunk: int = 1024
+                   ) -> torch.Tensor:
     """``num_patches`` (image, grid position) pairs drawn uniformly with replacement.
 
     ``images``: a tensor (N, C, S, S), or anything with ``len`` whose ``[index array]``
@@ -21,7 +26,7 @@ def sample_patches(images, patch_size, num_patches, seed, transform=None, chunk=
     rng = np.random.default_rng([seed, 0x9CA])
     which = rng.integers(0, len(images), num_patches)
     where = torch.as_tensor(rng.integers(0, 2 ** 62, num_patches))
-    out = None
+    out: Any = None  # made at the first chunk, when the patch width is known
     unique = np.unique(which)
     for start in range(0, len(unique), chunk):  # bounded memory for large images
         ids = unique[start:start + chunk]
@@ -37,7 +42,7 @@ def sample_patches(images, patch_size, num_patches, seed, transform=None, chunk=
     return out
 
 
-def fit_pca(patches):
+def fit_pca(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Patches (n, D) -> (mean (D,), components (D, D) as rows, variance (D,)), float64."""
     patches = torch.as_tensor(patches, dtype=torch.float64)
     n, D = patches.shape
@@ -53,7 +58,9 @@ def fit_pca(patches):
     return mean, components * sign[:, None], variance
 
 
-def fit_patch_pca(images, patch_size, num_patches=50000, seed=0, transform=None):
+def fit_patch_pca(images: Any, patch_size: int, num_patches: int = 50000, seed: int = 0,
+                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample patches of ``images`` (see :func:`sample_patches`) and fit their PCA."""
     return fit_pca(sample_patches(images, patch_size, num_patches, seed, transform))
 

@@ -10,7 +10,11 @@
 Everything random derives from ``seed``.  ``probe train tokenizer`` writes a tokenizer
 alone (``save_tokenizer``); ``probe train ldae --tokenizer-checkpoint`` reads it back.
 """
+from __future__ import annotations
+
 import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,17 +23,20 @@ from ..errors import ProbeError
 from ..files import atomic_torch_save
 from .pca import fit_patch_pca, sample_patches
 
+if TYPE_CHECKING:
+    from ..extractors.ldae.tokenizer import Tokenizer
+
 FORMAT = "probe-ldae-tokenizer"
 VERSION = 1
 # The config entries a tokenizer file must share with the l-DAE that uses it.
 SHAPE_KEYS = ("tokenizer", "in_channels", "image_size", "patch_size", "latent_dim",
               "tokenizer_width")
-DEFAULTS = dict(steps=None, batch_size=None, lr=None, kl_weight=0.1)
-PATCH_DEFAULTS = dict(steps=2000, batch_size=1024, lr=3e-3)
-CONV_DEFAULTS = dict(steps=500, batch_size=32, lr=2e-3)
+DEFAULTS: dict[str, Any] = dict(steps=None, batch_size=None, lr=None, kl_weight=0.1)
+PATCH_DEFAULTS: dict[str, Any] = dict(steps=2000, batch_size=1024, lr=3e-3)
+CONV_DEFAULTS: dict[str, Any] = dict(steps=500, batch_size=32, lr=2e-3)
 
 
-def options(kind, **given):
+def options(kind: str, **given: Any) -> dict[str, Any]:
     """The training options of a tokenizer kind: the given ones, else its defaults."""
     base = CONV_DEFAULTS if kind == "conv-vae" else PATCH_DEFAULTS
     out = dict(DEFAULTS, **{k: v for k, v in base.items()})
@@ -40,13 +47,15 @@ def options(kind, **given):
     return out
 
 
-def fit_tokenizer(tok, images, to_pixels, *, patches=50000, seed=0, steps=None,
-                  batch_size=None, lr=None, kl_weight=None, progress=False):
+def fit_tokenizer(tok: Any, images: Any, to_pixels: Callable[[torch.Tensor], torch.Tensor], *,
+                  patches: int = 50000, seed: int = 0, steps: int | None = None,
+                  batch_size: int | None = None, lr: float | None = None,
+                  kl_weight: float | None = None, progress: bool = False) -> dict[str, Any]:
     """Fit (PCA) or train (the others) ``tok`` on ``images`` (indexable by index arrays,
     in [0, 1]); ``to_pixels`` maps them to the tokenizer's space.  Returns what was done
     (recorded in the l-DAE checkpoint's meta)."""
     start = time.perf_counter()
-    meta = {"kind": tok.kind, "seed": seed}
+    meta: dict[str, Any] = {"kind": tok.kind, "seed": seed}
     if tok.kind == "pca":
         mean, comps, var = fit_patch_pca(images, tok.patch_size, patches, seed, to_pixels)
         tok.set_basis(mean.float(), comps.float(), var.float())
@@ -126,18 +135,19 @@ def _latent_std(tok, images, to_pixels, seed, n=512):
 
 
 # ---- tokenizer files -----------------------------------------------------------------------
-def tokenizer_config(config):
+def tokenizer_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: config[k] for k in SHAPE_KEYS}
 
 
-def save_tokenizer(tok, config, meta, path):
+def save_tokenizer(tok: Tokenizer, config: Mapping[str, Any], meta: Mapping[str, Any], path: str
+                   ) -> None:
     atomic_torch_save({"format": FORMAT, "version": VERSION, "config": tokenizer_config(config),
                        "state": {k: v.detach().cpu().clone()
                                  for k, v in tok.state_dict().items()},
                        "meta": dict(meta)}, path)
 
 
-def load_tokenizer(tok, config, path):
+def load_tokenizer(tok: Tokenizer, config: Mapping[str, Any], path: str) -> dict[str, Any]:
     """Load the tokenizer file ``path`` into ``tok`` (of the l-DAE ``config``); returns its
     meta.  A file made for another shape is refused with the option that differs."""
     from ..extractors.weights import load_file, load_into

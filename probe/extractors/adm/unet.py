@@ -7,6 +7,9 @@ use is here: 2-D images, learned (convolutional) resampling, no gradient
 checkpointing and no float16 torso (``use_fp16``/``use_checkpoint`` only saved
 memory during training, they do not change the weights).
 """
+from collections.abc import Mapping
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +41,7 @@ class Norm32(nn.GroupNorm):
     def __init__(self, channels):
         super().__init__(32, channels)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
                            self.eps)
         return out.to(x.dtype)
@@ -51,7 +54,7 @@ class Downsample(nn.Module):
         super().__init__()
         self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
 
@@ -62,7 +65,7 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
@@ -97,7 +100,7 @@ class ResBlock(nn.Module):
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
 
-    def forward(self, x, emb):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # Resampling sits between the activation and the first conv, on both paths.
         h = self.in_layers[1](self.in_layers[0](x))
         h = self.in_layers[2](_resize(h, self.resample))
@@ -137,7 +140,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = _zeroed(nn.Conv1d(channels, channels, 1))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
@@ -156,7 +159,8 @@ class AttentionBlock(nn.Module):
 class EmbSequential(nn.Sequential):
     """A U-Net block: layers in order, residual blocks also get the embedding."""
 
-    def forward(self, x, emb):  # type: ignore[override]  # a U-Net block also takes emb
+    # a U-Net block also takes emb
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
@@ -230,14 +234,15 @@ class ADMUNet(nn.Module):
             Norm32(ch), nn.SiLU(), _zeroed(nn.Conv2d(first_ch, out_channels, 3, padding=1)))
 
     @property
-    def downsampling(self):
+    def downsampling(self) -> int:
         """Total downsampling factor: input sides must be multiples of it."""
         return 2 ** (len(self.channel_mult) - 1)
 
-    def forward(self, x, t, y=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+                ) -> torch.Tensor:
         if (y is None) != (self.num_classes is None):
             raise ValueError("pass class labels y if and only if the model is class-conditional")
-        dtype = self.time_embed[0].weight.dtype
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(dtype))
         if y is not None:
             emb = emb + self.label_emb(y)
@@ -252,7 +257,7 @@ class ADMUNet(nn.Module):
         return self.out(h)
 
 
-def parse_channel_mult(channel_mult, image_size):
+def parse_channel_mult(channel_mult: Any, image_size: int) -> tuple[float, ...]:
     """create_model's rule: "" -> the released models' multipliers for that size."""
     if isinstance(channel_mult, (tuple, list)):
         return tuple(channel_mult)
@@ -270,7 +275,7 @@ def parse_channel_mult(channel_mult, image_size):
     return tuple(int(v) if v.is_integer() else v for v in values)
 
 
-def parse_attention_resolutions(attention_resolutions, image_size):
+def parse_attention_resolutions(attention_resolutions: Any, image_size: int) -> tuple[int, ...]:
     """Resolutions in pixels ("32,16,8") -> downsampling factors, as create_model does."""
     text = str(attention_resolutions).strip()
     if not text:
@@ -282,7 +287,7 @@ def parse_attention_resolutions(attention_resolutions, image_size):
                          "of resolutions in pixels, e.g. '32,16,8'") from None
 
 
-def check_attention_reached(f):
+def check_attention_reached(f: Mapping[str, Any]) -> None:
     """guided-diffusion silently ignores an attention resolution that no level of the U-Net
     has (e.g. 2 for a 28 px, two-level net); refuse that when training a new model."""
     size = f["image_size"]
@@ -296,7 +301,7 @@ def check_attention_reached(f):
             "give resolutions in pixels from those, or '' for no attention")
 
 
-def unet_from_flags(f):
+def unet_from_flags(f: Mapping[str, Any]) -> ADMUNet:
     """Build the U-Net from guided-diffusion's model flags (a complete, typed dict)."""
     size = f["image_size"]
     return ADMUNet(

@@ -114,6 +114,7 @@ class LDAENet(nn.Module):
 # ---- the extractor ----------------------------------------------------------------------------
 class LDAEExtractor(Extractor):
     family = "ldae"
+    tokenizer_meta: dict[str, Any] | None  # set by probe.train.ldae.build
 
     def __init__(self, net, *, name, source=None):
         cfg = net.config
