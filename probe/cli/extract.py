@@ -68,7 +68,16 @@ def register(sub):
     lab.add_argument("--true-labels", action="store_true",
                      help="class-conditional models: feed each image's true label (leaks labels)")
     p.add_argument("--out", help="output .h5 (default MODEL-DATA-SPLIT.h5)")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", default="auto", metavar="N|auto",
+                   help="DataLoader worker processes (default auto: min(8, cores) on CUDA, "
+                        "0 on CPU)")
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
+                   help="the network's forward under autocast in bf16/fp16 (VAE, timestep "
+                        "embeddings and noise stay float32); features are stored in --dtype "
+                        "(default fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the blocks: faster batches after a first one that "
+                        "pays the compile time (see docs/extract.md)")
     p.add_argument("--stack-t", action="store_true",
                    help="run all timesteps of a batch in one forward pass (faster on GPUs)")
     p.add_argument("--skip-bad", action="store_true",
@@ -98,4 +107,5 @@ def _extract(extract, args, label, device):
             batch_size=args.batch_size, num_workers=args.num_workers, device=device,
             overwrite=args.overwrite, skip_bad=args.skip_bad, limit=args.limit,
             stack_t=args.stack_t, progress=not args.quiet, command=args.command_line,
+            precision=args.precision, compile=args.compile,
             **model_kwargs(args))

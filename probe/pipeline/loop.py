@@ -1,9 +1,12 @@
 """The extraction loop: read a shard's batches, noise them, run the network up to the last
-block asked for, pool, and write each batch as one part of the run folder."""
+block asked for (under autocast for ``--precision bf16|fp16``), check the block outputs are
+finite, pool, and write each batch as one part of the run folder."""
 import numpy as np
 import torch
 
 from ..errors import ProbeError
+from ..precision import autocast, check_finite
+from .gpu import loader_options
 from .noise import per_sample_noise
 from .pooling import apply_pool
 
@@ -42,15 +45,16 @@ def _collate(batch):
 
 @torch.inference_mode()
 def run_batches(model, data, todo, keys, work, settings, *, num_workers, device, stack_t,
-                progress, shard_size):
-    """Extract the batches ``todo`` (lists of dataset indices) into parts of ``work``."""
+                progress, shard_size, channels_last=False):
+    """Extract the batches ``todo`` (lists of dataset indices) into parts of ``work``.
+    A batch whose features are not finite raises before its part is written."""
     from tqdm import tqdm
 
     if not todo:
         return
     loader = torch.utils.data.DataLoader(
-        _Indexed(data), batch_sampler=todo, num_workers=num_workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda")
+        _Indexed(data), batch_sampler=todo, collate_fn=_collate,
+        **loader_options(num_workers, device))
     np_dtype = DTYPES[settings["dtype"]]
     bar = tqdm(total=shard_size, initial=shard_size - sum(len(b) for b in todo), unit="img",
                disable=not progress, dynamic_ncols=True, desc="extract")
@@ -63,20 +67,32 @@ def run_batches(model, data, todo, keys, work, settings, *, num_workers, device,
         if batch["images"] is not None:
             ids = [data.ids[i] for i in batch["index"]]
             y = batch["labels"] if settings["class_label"] == "true" else settings["class_label"]
-            feats = features(model, batch["images"].to(device, non_blocking=True), ids, y,
-                             settings, stack_t)
+            images = batch["images"].to(device, non_blocking=True)  # pinned: asynchronous
+            feats = features(model, images, ids, y, settings, stack_t, channels_last)
             arrays = [feats[k].cpu().numpy().astype(np_dtype) for k in keys]
         work.write_part(batch["index"], [i for i, _ in batch["bad"]], arrays)
         bar.update(len(batch["index"]) + len(batch["bad"]))
     bar.close()
 
 
-def features(model, images, ids, y, settings, stack_t):
-    """{(t, block): pooled features (B, ...)} for one batch, averaged over ensemble draws."""
+def features(model, images, ids, y, settings, stack_t, channels_last=False):
+    """{(t, block): pooled features (B, ...)} for one batch, averaged over ensemble draws.
+    ``prepare`` and the noising run in float32, the network in ``settings["precision"]``."""
     x0 = model.prepare(images)
     b = x0.shape[0]
+    precision = settings.get("precision", "fp32")
+
+    def run(x, tvec, yy=None):
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, x.device):
+            return model.forward_intermediates(x, tvec, settings["blocks"], y=yy,
+                                               stop_early=True)
+
+    ids_of = {name: model.block_id(name) for name in settings["blocks"]}
     if not model.has_timesteps:  # a reference network: one pass on the clean image
-        feats = model.forward_intermediates(x0, None, settings["blocks"], stop_early=True)
+        feats = run(x0, None)
+        check_finite(feats, None, precision, ids_of)
         return {(None, name): apply_pool(f, settings["pool"], model.num_prefix_tokens).float()
                 for name, f in feats.items()}
     draws = [(tt, k) for tt in settings["timesteps"] for k in range(settings["ensemble"])]
@@ -94,7 +110,9 @@ def features(model, images, ids, y, settings, stack_t):
         x = torch.cat([noised(tt, k) for tt, k in group])
         tvec = torch.cat([torch.full((b,), tt, device=x.device, dtype=torch.long) for tt, _ in group])
         yy = y if not torch.is_tensor(y) else y.to(x.device).repeat(len(group))
-        feats = model.forward_intermediates(x, tvec, settings["blocks"], y=yy, stop_early=True)
+        feats = run(x, tvec, yy)
+        check_finite(feats, group[0][0] if len(group) == 1 else
+                     ",".join(str(tt) for tt, _ in group), precision, ids_of)
         for j, (tt, _) in enumerate(group):
             for name, f in feats.items():
                 pooled = apply_pool(f[j * b:(j + 1) * b], settings["pool"],

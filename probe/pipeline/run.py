@@ -23,8 +23,10 @@ from ..device import resolve_device
 from ..errors import ProbeError
 from ..extractors.weights import sha256
 from .pooling import parse_pool
+from ..precision import check_device, keep_fp32, parse_precision
 from ..selection import Spec, parse_t
 from ..version import __version__
+from .gpu import compiled, resolve_num_workers, use_channels_last
 from .loop import DTYPES, run_batches
 from .merge import assemble, summary
 from .workdir import Workdir, check_out
@@ -62,11 +64,13 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
             blocks: Spec = "all", out: str | os.PathLike | None = None, *,
             split: str = "train", pool: str = "mean", dtype: str = "float32",
             noise_seed: int = 0, ensemble: int = 1, add_noise: bool = True,
-            class_label: int | str | None = None, batch_size: int = 32, num_workers: int = 0,
+            class_label: int | str | None = None, batch_size: int = 32,
+            num_workers: int | str = "auto",
             device: str | torch.device | None = None, overwrite: bool = False,
             skip_bad: bool = False, limit: int | None = None, stack_t: bool = False,
             progress: bool = True, log: Callable[[str], Any] = print,
-            command: str | None = None, **model_kwargs: Any) -> str:
+            command: str | None = None, precision: str = "fp32", compile: bool = False,
+            **model_kwargs: Any) -> str:
     """Extract features of ``blocks`` at timesteps ``t`` for every image of ``data`` into
     the HDF5 file ``out`` (see :mod:`probe.store`).  Returns the path.
 
@@ -77,15 +81,25 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
     dataset from :func:`probe.data.load_dataset`.  ``add_noise=False`` conditions on t
     without noising (the l-DAE paper's clean-input probe).  ``class_label``: None for the
     model's null class, an int for one class, or "true" to feed the true labels.
+    ``precision``: fp32, or bf16/fp16 autocast for the network's forward (the VAE, the
+    timestep embeddings and the noising stay float32; :mod:`probe.precision`).
+    ``num_workers``: DataLoader workers, ``auto`` for min(8, cores) on CUDA and 0 on CPU.
+    ``compile``: torch.compile the blocks (costs compile time on the first batch).
     """
     from ..extractors.registry import load_model
 
-    _check_options(batch_size, ensemble, num_workers, dtype)
     pool = parse_pool(pool)
     device = resolve_device(device)
+    num_workers = resolve_num_workers(num_workers, device)
+    _check_options(batch_size, ensemble, num_workers, dtype)
+    precision = parse_precision(precision)
+    check_device(precision, device)
     if isinstance(model, str):
         model = load_model(model, device=device, **model_kwargs)
     model = model.to(device).eval()
+    for module in model.fp32_modules().values():
+        keep_fp32(module)
+    channels_last = use_channels_last(model, device)
     ts = _timesteps(model, t, ensemble, add_noise)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
@@ -100,10 +114,13 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
     out = os.fspath(out) if out else f"{model.name}-{data.spec.split(':')[0]}-{data.split}.h5"
     settings = _settings(model, data, n_total, ts, names, pool=pool, dtype=dtype,
                          noise_seed=noise_seed, ensemble=ensemble, add_noise=add_noise,
-                         class_label=class_label, skip_bad=skip_bad)
-    _run(model, data, out, settings, overwrite=overwrite, batch_size=batch_size,
-         num_workers=num_workers, device=device, stack_t=stack_t, progress=progress, log=log,
-         command=command)
+                         class_label=class_label, skip_bad=skip_bad, precision=precision)
+    with compiled(model, compile):
+        _run(model, data, out, settings, overwrite=overwrite, batch_size=batch_size,
+             num_workers=num_workers, device=device, stack_t=stack_t, progress=progress,
+             log=log, command=command,
+             speed=dict(compile=bool(compile), channels_last=channels_last,
+                        num_workers=num_workers))
     return out
 
 
@@ -140,7 +157,7 @@ def _check_options(batch_size, ensemble, num_workers, dtype):
 
 
 def _settings(model, data, n_total, ts, names, *, pool, dtype, noise_seed, ensemble, add_noise,
-              class_label, skip_bad):
+              class_label, skip_bad, precision):
     """What the features depend on: a run resumes only parts made with the same settings,
     and a complete file records them."""
     return {
@@ -151,11 +168,13 @@ def _settings(model, data, n_total, ts, names, *, pool, dtype, noise_seed, ensem
         "num_samples": n_total, "image_size": model.image_size,
         "transform": f"{data.describe_transform()}; model input: {model.input_pipeline}",
         "skip_bad": bool(skip_bad),
+        # bf16/fp16 features differ from fp32 ones in the 3rd digit: never resumed together
+        "precision": precision,
     }
 
 
 def _run(model, data, out, settings, *, overwrite, batch_size, num_workers, device, stack_t,
-         progress, log, command):
+         progress, log, command, speed):
     """Extract this rank's shard into parts, then (rank 0) merge them into ``out``."""
     rank, world = _dist_info()
     work = Workdir(out)
@@ -173,13 +192,13 @@ def _run(model, data, out, settings, *, overwrite, batch_size, num_workers, devi
         keys = [(tt, b) for tt in settings["timesteps"] or [None] for b in settings["blocks"]]
         run_batches(model, data, todo, keys, work, settings, num_workers=num_workers,
                     device=device, stack_t=stack_t, progress=progress and rank == 0,
-                    shard_size=shard_size)
+                    shard_size=shard_size, channels_last=speed["channels_last"])
         elapsed = time.time() - t0
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:
             assemble(out, work, data, settings["num_samples"], keys, settings["dtype"],
-                     _file_attrs(model, settings, command))
+                     _file_attrs(model, settings, command, speed))
             summary(out, left * world, elapsed, log, world)  # ranks hold equal shards, +-1 batch
         if world > 1:
             torch.distributed.barrier()
@@ -203,7 +222,7 @@ def _todo(work, n_total, batch_size, rank, world):
     return [b.tolist() for b in todo if len(b)], sum(len(b) for b in batches)
 
 
-def _file_attrs(model, settings, command):
+def _file_attrs(model, settings, command, speed):
     """What the feature file records about how it was made, besides ``settings``."""
     checkpoint_file = model.source if isinstance(model.source, str) and os.path.exists(
         model.source) else None
@@ -213,6 +232,7 @@ def _file_attrs(model, settings, command):
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                 schedule=model.schedule.describe() if model.has_timesteps else None,
                 settings=settings,
+                compile=speed["compile"], channels_last=speed["channels_last"],
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
 
