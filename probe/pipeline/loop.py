@@ -93,7 +93,7 @@ def features(model, images, ids, y, settings, stack_t, channels_last=False):
     if not model.has_timesteps:  # a reference network: one pass on the clean image
         feats = run(x0, None)
         check_finite(feats, None, precision, ids_of)
-        return {(None, name): apply_pool(f, settings["pool"], model.num_prefix_tokens).float()
+        return {(None, name): apply_pool(f.float(), settings["pool"], model.num_prefix_tokens)
                 for name, f in feats.items()}
     draws = [(tt, k) for tt in settings["timesteps"] for k in range(settings["ensemble"])]
 
@@ -115,8 +115,9 @@ def features(model, images, ids, y, settings, stack_t, channels_last=False):
                      ",".join(str(tt) for tt, _ in group), precision, ids_of)
         for j, (tt, _) in enumerate(group):
             for name, f in feats.items():
-                pooled = apply_pool(f[j * b:(j + 1) * b], settings["pool"],
-                                    model.num_prefix_tokens).float()
+                # pooled in float32: a bf16 mean would round the features to 8 bits
+                pooled = apply_pool(f[j * b:(j + 1) * b].float(), settings["pool"],
+                                    model.num_prefix_tokens)
                 key = (tt, name)
                 out[key] = out[key] + pooled if key in out else pooled
     return {k: v / settings["ensemble"] for k, v in out.items()}
