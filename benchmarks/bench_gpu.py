@@ -201,7 +201,8 @@ def run_model(name, kwargs, args, device, rows, failures):
         gain = (f"pays back after {(first - later) / (e - later):.0f} batches" if later < e
                 else "never pays back: not faster than eager")
         print(f"  compile ({args.precisions[0]}): eager {e:.3f} s/batch; compiled: first batch "
-              f"{first:.1f} s, later {later:.3f} s/batch (x{e / later:.2f} of eager); {gain}",
+              f"{first:.1f} s, later {later:.3f} s/batch ({e / later:.2f}x eager's speed); "
+              f"{gain}",
               flush=True)
     del model
 
