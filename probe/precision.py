@@ -123,12 +123,12 @@ def keep_fp32(module: nn.Module) -> nn.Module:
             return inner(*(cast(a, dtype) for a in args),
                          **{k: cast(v, dtype) for k, v in kwargs.items()})
 
-    module.forward = forward  # type: ignore[method-assign]
+    module.forward = forward
     module._probe_keeps_fp32 = True  # type: ignore[assignment]
     return module
 
 
-def check_finite(feats: dict[str, torch.Tensor], t: int | None, precision: str,
+def check_finite(feats: dict[str, torch.Tensor], t: int | str | None, precision: str,
                  block_ids: dict[str, int]) -> None:
     """Raise a one-line ProbeError naming the first block (in forward order) whose output
     holds a NaN or an infinity; one ``isfinite().all()`` per block, a pass over its output."""
