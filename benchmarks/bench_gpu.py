@@ -37,7 +37,7 @@ import torch
 import probe
 from probe.data import load_dataset
 from probe.device import resolve_device
-from probe.pipeline.gpu import compiled, loader_options, resolve_num_workers, use_channels_last
+from probe.pipeline.gpu import _innermost, loader_options, resolve_num_workers, use_channels_last
 from probe.pipeline.loop import _collate, _Indexed, features
 from probe.precision import autocast, keep_fp32
 
@@ -150,22 +150,29 @@ def bare_rate(model, data, n, batch, precision, device, channels_last):
 
 
 def compile_warmup(model, data, batch, batches, precision, device, channels_last):
-    """Seconds per batch: eager (median), the first compiled batch, compiled (median)."""
+    """Seconds per batch: eager (median), the first compiled batch, compiled (median).
+    Eager and compiled batches take turns, so that a change of load hits both alike."""
     images = torch.stack([data[i % len(data)][0] for i in range(batch)]).to(device)
     ids = [data.ids[i % len(data)] for i in range(batch)]
+    blocks = _innermost(model._block_modules())
+    fast = [torch.compile(m.forward, dynamic=False) for m in blocks]
 
-    def times():
-        out = []
-        for _ in range(batches):
-            t0 = time.perf_counter()
-            batch_features(model, images, ids, precision, channels_last)
-            sync(device)
-            out.append(time.perf_counter() - t0)
-        return out
+    def timed(compiled_forwards):
+        for m, f in zip(blocks, compiled_forwards or [None] * len(blocks)):
+            if f is None:
+                m.__dict__.pop("forward", None)
+            else:
+                m.forward = f
+        t0 = time.perf_counter()
+        batch_features(model, images, ids, precision, channels_last)
+        sync(device)
+        return time.perf_counter() - t0
 
-    eager = times()
-    with compiled(model, True):
-        comp = times()
+    eager, comp = [], []
+    for _ in range(batches):
+        eager.append(timed(None))
+        comp.append(timed(fast))
+    timed(None)
     return float(np.median(eager[1:])), comp[0], float(np.median(comp[1:]))
 
 
@@ -174,7 +181,7 @@ def run_model(name, kwargs, args, device, rows, failures):
     model = load(name, kwargs, torch.device("cpu"))
     for m in model.fp32_modules().values():
         keep_fp32(m)
-    data = load_dataset("demo", "train", model.data_size, model.image_channels,
+    data = load_dataset(args.data, args.split, model.data_size, model.image_channels,
                         model.data_interpolation)
     n = min(args.images, len(data))
     failures += check(name, model, data, device, args.precisions, args.check_images)
@@ -214,6 +221,9 @@ def main():
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--images", type=int, help="images per timing (default 512, quick 32)")
     ap.add_argument("--check-images", type=int, default=4)
+    ap.add_argument("--data", default="demo", help="dataset spec; demo's 28 px images cost "
+                    "little to decode, imagefolder:ROOT of JPEGs measures a real loader")
+    ap.add_argument("--split", default="train")
     ap.add_argument("--precisions", default="fp32,bf16,fp16")
     ap.add_argument("--models", help="comma list (default: the three large ones, or quick's)")
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile warm-up")
@@ -229,7 +239,8 @@ def main():
     names = args.models.split(",") if args.models else list(zoo)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     print(f"device: {device} ({card or platform.machine()}), torch {torch.__version__}, "
-          f"batch {args.batch_size}, {args.images} images, t={T}, all blocks, mean pool")
+          f"batch {args.batch_size}, {args.images} images of {args.data}, t={T}, all blocks, "
+          "mean pool")
     rows, failures = [], []
     for name in names:
         run_model(name, {**FULL, **QUICK}.get(name, {}), args, device, rows, failures)

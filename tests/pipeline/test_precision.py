@@ -230,3 +230,24 @@ def test_cuda_low_precision_agrees_with_cpu_fp32(precision, tmp_path):
 def test_full_precision_is_a_no_op_without_autocast():
     with full_precision("meta"), full_precision(torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_compile_failure_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    # torch.compile itself is exercised by benchmarks/bench_gpu.py --compile (tens of
+    # seconds of compiling); here a failing compiler stands in for a machine without one.
+    from torch._dynamo.exc import TorchDynamoException
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise TorchDynamoException("no C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = probe.load_model("dit-fmnist", device="cpu")
+    out = tmp_path / "f.h5"
+    with pytest.raises(ProbeError) as e:
+        extract(model, out, "fp32", [100], compile=True)
+    assert "\n" not in str(e.value) and "--compile" in str(e.value)
+    assert "no C++ compiler found" in str(e.value)
+    assert not out.exists() and not os.path.exists(str(out) + ".partial")
+    assert "forward" not in model.net.blocks[0].__dict__  # the eager forwards are back
