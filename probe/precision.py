@@ -80,7 +80,17 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     check_device(precision, device)
-    return torch.autocast(device.type, dtype=torch_dtype(precision))
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(device.type, dtype=torch_dtype(precision)))
+    if device.type == "cpu" and torch.backends.cpu.get_cpu_capability() != "AVX512":
+        # torch 2.14's CPU flash attention picks its AMX bf16/fp16 path from the hardware
+        # but then refuses it when ATen's kernels are limited below AVX-512
+        # (ATEN_CPU_CAPABILITY=default or avx2): "pack_vnni2 is only supported when avx512
+        # is supported".  The math backend computes the same attention.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
 
 
 @contextlib.contextmanager

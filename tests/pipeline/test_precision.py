@@ -28,6 +28,10 @@ N = 24  # images: CKA is taken over the 24 x 24 Gram matrices
 # measured against the block's largest magnitude (small entries have no relative accuracy
 # in bf16).  Mean pooling averages errors down, so pooled features sit well inside this.
 REL_TOL = 2e-2
+# The SD U-Net's up path sits behind its whole down path and middle (~20 rounded layers in
+# series, with skip connections adding them up): measured 1.5e-2 to 1.8e-2 on tiny SD with
+# AVX-512/AMX kernels and with ATEN_CPU_CAPABILITY=default, so 2e-2 leaves no room there.
+REL_TOL_FAMILY = {"tiny-sd": 3e-2}
 # Errors of ~1e-2 relative are a perturbation of the Gram matrices of order 1e-2; CKA moves
 # quadratically with an uncorrelated perturbation, ~(1e-2)^2 = 1e-4, so 0.999 has 10x room
 # while unrelated features (or a wrong block) sit far below it.
@@ -89,7 +93,7 @@ def test_bf16_agrees_with_fp32_per_block(name, tmp_path):
             assert y.dtype == np.float32  # stored in --dtype whatever the precision
             scale = np.abs(x).max()
             err = np.abs(x - y).max() / scale
-            assert err <= REL_TOL, f"{name} {key}: relative error {err:.2e}"
+            assert err <= REL_TOL_FAMILY.get(name, REL_TOL), f"{name} {key}: rel err {err:.2e}"
             assert linear_cka(x, y) >= CKA_MIN, f"{name} {key}: CKA {linear_cka(x, y):.5f}"
             moved = max(moved, err)
         assert moved > 0  # bf16 really ran: some block's features moved off the fp32 ones
