@@ -60,20 +60,28 @@ class RunOptions:
     """``device``: cpu, cuda, cuda:N or auto (None: the command's default; auto is CUDA
     when there is a GPU).  ``threads``: CPU threads for torch (None: one per core).
     ``batch_size``: samples per forward pass (None: the command's default).
-    ``num_workers``: DataLoader processes reading images.  ``progress``: show bars."""
+    ``num_workers``: DataLoader processes reading images, or ``auto`` (min(8, cores) on
+    CUDA, 0 on the CPU).  ``progress``: show bars.  ``precision``: fp32, or bf16/fp16
+    autocast for the network's forward (:mod:`probe.precision`).  ``compile``:
+    torch.compile the blocks (pays compile time on the first batch)."""
 
     device: Any = None  # str, torch.device or None
     threads: int | None = None
     batch_size: int | None = None
-    num_workers: int = 0
+    num_workers: int | str = "auto"
     progress: bool = True
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and (isinstance(self.batch_size, bool)
                                             or int(self.batch_size) < 1):
             raise ProbeError(f"--batch-size must be a positive integer, not {self.batch_size}")
-        if self.num_workers is None or int(self.num_workers) < 0:
-            raise ProbeError(f"--num-workers must be 0 or more, not {self.num_workers}")
+        from .pipeline.gpu import parse_num_workers
+        from .precision import parse_precision
+
+        object.__setattr__(self, "num_workers", parse_num_workers(self.num_workers))
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         if self.threads is not None and int(self.threads) < 1:
             raise ProbeError(f"--threads must be a positive integer, not {self.threads}")
 

@@ -80,8 +80,9 @@ def add_batch_size(p: Parser, default: int | None, what: str = "samples per batc
 
 
 def add_num_workers(p: Parser) -> None:
-    p.add_argument("--num-workers", type=int, default=0, metavar="N",
-                   help="processes decoding images (default 0: in the main process)")
+    p.add_argument("--num-workers", default="auto", metavar="N|auto",
+                   help="processes decoding images (default auto: min(8, cores) on CUDA, "
+                        "0 on the CPU: in the main process)")
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, seed_what: str | None = None,

@@ -72,6 +72,13 @@ def register(sub: Any) -> None:
     lab.add_argument("--true-labels", action="store_true",
                      help="class-conditional models: feed each image's true label (leaks labels)")
     p.add_argument("--out", help="output .h5 (default MODEL-DATA-SPLIT.h5)")
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
+                   help="the network's forward under autocast in bf16/fp16 (VAE, timestep "
+                        "embeddings and noise stay float32); features are stored in --dtype "
+                        "(default fp32)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the blocks: faster batches after a first one that "
+                        "pays the compile time (see docs/extract.md)")
     p.add_argument("--stack-t", action="store_true",
                    help="run all timesteps of a batch in one forward pass (faster on GPUs)")
     p.add_argument("--skip-bad", action="store_true",
@@ -90,7 +97,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         extract(args.model, data=args.data, blocks=args.blocks or "all", split=args.split,
                 pool=args.pool, limit=args.limit, skip_bad=args.skip_bad, stack_t=args.stack_t,
-                noise=noise_options(args), run=run_options(args, device=device),
+                noise=noise_options(args),
+                run=run_options(args, device=device, precision=args.precision,
+                                compile=args.compile),
                 output=output_options(args), command=args.command_line, **model_kwargs(args))
     finally:
         distributed.teardown()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import ProbeError
+from ..precision import full_precision
 from ..selection import Spec, resolve_blocks
 from ..tokens import to_map
 from .hooks import capture, run_until_stop
@@ -34,6 +35,9 @@ class Extractor(nn.Module):
     any_image_size = False  # a convolutional pixel-space net that runs at other sizes
     has_timesteps = True    # False: no schedule, no noise, t is None (reference networks)
     num_prefix_tokens = 0   # token outputs: class/register tokens before the patch grid
+    # A convolutional network (ADM, SD U-Nets): on CUDA the pipeline stores its weights and
+    # inputs channels_last, which cuDNN's conv kernels run faster (and tensor cores need).
+    prefers_channels_last = False
     schedule: Schedule
 
     def __init__(self, net, *, name, schedule, image_size, image_channels=3,
@@ -150,6 +154,16 @@ class Extractor(nn.Module):
             run_until_stop(self.forward, x, t, y)
         return {n: out[n] for n in sorted(names, key=self.block_names.index)}
 
+    def fp32_modules(self) -> dict[str, nn.Module]:
+        """Modules of the forward that must run in float32 under ``--precision bf16|fp16``
+        (:func:`probe.precision.keep_fp32` wraps them).  Default: diffusers' sinusoidal
+        ``Timesteps`` modules (SD U-Nets, diffusers DiT) and the VAE.  A family adds its own
+        by overriding this; :meth:`prepare` and :meth:`q_sample` always run in float32."""
+        out = {name: m for name, m in self.named_modules() if type(m).__name__ == "Timesteps"}
+        if self.vae is not None:
+            out["vae"] = self.vae
+        return out
+
     # ---- the diffusion process ----------------------------------------------------
     @property
     def num_timesteps(self) -> int:
@@ -162,17 +176,20 @@ class Extractor(nn.Module):
         if not self.has_timesteps:
             raise ProbeError(f"{self.name} has no noise process (it sees the clean image)")
         t = self._timesteps(t, x0.shape[0], x0.device)
-        return self.schedule.q_sample(x0, t, noise)
+        with full_precision(x0.device):  # sqrt(1 - abar) * noise: no bf16 rounding here
+            return self.schedule.q_sample(x0, t, noise)
 
     # ---- input pipeline -------------------------------------------------------------
     @torch.no_grad()
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], (B, image_channels, S, S) -> network input (pixels in [-1, 1],
-        or VAE latents for latent models: posterior mean times the VAE scale)."""
+        or VAE latents for latent models: posterior mean times the VAE scale).  Runs in
+        float32 under autocast: an fp16 VAE encoder is known to overflow into NaNs."""
         x = images * 2.0 - 1.0
         if self.vae is not None:
             vae_dtype = next(self.vae.parameters()).dtype
-            x = self.vae.encode(x.to(vae_dtype)).latent_dist.mean * self.vae_scale
+            with full_precision(x.device):
+                x = self.vae.encode(x.to(vae_dtype)).latent_dist.mean * self.vae_scale
         return x
 
     @property

@@ -4,6 +4,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..precision import full_precision
+
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
     """Sinusoidal features of (possibly fractional) timesteps t (B,) -> (B, dim): cosines
@@ -16,6 +18,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000) -> 
     dim 192), ``exp(-log(P) * i / half)`` and ``exp(i * (-log(P) / half))`` differ in the
     last bit, which moves the embedding of t = 999 by ~3e-5.
     """
+    with full_precision(t.device):  # bf16 has 8 mantissa bits: cos(999 f) would be noise
+        return _sinusoids(t, dim, max_period)
+
+
+def _sinusoids(t, dim, max_period):
     half = dim // 2
     freqs = torch.exp(-math.log(max_period)
                       * torch.arange(half, dtype=torch.float32, device=t.device) / half)

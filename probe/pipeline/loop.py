@@ -1,5 +1,6 @@
 """The extraction loop: read a shard's batches, noise them, run the network up to the last
-block asked for, pool, and write each batch as one part of the run folder."""
+block asked for (under autocast for ``--precision bf16|fp16``), check the block outputs are
+finite, pool, and write each batch as one part of the run folder."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
@@ -9,6 +10,8 @@ import torch
 
 from ..data.indexed import Indexed, Item
 from ..errors import ProbeError
+from ..precision import autocast, check_finite
+from .gpu import loader_options
 from .noise import per_sample_noise
 from .pooling import apply_pool
 
@@ -34,15 +37,17 @@ def _collate(batch: list[Item]) -> dict[str, Any]:
 @torch.inference_mode()
 def run_batches(model: Extractor, data: Any, todo: list[list[int]], keys: Sequence[Key],
                 work: Workdir, settings: FeatureSettings, *, num_workers: int,
-                device: torch.device, stack_t: bool, progress: bool, shard_size: int) -> None:
-    """Extract the batches ``todo`` (lists of dataset indices) into parts of ``work``."""
+                device: torch.device, stack_t: bool, progress: bool, shard_size: int,
+                channels_last: bool = False) -> None:
+    """Extract the batches ``todo`` (lists of dataset indices) into parts of ``work``.
+    A batch whose features are not finite raises before its part is written."""
     from tqdm import tqdm
 
     if not todo:
         return
     loader = torch.utils.data.DataLoader(
-        Indexed(data), batch_sampler=todo, num_workers=num_workers, collate_fn=_collate,
-        pin_memory=device.type == "cuda")
+        Indexed(data), batch_sampler=todo, collate_fn=_collate,
+        **loader_options(num_workers, device))
     np_dtype = DTYPES[settings.dtype]
     bar = tqdm(total=shard_size, initial=shard_size - sum(len(b) for b in todo), unit="img",
                disable=not progress, dynamic_ncols=True, desc="extract")
@@ -56,8 +61,8 @@ def run_batches(model: Extractor, data: Any, todo: list[list[int]], keys: Sequen
             ids = [data.ids[i] for i in batch["index"]]
             label = settings.class_label
             y = batch["labels"] if label == "true" else None if label is None else int(label)
-            feats = features(model, batch["images"].to(device, non_blocking=True), ids, y,
-                             settings, stack_t)
+            images = batch["images"].to(device, non_blocking=True)  # pinned: asynchronous
+            feats = features(model, images, ids, y, settings, stack_t, channels_last)
             arrays = [feats[k].cpu().numpy().astype(np_dtype) for k in keys]
         work.write_part(batch["index"], [i for i, _ in batch["bad"]], arrays)
         bar.update(len(batch["index"]) + len(batch["bad"]))
@@ -66,13 +71,26 @@ def run_batches(model: Extractor, data: Any, todo: list[list[int]], keys: Sequen
 
 def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
              y: torch.Tensor | int | None, settings: FeatureSettings,
-             stack_t: bool) -> dict[Key, torch.Tensor]:
-    """{(t, block): pooled features (B, ...)} for one batch, averaged over ensemble draws."""
+             stack_t: bool, channels_last: bool = False) -> dict[Key, torch.Tensor]:
+    """{(t, block): pooled features (B, ...)} for one batch, averaged over ensemble draws.
+    ``prepare`` and the noising run in float32, the network in ``settings.precision``."""
     x0 = model.prepare(images)
     b = x0.shape[0]
+    precision = settings.precision
+
+    def run(x: torch.Tensor, tvec: torch.Tensor | None,
+            yy: torch.Tensor | int | None = None) -> dict[str, torch.Tensor]:
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(precision, x.device):
+            return model.forward_intermediates(x, tvec, list(settings.blocks), y=yy,
+                                               stop_early=True)
+
+    ids_of = {name: model.block_id(name) for name in settings.blocks}
     if not model.has_timesteps:  # a reference network: one pass on the clean image
-        feats = model.forward_intermediates(x0, None, list(settings.blocks), stop_early=True)
-        return {(None, name): apply_pool(f, settings.pool, model.num_prefix_tokens).float()
+        feats = run(x0, None)
+        check_finite(feats, None, precision, ids_of)
+        return {(None, name): apply_pool(f.float(), settings.pool, model.num_prefix_tokens)
                 for name, f in feats.items()}
     ensemble = settings.ensemble or 1  # None only without timesteps, returned above
     draws = [(tt, k) for tt in settings.timesteps for k in range(ensemble)]
@@ -91,11 +109,14 @@ def features(model: Extractor, images: torch.Tensor, ids: Sequence[Any],
         x = torch.cat([noised(tt, k) for tt, k in group])
         tvec = torch.cat([torch.full((b,), tt, device=x.device) for tt, _ in group])
         yy = y if not torch.is_tensor(y) else y.to(x.device).repeat(len(group))
-        feats = model.forward_intermediates(x, tvec, list(settings.blocks), y=yy, stop_early=True)
+        feats = run(x, tvec, yy)
+        check_finite(feats, group[0][0] if len(group) == 1 else
+                     ",".join(str(tt) for tt, _ in group), precision, ids_of)
         for j, (tt, _) in enumerate(group):
             for name, f in feats.items():
-                pooled = apply_pool(f[j * b:(j + 1) * b], settings.pool,
-                                    model.num_prefix_tokens).float()
+                # pooled in float32: a bf16 mean would round the features to 8 bits
+                pooled = apply_pool(f[j * b:(j + 1) * b].float(), settings.pool,
+                                    model.num_prefix_tokens)
                 key = (tt, name)
                 out[key] = out[key] + pooled if key in out else pooled
     return {k: v / ensemble for k, v in out.items()}

@@ -24,9 +24,11 @@ from ..data import load_dataset
 from ..device import resolve_device
 from ..errors import ProbeError
 from ..extractors.weights import sha256
+from ..precision import check_device, keep_fp32, parse_precision
 from ..options import NoiseOptions, OutputOptions, RunOptions, gather, refuse_unknown
 from ..selection import Spec, parse_t
 from ..version import __version__
+from .gpu import compiled, resolve_num_workers, use_channels_last
 from .loop import DTYPES, run_batches
 from .merge import assemble, summary
 from .pooling import parse_pool
@@ -108,6 +110,7 @@ def extract(model: str | Extractor, data: str | Any = "demo", t: Spec = None,
     pool = parse_pool(pool)
     run.use_threads()
     device = resolve_device(run.device)
+    check_device(parse_precision(run.precision), device)
     if isinstance(model, str):
         from ..extractors.registry import load_model
 
@@ -138,6 +141,8 @@ def _borrowed(model: Extractor, device: torch.device) -> Iterator[None]:
 
 def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, run, output,
              device, log, command):
+    for module in model.fp32_modules().values():
+        keep_fp32(module)
     ts = _timesteps(model, noise)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
@@ -155,9 +160,10 @@ def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, 
         data=data.spec, split=data.split, num_samples=n_total, image_size=model.image_size,
         transform=f"{data.describe_transform()}; model input: {model.input_pipeline}",
         skip_bad=bool(skip_bad), noise_seed=noise.noise_seed, ensemble=noise.ensemble,
-        add_noise=noise.add_noise)
-    _run(model, data, out, settings, overwrite=output.overwrite, run=run, device=device,
-         stack_t=stack_t, log=log, command=command)
+        add_noise=noise.add_noise, precision=parse_precision(run.precision))
+    with compiled(model, run.compile):
+        _run(model, data, out, settings, overwrite=output.overwrite, run=run, device=device,
+             stack_t=stack_t, log=log, command=command)
     return out
 
 
@@ -201,15 +207,17 @@ def _run(model, data, out, settings, *, overwrite, run, device, stack_t, log, co
         if left < shard_size:
             log(f"resuming: {shard_size - left} of {shard_size} images already done")
         keys = [(tt, b) for tt in settings.timesteps or [None] for b in settings.blocks]
-        run_batches(model, data, todo, keys, work, settings, num_workers=run.num_workers,
+        speed = dict(compile=bool(run.compile), channels_last=use_channels_last(model, device))
+        run_batches(model, data, todo, keys, work, settings,
+                    num_workers=resolve_num_workers(run.num_workers, device),
                     device=device, stack_t=stack_t, progress=run.progress and rank == 0,
-                    shard_size=shard_size)
+                    shard_size=shard_size, channels_last=speed["channels_last"])
         elapsed = time.time() - t0
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:
             assemble(out, work, data, settings.num_samples, keys, settings.dtype,
-                     _file_attrs(model, settings, command))
+                     _file_attrs(model, settings, command, speed))
             summary(out, left * world, elapsed, log, world)  # ranks hold equal shards, +-1 batch
         if world > 1:
             torch.distributed.barrier()
@@ -233,9 +241,9 @@ def _todo(work, n_total, batch_size, rank, world):
     return [b.tolist() for b in todo if len(b)], sum(len(b) for b in batches)
 
 
-def _file_attrs(model, settings, command):
+def _file_attrs(model, settings, command, speed):
     """What the feature file records: the settings (each field once, as an attribute), and
-    how it was made."""
+    how it was made (``speed``: how it ran, which does not change the features)."""
     checkpoint_file = model.source if isinstance(model.source, str) and os.path.exists(
         model.source) else None
     return dict(settings.as_dict(), probe_version=__version__, family=model.family,
@@ -243,6 +251,7 @@ def _file_attrs(model, settings, command):
                 model_info=model.describe(), checkpoint=model.source,
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                 schedule=model.schedule.describe() if model.has_timesteps else None,
+                compile=speed["compile"], channels_last=speed["channels_last"],
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
 

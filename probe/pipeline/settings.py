@@ -47,6 +47,8 @@ class FeatureSettings:
     noise_seed: int | None = None
     ensemble: int | None = None
     add_noise: bool | None = None
+    # bf16/fp16 features differ from fp32 ones in the 3rd digit: never resumed together
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "timesteps", tuple(t_value(t) for t in self.timesteps))

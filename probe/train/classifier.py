@@ -178,8 +178,10 @@ def train_classifier(data: str = "demo", out: str | os.PathLike | None = None, *
     loop.seed_everything(seed)
     objective = ClassifierObjective(arch, cfg, image_size)  # bad --config: before any work
     state = loop.prepare_out(out, resume, output.overwrite)
-    images = loop.Images(dataset, limit=limit, num_workers=run.num_workers,
-                         progress=run.progress)
+    from ..pipeline.gpu import resolve_num_workers
+
+    workers = resolve_num_workers(run.num_workers, device)
+    images = loop.Images(dataset, limit=limit, num_workers=workers, progress=run.progress)
     run_config = dict(family="classifier", arch=arch, model=cfg, data=data, split=split,
                       image_size=image_size, channels=channels, limit=limit,
                       normalise=dict(mean=MEAN, std=STD))
@@ -188,7 +190,7 @@ def train_classifier(data: str = "demo", out: str | os.PathLike | None = None, *
                      state=state, save_every=save_every, log_every=log_every,
                      run_config=run_config, command=command, progress=run.progress)
     if test is not None:
-        test_images = loop.Images(test, num_workers=run.num_workers, progress=run.progress)
+        test_images = loop.Images(test, num_workers=workers, progress=run.progress)
         log["eval"] = dict(evaluate(objective.model, test_images, test.class_names),
                            data=data, split=eval_split, step=log["step"])
         atomic_json(log, os.path.join(out, loop.LOG_FILE))

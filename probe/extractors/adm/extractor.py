@@ -38,6 +38,7 @@ DEFAULTS = {**MODEL_FLAGS, **DIFFUSION_FLAGS}
 
 class ADMExtractor(Extractor):
     family = "adm"
+    prefers_channels_last = True
     any_image_size = True
 
     def __init__(self, net, *, rescale_timesteps=False, **kwargs):

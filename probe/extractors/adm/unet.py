@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ProbeError
+from ...precision import full_precision
 from ..embeddings import timestep_embedding
 
 NUM_CLASSES = 1000
@@ -42,8 +43,9 @@ class Norm32(nn.GroupNorm):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
-                           self.eps)
+        with full_precision(x.device):  # also under autocast, as guided-diffusion's fp16 mode
+            out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                               self.eps)
         return out.to(x.dtype)
 
 

@@ -34,6 +34,7 @@ _NO_VAE_GIVEN = object()
 
 class SDExtractor(Extractor):
     family = "sd"
+    prefers_channels_last = True
 
     def __init__(self, net, *, text_encoder, tokenizer, prompt, torch_dtype, embeds, **kw):
         super().__init__(net, **kw)
