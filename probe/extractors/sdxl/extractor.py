@@ -90,6 +90,20 @@ class SDXLExtractor(sd.SDExtractor):
     def cast_modules(self) -> list[Any]:
         return [self.net, self.text_encoder, self.text_encoder_2]
 
+    def _apply(self, fn, recurse=True):
+        # The VAE follows the model's device but never its dtype: a cast there and back
+        # (model.half(), then .float()) would round its float32 weights for good.
+        vae = self._modules.get("vae")
+        if vae is None:
+            return super()._apply(fn, recurse)
+        self._modules["vae"] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._modules["vae"] = vae
+        vae.to(fn(torch.zeros(0)).device)
+        return self.settle_dtype()
+
     def settle_dtype(self) -> SDXLExtractor:
         super().settle_dtype()
         if self.vae is not None and next(self.vae.parameters()).dtype != torch.float32:
