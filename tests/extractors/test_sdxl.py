@@ -169,6 +169,8 @@ def test_a_folder_without_text_encoder_2_is_named(folder, tmp_path):
     with pytest.raises(ProbeError, match=r"has no text_encoder_2/.*text_encoder_2/") as err:
         probe.load_model("sdxl", checkpoint=str(broken))
     assert "\n" not in str(err.value)
+    with pytest.raises(ProbeError, match="use the sdxl family"):
+        probe.load_model("sd", checkpoint=str(folder))  # the sd family points here
 
 
 def test_hub_id_offline_fails_fast_with_the_one_line_error(monkeypatch, tmp_path):

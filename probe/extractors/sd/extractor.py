@@ -285,9 +285,12 @@ def _attention_slice(value):
 
 def _check_unet(unet, name, source):
     c = unet.config
+    if c.get("addition_embed_type") == "text_time":
+        raise ProbeError(f"{source}: an SDXL U-Net (addition_embed_type text_time): use the "
+                         "sdxl family (--model sdxl)")
     if c.get("class_embed_type") or c.get("num_class_embeds") or c.get("addition_embed_type"):
         raise ProbeError(f"{source}: a U-Net with extra conditioning (class or added "
-                         "embeddings, e.g. SDXL or the upscaler) is not supported yet")
+                         "embeddings, e.g. the upscaler) is not supported yet")
     arch = sd_load.ARCHITECTURES.get(name)
     if arch is None:
         return

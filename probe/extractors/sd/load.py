@@ -92,7 +92,7 @@ def check_folder(folder: str, what: str | None = None) -> None:
     index = read_json(index_path) if os.path.exists(index_path) else {}
     cls = str(index.get("_class_name", ""))
     if "XL" in cls or "text_encoder_2" in index:
-        _unsupported(what, f"an SDXL pipeline ({cls or 'text_encoder_2'})")
+        _sdxl(what, f"an SDXL pipeline ({cls or 'text_encoder_2'})")
     if "transformer" in index or (os.path.isdir(os.path.join(folder, "transformer"))
                                   and not os.path.isdir(os.path.join(folder, "unet"))):
         _unsupported(what, f"a transformer pipeline ({cls or 'transformer/'}, e.g. SD3 or Flux)")
@@ -107,7 +107,12 @@ def check_folder(folder: str, what: str | None = None) -> None:
     if unet.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise ProbeError(f"{what}/unet is a {unet['_class_name']}, not a UNet2DConditionModel")
     if unet.get("addition_embed_type") == "text_time":
-        _unsupported(what, "an SDXL U-Net (addition_embed_type text_time)")
+        _sdxl(what, "an SDXL U-Net (addition_embed_type text_time)")
+
+
+def _sdxl(what, kind):
+    raise ProbeError(f"{what} is {kind}: use the sdxl family (--model sdxl); the sd family "
+                     "reads Stable Diffusion 1.x/2.x pipelines (one CLIP text encoder)")
 
 
 def _unsupported(what, kind):
