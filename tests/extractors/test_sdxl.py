@@ -160,6 +160,8 @@ def test_vae_runs_in_float32_whatever_the_unet(folder, pipe):
     images = torch.rand(2, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(2))
     ref = pipe.vae.encode(images * 2 - 1).latent_dist.mean * 0.13025
     close(half.prepare(images), ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # not even under a caller's autocast
+        assert half.prepare(images).dtype == torch.float32
 
 
 def test_a_folder_without_text_encoder_2_is_named(folder, tmp_path):

@@ -104,6 +104,12 @@ class SDXLExtractor(sd.SDExtractor):
         vae.to(fn(torch.zeros(0)).device)
         return self.settle_dtype()
 
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.device.type not in ("cpu", "cuda"):
+            return super().prepare(images)
+        with torch.autocast(images.device.type, enabled=False):  # a caller's autocast too
+            return super().prepare(images)
+
     def settle_dtype(self) -> SDXLExtractor:
         super().settle_dtype()
         if self.vae is not None and next(self.vae.parameters()).dtype != torch.float32:
