@@ -116,6 +116,8 @@ def test_conditioning_is_encode_prompts(model, pipe):
     close(model.prompt_embeds, embeds)
     close(model.pooled_embeds, pooled)
     assert model.time_ids(SIDE, SIDE).tolist() == times.tolist()
+    # buffers, so the features' weights_sha256 covers the conditioning
+    assert {"prompt_embeds", "pooled_embeds"} <= set(model.state_dict())
     info = model.describe()["conditioning"]
     assert info["time_ids"] == [SIDE, SIDE, 0, 0, SIDE, SIDE] and info["text_embeds_sha256"]
 
