@@ -15,7 +15,7 @@ def register(sub):
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
     g.add_argument("--random-init", action="store_true", help="untrained weights (a baseline)")
     p.add_argument("--vae", help="latent models: VAE hub id or local folder, or 'random'")
-    p.add_argument("--prompt", help="sd: the prompt; '{class}' is filled with each pair's "
+    p.add_argument("--prompt", help="sd, sdxl: the prompt; '{class}' is filled with each pair's "
                                     "category (the category enters the features)")
     from .extract import add_arch_args
 

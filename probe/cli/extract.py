@@ -15,7 +15,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", help="local checkpoint file or folder, or a hub id")
     g.add_argument("--random-init", action="store_true", help="untrained weights (a baseline)")
     p.add_argument("--vae", help="latent models: VAE hub id or local folder, or 'random'")
-    p.add_argument("--prompt", help="sd: the text prompt (default empty); {class} is filled with "
+    p.add_argument("--prompt", help="sd, sdxl: the text prompt (default empty); {class} is filled with "
                                     "a class name, with --true-labels (leaks labels) or "
                                     "--class-label N")
     add_arch_args(p)

@@ -73,10 +73,10 @@ def check_image_size(model: Any, size: int | None) -> int:
         return own
     if int(size) < 8:
         raise ProbeError(f"--image-size must be at least 8 pixels, not {size}")
-    if not (model.any_image_size or model.family == "sd"):
+    if not (model.any_image_size or model.family in ("sd", "sdxl")):
         raise ProbeError(f"{model.name} takes {own}x{own} inputs only: drop --image-size (it "
                          "applies to adm and sd models)")
-    if model.family == "sd" and int(size) % 64:
+    if model.family in ("sd", "sdxl") and int(size) % 64:
         raise ProbeError(f"--image-size {size}: Stable Diffusion needs a multiple of 64 (e.g. 768)")
     return int(size)
 

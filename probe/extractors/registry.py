@@ -25,6 +25,7 @@ FAMILIES = {
     "ldae": "probe.extractors.ldae",
     "sd": "probe.extractors.sd",
     "sit": "probe.extractors.sit",
+    "sdxl": "probe.extractors.sdxl",
     "timm": "probe.extractors.reference",         # timm:NAME, any timm.list_models()
     "torchvision": "probe.extractors.reference",  # torchvision:NAME
 }
@@ -127,6 +128,9 @@ MODELS.update({
                         image_size=512, vae="the pipeline's vae/"),
     "sd-2.1": dict(family="sd", hub="stabilityai/stable-diffusion-2-1",
                    image_size=768, vae="the pipeline's vae/"),
+    # SDXL: two text encoders, pooled text and size conditioning (sdxl/load.py ARCHITECTURES)
+    "sdxl-base-1.0": dict(family="sdxl", hub="stabilityai/stable-diffusion-xl-base-1.0",
+                          image_size=1024, vae="the pipeline's vae/ (float32)"),
 })
 
 # SiT (willisma/SiT) and REPA (sihyun-yu/REPA): S/B/L/XL with patch 2, 4 and 8; the released

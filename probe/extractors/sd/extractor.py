@@ -78,12 +78,20 @@ class SDExtractor(Extractor):
                 if getattr(self.text_encoder.config, "use_attention_mask", False) else None)
         return self.text_encoder(tok.input_ids.to(device), attention_mask=mask)[0].float()
 
+    def set_prompts(self, prompts: Sequence[str]) -> None:
+        """Condition on these prompts (one row each): the buffers the forward reads."""
+        self.prompt_embeds = self.encode(prompts)
+
     def use_class_names(self, names: Sequence[str]) -> None:
         """Fill the prompt's {class} with each class name: labels y then pick the row."""
         if not self.is_template:
             return
         names = [str(n) for n in names]
-        self.prompt_embeds = self.encode([self.prompt.replace(CLASS_FIELD, n) for n in names])
+        if not names:
+            raise ProbeError(f"the prompt {self.prompt!r} fills {CLASS_FIELD} with a class name, "
+                             "but the data has no class names: use a prompt without "
+                             f"{CLASS_FIELD}, or data with classes")
+        self.set_prompts([self.prompt.replace(CLASS_FIELD, n) for n in names])
         self.class_names, self.num_classes = names, len(names)
 
     def labels(self, y: Any, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -133,10 +141,14 @@ class SDExtractor(Extractor):
         """Cast the U-Net and the text encoder to :attr:`network_dtype` (for the device they
         are on); the VAE encoder is small and stays as loaded (float32)."""
         target = self.network_dtype
-        for module in (self.net, self.text_encoder):
+        for module in self.cast_modules():
             if module is not None and next(module.parameters()).dtype != target:
                 module.to(target)
         return self
+
+    def cast_modules(self) -> list[Any]:
+        """The modules that run in :attr:`network_dtype` (None: absent)."""
+        return [self.net, self.text_encoder]
 
     # ---- records -----------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -221,7 +233,7 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
                 "attention_slice": options["attention_slice"], "vae": vae_label},
         source=located["source"])
     if parts["text_encoder"] is not None and not model.is_template:
-        model.prompt_embeds = model.encode([options["prompt"]])  # in float32, before settling
+        model.set_prompts([options["prompt"]])  # in float32, before settling
     model.settle_dtype()
     if model.prompt_embeds.shape[-1] != width:
         raise ProbeError(f"{located['source']}: the text encoder's width "
@@ -274,9 +286,12 @@ def _attention_slice(value):
 
 def _check_unet(unet, name, source):
     c = unet.config
+    if c.get("addition_embed_type") == "text_time":
+        raise ProbeError(f"{source}: an SDXL U-Net (addition_embed_type text_time): use the "
+                         "sdxl family (--model sdxl)")
     if c.get("class_embed_type") or c.get("num_class_embeds") or c.get("addition_embed_type"):
         raise ProbeError(f"{source}: a U-Net with extra conditioning (class or added "
-                         "embeddings, e.g. SDXL or the upscaler) is not supported yet")
+                         "embeddings, e.g. the upscaler) is not supported yet")
     arch = sd_load.ARCHITECTURES.get(name)
     if arch is None:
         return

@@ -77,7 +77,7 @@ def _hub(repo_id):
     return dict(kind="folder", source=repo_id, folder=folder)
 
 
-def _read_json(path):
+def read_json(path: str) -> Any:
     try:
         with open(path) as fh:
             return json.load(fh)
@@ -89,25 +89,30 @@ def check_folder(folder: str, what: str | None = None) -> None:
     """Refuse, in one line, a folder that is not a Stable Diffusion 1.x/2.x pipeline."""
     what = what or folder
     index_path = os.path.join(folder, "model_index.json")
-    index = _read_json(index_path) if os.path.exists(index_path) else {}
+    index = read_json(index_path) if os.path.exists(index_path) else {}
     cls = str(index.get("_class_name", ""))
     if "XL" in cls or "text_encoder_2" in index:
-        _unsupported(what, f"an SDXL pipeline ({cls or 'text_encoder_2'})")
+        _sdxl(what, f"an SDXL pipeline ({cls or 'text_encoder_2'})")
     if "transformer" in index or (os.path.isdir(os.path.join(folder, "transformer"))
                                   and not os.path.isdir(os.path.join(folder, "unet"))):
         _unsupported(what, f"a transformer pipeline ({cls or 'transformer/'}, e.g. SD3 or Flux)")
-    missing = [p for p in PARTS if not _has_part(folder, p)]
+    missing = [p for p in PARTS if not has_part(folder, p)]
     if missing:
         raise ProbeError(
             f"{what} is not a complete Stable Diffusion pipeline: it has no {missing[0]}/"
             f"{' (nor ' + ', '.join(m + '/' for m in missing[1:]) + ')' if missing[1:] else ''}"
             " — a pipeline folder holds unet/, vae/, text_encoder/, tokenizer/ and scheduler/ "
             "(StableDiffusionPipeline.save_pretrained writes them)")
-    unet = _read_json(os.path.join(folder, "unet", "config.json"))
+    unet = read_json(os.path.join(folder, "unet", "config.json"))
     if unet.get("_class_name", "UNet2DConditionModel") != "UNet2DConditionModel":
         raise ProbeError(f"{what}/unet is a {unet['_class_name']}, not a UNet2DConditionModel")
     if unet.get("addition_embed_type") == "text_time":
-        _unsupported(what, "an SDXL U-Net (addition_embed_type text_time)")
+        _sdxl(what, "an SDXL U-Net (addition_embed_type text_time)")
+
+
+def _sdxl(what, kind):
+    raise ProbeError(f"{what} is {kind}: use the sdxl family (--model sdxl); the sd family "
+                     "reads Stable Diffusion 1.x/2.x pipelines (one CLIP text encoder)")
 
 
 def _unsupported(what, kind):
@@ -115,22 +120,29 @@ def _unsupported(what, kind):
                      "1.x/2.x pipelines (a UNet2DConditionModel with one CLIP text encoder)")
 
 
-def _has_part(folder, part):
+def has_part(folder: str, part: str) -> bool:
+    """Whether ``folder/part/`` holds the part's config (``tokenizer*``: its vocabulary);
+    ``text_encoder_2``/``tokenizer_2`` (SDXL) are read as their first namesakes."""
     sub = os.path.join(folder, part)
-    if part == "tokenizer":
+    if part.startswith("tokenizer"):
         return any(os.path.exists(os.path.join(sub, f)) for f in _TOKENIZER_FILES)
-    return os.path.exists(os.path.join(sub, _CONFIG_FILE[part]))
+    return os.path.exists(os.path.join(sub, _CONFIG_FILE[part.removesuffix("_2")]))
 
 
-def load_parts(located: Mapping[str, Any]) -> dict[str, Any]:
-    """``{unet, vae, text_encoder, tokenizer, scheduler}`` of a located pipeline."""
+TEXT_PARTS = {"text_encoder": "CLIPTextModel", "tokenizer": "CLIPTokenizer"}
+
+
+def load_parts(located: Mapping[str, Any],
+               text_parts: Mapping[str, str] = TEXT_PARTS) -> dict[str, Any]:
+    """``{unet, vae, scheduler}`` and the ``text_parts`` (part -> its default transformers
+    class, used where model_index.json does not name one) of a located pipeline."""
     if located["kind"] == "single":
         return _single_file(located["file"])
     folder = located["folder"]
     import transformers
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    index = _read_json(os.path.join(folder, "model_index.json")) \
+    index = read_json(os.path.join(folder, "model_index.json")) \
         if os.path.exists(os.path.join(folder, "model_index.json")) else {}
 
     def library_class(part, default):
@@ -142,8 +154,7 @@ def load_parts(located: Mapping[str, Any]) -> dict[str, Any]:
         return cls
 
     loaders = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "scheduler": DDPMScheduler,
-               "text_encoder": library_class("text_encoder", "CLIPTextModel"),
-               "tokenizer": library_class("tokenizer", "CLIPTokenizer")}
+               **{part: library_class(part, default) for part, default in text_parts.items()}}
     parts = {}
     bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # a bar per part would bury the output
