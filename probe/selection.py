@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from typing import Iterable, Sequence, Union, cast
+from typing import Any, Iterable, Sequence, Union, cast
 
 from .errors import ProbeError, suggest
 
@@ -35,7 +35,7 @@ _KEY = re.compile(rf"t({_NUMBER})/(.+)")
 _T = re.compile(rf"t({_NUMBER})")
 
 
-def t_value(t) -> int | float:
+def t_value(t: Any) -> int | float:
     """A timestep as probe holds it: an int when integral (DDPM steps, and 0 or 1 of a
     continuous t), else a float."""
     if isinstance(t, bool):
@@ -46,7 +46,7 @@ def t_value(t) -> int | float:
     return int(v) if v.is_integer() else v
 
 
-def t_text(t) -> str:
+def t_text(t: Any) -> str:
     """The one way a timestep is written, in key labels, HDF5 paths and noise seeds:
     ``100``, ``0.1`` (Python's shortest round-trip form of the float)."""
     v = t_value(t)

@@ -1,9 +1,12 @@
 """`probe correspond`: keypoint matching with block feature maps, scored by PCK."""
+import argparse
+from typing import Any
+
 from ..errors import ProbeError
 from .common import add_run_flags, add_selection
 
 
-def register(sub):
+def register(sub: Any) -> None:
     p = sub.add_parser(
         "correspond", help="semantic correspondence: match keypoints with block maps, PCK",
         description="Match the keypoints of image pairs with the feature maps of chosen "
@@ -77,7 +80,7 @@ def _alphas(text):
         raise ProbeError(f"bad --alpha {text!r}: give numbers, e.g. --alpha 0.05,0.1") from None
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from ..correspondence import CorrespondOptions, MatchOptions, WarpOptions, correspond
     from .extract import model_kwargs
 

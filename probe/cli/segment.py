@@ -1,6 +1,10 @@
 """The segmentation side of `probe fit` (--task segmentation or a seg-* head)."""
+from __future__ import annotations
+
+import argparse
 import json
 import sys
+from typing import Any, Sequence
 
 from ..errors import ProbeError
 
@@ -11,7 +15,7 @@ NOT_SEG = ("solver", "l2", "max_iter", "tol", "optimizer", "warmup_epochs", "wid
            "num_heads", "fusion_head", "k", "C")
 
 
-def add_seg_args(p):
+def add_seg_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segmentation (--task segmentation, --head seg-linear | seg-mlp "
                              "| seg-ensemble | seg-fusion (--dim))")
     g.add_argument("--task", choices=["classification", "segmentation"],
@@ -24,11 +28,11 @@ def add_seg_args(p):
                         "interval (default 1000; 0: none)")
 
 
-def is_segmentation(args) -> bool:
+def is_segmentation(args: argparse.Namespace) -> bool:
     return args.task == "segmentation" or str(getattr(args, "head", "")).startswith("seg-")
 
 
-def run_segmentation(args):
+def run_segmentation(args: argparse.Namespace) -> int:
     """`probe compare --task segmentation`."""
     import os
 
@@ -48,7 +52,7 @@ def run_segmentation(args):
     return 0
 
 
-def seg_options(args) -> dict:
+def seg_options(args: argparse.Namespace) -> dict:
     given = [f for f in NOT_SEG if getattr(args, f, None) not in (None, False)]
     if given or args.comparable_size:
         flag = "comparable_size" if not given else given[0]
@@ -61,7 +65,7 @@ def seg_options(args) -> dict:
     return opts
 
 
-def default_out(head, keys):
+def default_out(head: str, keys: Sequence[Any]) -> str:
     from .common import safe_name
     from ..selection import key_label
 
@@ -69,7 +73,7 @@ def default_out(head, keys):
     return f"fit-{head}-{name[:150]}.json"
 
 
-def run(args, t, blocks, keys):
+def run(args: argparse.Namespace, t: Any, blocks: Any, keys: Any) -> int:
     from ..heads.dense.fit import DEFAULT_HEAD, fit_segmentation
     from ..heads.dense.result import masks_plot_path
     from ..store import open_features
@@ -100,7 +104,7 @@ def _pct(x):
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def print_summary(s):
+def print_summary(s: dict) -> None:
     print(f"{s['head']} head on {s['input']}, {s['params']:,} "
           f"parameters, masks {s['mask_size']}x{s['mask_size']}")
     for k, w in (s.get("key_weights") or {}).items():

@@ -46,13 +46,13 @@ def load_dataset(spec: str | None = "demo", split: str = "train", image_size: in
         return _d.demo(split, **kw)
     if name == "fashion-mnist":
         return _d.fashion_mnist(root, split, **kw)
+    if name in _seg.SEG_SPECS:  # demo-seg and fashion-mnist-seg need no folder
+        return _seg.load(name, root, split, **kw)
     assert root is not None  # parse_spec refused the rest without a folder
     if name == "imagefolder":
         return _d.imagefolder(root, split, **kw)
     if name == "imagenet50":
         return _d.imagenet50(root, split, **kw)
-    if name in _seg.SEG_SPECS:
-        return _seg.load(name, root, split, **kw)
     from . import finegrained
 
     return finegrained.load(name, root, split, **kw)

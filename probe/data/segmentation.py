@@ -33,7 +33,7 @@ and ``class_names == ["image"]``.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ SEG_SPECS = {
 }
 
 
-def mask_transform(size: int | None):
+def mask_transform(size: int | None) -> Callable[[Any], Any]:
     """The image transform's geometry for a label map: resize the shorter side to ``size``
     by nearest neighbour, centre-crop ``size`` (identity when ``size`` is None)."""
     from torchvision.transforms import v2 as T
@@ -126,19 +126,19 @@ class FashionMNISTSeg(MaskMixin, ArrayDataset):
     def _raw_mask(self, i):
         return fmnist_masks(self.images[i], self.labels[i])
 
-    def load_masks(self, indices):
+    def load_masks(self, indices: Sequence[int]) -> np.ndarray:
         # the whole batch through one transform call (resize and crop act per image)
         idx = np.asarray(indices, dtype=np.int64)
         raw = torch.from_numpy(fmnist_masks(self.images[idx], self.labels[idx]))
         return self._mask_tf(raw).numpy().astype(np.uint8)
 
 
-def fashion_mnist_seg(root, split, **kw):
+def fashion_mnist_seg(root: str | None, split: str, **kw: Any) -> FashionMNISTSeg:
     base = fashion_mnist(root, split, **kw)
     return FashionMNISTSeg(base, "fashion-mnist-seg" + (f":{root}" if root else ""))
 
 
-def demo_seg(split, **kw):
+def demo_seg(split: str, **kw: Any) -> FashionMNISTSeg:
     return FashionMNISTSeg(demo(split, **kw), "demo-seg")
 
 
@@ -171,7 +171,7 @@ def _need(path, what, spec):
     return path
 
 
-def voc2012(root, split, **kw):
+def voc2012(root: str, split: str, **kw: Any) -> FileSegDataset:
     spec = f"voc2012:{root}"
     base = root
     for sub in ("VOCdevkit/VOC2012", "VOC2012"):
@@ -210,7 +210,7 @@ def _ade_names(base):
     return [f"class{k}" for k in range(1, 151)]
 
 
-def ade20k(root, split, **kw):
+def ade20k(root: str, split: str, **kw: Any) -> FileSegDataset:
     spec = f"ade20k:{root}"
     base = root if os.path.isdir(os.path.join(root, "images")) else \
         os.path.join(root, "ADEChallengeData2016")
@@ -237,7 +237,7 @@ def ade20k(root, split, **kw):
                           source="ADE20K annotations, 0 ignored, 1..150 shifted to 0..149", **kw)
 
 
-def segfolder(root, split, **kw):
+def segfolder(root: str, split: str, **kw: Any) -> FileSegDataset:
     spec = f"segfolder:{root}"
     classes_txt = _need(os.path.join(root, "classes.txt"),
                         "one class name per line, in index order", spec)
@@ -263,7 +263,7 @@ def segfolder(root, split, **kw):
                           source="class index per pixel (masks/NAME.png)", **kw)
 
 
-def load(name, root, split, **kw):
+def load(name: str, root: Any, split: str, **kw: Any) -> FashionMNISTSeg | FileSegDataset:
     """A segmentation dataset by spec name (see :data:`SEG_SPECS`)."""
     if name == "fashion-mnist-seg":
         return fashion_mnist_seg(root, split, **kw)
@@ -272,11 +272,11 @@ def load(name, root, split, **kw):
     return {"voc2012": voc2012, "ade20k": ade20k, "segfolder": segfolder}[name](root, split, **kw)
 
 
-def has_masks(data) -> bool:
+def has_masks(data: Any) -> bool:
     return callable(getattr(data, "load_masks", None))
 
 
-def copy_masks(f, data, rows: np.ndarray, batch: int = 1024) -> None:
+def copy_masks(f: Any, data: Any, rows: np.ndarray, batch: int = 1024) -> None:
     """Write the masks of dataset indices ``rows`` (the file's rows, in order) into the
     open feature file ``f``, ``batch`` masks at a time."""
     from ..store import create_masks

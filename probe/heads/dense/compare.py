@@ -25,7 +25,7 @@ def _row(s: dict) -> dict:
     return row
 
 
-def compare_segmentation(train, test=None, *, heads: Any = ("seg-linear",), t: Spec = "all",
+def compare_segmentation(train: Any, test: Any = None, *, heads: Any = ("seg-linear",), t: Spec = "all",
                          blocks: Spec = "all", keys: Spec = None, fused: bool = False,
                          out: str | os.PathLike | None = None, progress: bool = True,
                          **options: Any) -> list[dict]:
@@ -62,7 +62,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out, rows: list[dict], summaries: list[dict]) -> None:
+def write_report(out: str | os.PathLike, rows: list[dict], summaries: list[dict]) -> None:
     from ...report.segment import plot_miou_vs_t
 
     os.makedirs(out, exist_ok=True)

@@ -84,8 +84,8 @@ def _check_masks(ff, masks, num_classes, ignore):
                          f"{num_classes} classes are named: the file is inconsistent")
 
 
-def fit_segmentation(train, *, t: Spec = None, blocks: Spec = None, keys: Spec = None,
-                     head: str = DEFAULT_HEAD, test=None, out: str | os.PathLike | None = None,
+def fit_segmentation(train: Any, *, t: Spec = None, blocks: Spec = None, keys: Spec = None,
+                     head: str = DEFAULT_HEAD, test: Any = None, out: str | os.PathLike | None = None,
                      progress: bool = True, **options: Any) -> SegResult:
     """Train segmentation head ``head`` (seg-linear, seg-mlp, seg-ensemble) on the maps of
     the keys selected (several: concatenated after a bilinear resize to a common grid)

@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -64,19 +64,19 @@ class _RowsAsLabels:
     def __len__(self):
         return len(self.ff)
 
-    def shape(self, key):
+    def shape(self, key: Any) -> tuple[int, ...]:
         return self.ff.shape(key)
 
-    def dataset(self, key):
+    def dataset(self, key: Any) -> Any:
         return self.ff.dataset(key)
 
 
-def source(ff, keys, cfg: SegConfig) -> FeatureSource:
+def source(ff: Any, keys: Sequence[Any], cfg: SegConfig) -> FeatureSource:
     return FeatureSource(_RowsAsLabels(ff), [(k, MAP) for k in keys],
                          cfg.memory_limit_gb * (1 << 30), cfg.stream)
 
 
-def masks_on(ff, device) -> torch.Tensor:
+def masks_on(ff: Any, device: Any) -> torch.Tensor:
     return torch.from_numpy(ff.masks[...]).to(device)
 
 
@@ -88,8 +88,9 @@ def _loss(head, xs, target, ignore_index):
 
 
 @torch.no_grad()
-def evaluate(head, src: FeatureSource, masks: torch.Tensor, rows, keys, num_classes: int,
-             ignore_index: int, batch_size: int, device, keep: int = 0):
+def evaluate(head: torch.nn.Module, src: FeatureSource, masks: torch.Tensor, rows: Any,
+             keys: Sequence[Any], num_classes: int, ignore_index: int, batch_size: int,
+             device: Any, keep: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(per-image histograms (N, 3, K) in row order, the first ``keep`` predictions)."""
     head.eval()
     views = [(k, MAP) for k in keys]
@@ -105,8 +106,10 @@ def evaluate(head, src: FeatureSource, masks: torch.Tensor, rows, keys, num_clas
     return out, preds
 
 
-def train_seg_head(name, shapes, keys, src, masks, train_rows, val_rows, num_classes,
-                   ignore_index, cfg: SegConfig, options=None, progress=True):
+def train_seg_head(name: str, shapes: Any, keys: Sequence[Any], src: FeatureSource,
+                   masks: torch.Tensor, train_rows: Any, val_rows: Any, num_classes: int,
+                   ignore_index: int, cfg: SegConfig, options: Any = None,
+                   progress: bool = True) -> tuple[Any, Any, dict]:
     """Train ``name`` on ``keys``; returns (head, options used, log dict)."""
     device = torch.device(cfg.device)
     with torch.random.fork_rng(devices=[]):
