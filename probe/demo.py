@@ -59,7 +59,8 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
              epochs: int | None = None, baselines: bool = False, batch_size: int = 64,
              seed: int = 0, device: str | None = None, overwrite: bool = False,
              overrides: dict[str, dict[str, Any]] | None = None, progress: bool = True,
-             log: Callable[[str], Any] = print, timesteps: Any = None) -> str:
+             log: Callable[[str], Any] = print, timesteps: Any = None,
+             segmentation: bool = False) -> str:
     """Run the study and write the report folder ``out``; returns the path of report.md.
 
     ``data``: the dataset spec (the bundled ``demo`` subset by default; ``fashion-mnist`` for
@@ -128,7 +129,10 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     if vs:
         atomic_json(vs, os.path.join(out, "cka-vs-reference.json"))
         plot_versus(vs, os.path.join(out, "cka-vs-reference.png"))
-    report = write_report(out, sections, between, time.time() - t0, data, vs)
+    seg = _segmentation(out, sections, data, dict(
+        limit=limit, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
+        overwrite=overwrite, progress=progress), log) if segmentation else []
+    report = write_report(out, sections, between, time.time() - t0, data, vs, seg)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
 
@@ -191,6 +195,22 @@ def _study_model(out, label, name, random_init, plan, log):
     section["stage"] = "done"
     atomic_json(section, cache)
     return section
+
+
+def _segmentation(out, sections, data, plan, log):
+    """The segmentation section's results (trained models and references, no baselines)
+    and its figure; none where the data has no masked twin."""
+    from .demo_segment import seg_data, segment_section
+    from .report.demo_segment import FIGURE, plot_segmentation
+
+    if seg_data(data) is None:
+        log(f"segmentation: skipped, {data!r} has no masks (use demo or fashion-mnist)")
+        return []
+    plan = dict(plan, data=seg_data(data))
+    results = [segment_section(out, s, plan, log) for s in sections
+               if not s["settings"]["random_init"]]
+    plot_segmentation(results, os.path.join(out, FIGURE))
+    return results
 
 
 def _cka_minibatch(path, full_batch_max=4096):

@@ -114,3 +114,29 @@ def test_demo_selects_features_with_the_shared_grammar(tmp_path, capsys):
     assert "reusing" not in capsys.readouterr().out
     with open_features(str(out / "features" / "ldae-fmnist-test.h5")) as f:
         assert f.keys == [(10, names[2])]
+
+
+def test_demo_segmentation_section(tmp_path, capsys):
+    """--segmentation: seg-linear per (t, block) on demo-seg maps, one figure, one table."""
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--models", "ldae-fmnist,sup-fmnist", "--limit", "40",
+                 "--epochs", "1", "--quiet", "--t", "10,300", "--segmentation"]) == 0
+    report = (out / "report.md").read_text()
+    assert "## Segmentation: mIoU against t per block" in report
+    assert "](segmentation_vs_t.png)" in report
+    assert (out / "segmentation_vs_t.png").stat().st_size > 1000
+    for name in ("ldae-fmnist", "sup-fmnist"):
+        with open_features(str(out / "features" / f"{name}-seg-test.h5")) as f:
+            assert len(f) == 40 and f.has_masks and f.attrs["data"] == "demo-seg"
+            assert all(len(f.shape(k)) == 3 and f.shape(k)[1:] == (4, 4) for k in f.keys)
+            # a classifier's pooled vector (sup-fmnist's head) has no map: left out
+            assert (None, "head") not in f.keys
+        with open(out / name / "segmentation" / "results.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert len(rows) == (6 if name == "ldae-fmnist" else 3)  # 2 t x 3 blocks; 3 blocks
+        for r in rows:
+            lo, m, hi = float(r["miou_lo"]), float(r["miou"]), float(r["miou_hi"])
+            assert 0 <= lo <= m <= hi <= 1
+        best = max(rows, key=lambda r: float(r["miou"]))
+        key = best["block"] if not best["t"] else f"t={best['t']}, {best['block']}"
+        assert f"| {key} | {100 * float(best['miou']):.1f} % [" in report

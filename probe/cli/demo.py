@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", action="store_true",
                    help="also study each model at random init (same architecture, untrained)")
     p.add_argument("--epochs", type=int, help="head training epochs (default: each head's own)")
+    p.add_argument("--segmentation", action="store_true",
+                   help="also a seg-linear head per (t, block) on the masked twin of the data "
+                        "(demo-seg), mIoU against t per block (adds about a minute)")
     add_selection(p, t_default="four spread over the schedule", keys=False,
                   what=" (default: t spread over the schedule, 5 blocks spread over the network)")
     add_run_flags(p, seed_what="the noise and the heads",
@@ -34,4 +37,4 @@ def run(args: argparse.Namespace) -> None:
     run_demo(args.out, models=models, data=args.data, t=t, blocks=blocks, limit=args.limit,
              epochs=args.epochs, baselines=args.baselines, batch_size=args.batch_size,
              seed=args.seed, device=args.device, overwrite=args.overwrite,
-             progress=not args.quiet)
+             progress=not args.quiet, segmentation=args.segmentation)

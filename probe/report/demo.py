@@ -12,6 +12,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from .figures import new_figure, save_figure, t_axis
+from .demo_segment import segmentation_md
 from .pages import INTERVAL_NOTE, accuracy, error_bars, pct, ties, write_page
 
 Section = Mapping[str, Any]
@@ -114,7 +115,8 @@ def _summary(sections: Sequence[Section]) -> list[str]:
 
 def write_report(out: str | os.PathLike, sections: Sequence[Section],
                  between: Sequence[tuple[str, str, str, float]], elapsed: float,
-                 data: str = "demo", versus: Sequence[Mapping[str, Any]] = ()) -> str:
+                 data: str = "demo", versus: Sequence[Mapping[str, Any]] = (),
+                 segmentation: Sequence[Mapping[str, Any]] = ()) -> str:
     """report.md and index.html in ``out``; ``between``: (model a, model b, heatmap, its
     highest CKA) per pair of models.  Returns the path of report.md."""
     sizes = sections[0]["sizes"]
@@ -136,6 +138,7 @@ def write_report(out: str | os.PathLike, sections: Sequence[Section],
                    f"Linear CKA between {a} (rows) and {b} (columns) at each t; the most similar "
                    f"pair of blocks reaches {top:.2f}.", ""]
     md += versus_md(versus)
+    md += segmentation_md(segmentation)
     return write_page(out, md, title="probe demo")
 
 
