@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .demo_reference import is_reference, level, shipped_references, versus
 from .errors import ProbeError
-from .selection import parse_t
+from .selection import LogSNR, parse_t
 from .store import open_features
 
 
@@ -95,7 +95,7 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     os.makedirs(os.path.join(out, "features"), exist_ok=True)
     t0 = time.time()
     sections, files = [], {}
-    ts = parse_t(timesteps if t is None else t)
+    ts = t if isinstance(t, LogSNR) else parse_t(timesteps if t is None else t)
     for label, name, random_init, model_heads in entries:
         log(f"== {label}")
         changes = (DEFAULT_OVERRIDES if overrides is None or t is not None else overrides
@@ -145,7 +145,8 @@ def _study_model(out, label, name, random_init, plan, log):
 
     model = load_model(name, random_init=random_init, device=plan["device"])
     timed = model.has_timesteps  # a reference network sees the clean image: no t
-    ts = list(plan["timesteps"] or default_timesteps(model)) if timed else None
+    ts = plan["timesteps"] if isinstance(plan["timesteps"], LogSNR) else (
+        list(plan["timesteps"] or default_timesteps(model)) if timed else None)
     blocks = (_spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
               sorted(model.resolve_blocks(plan["blocks"]), key=model.block_names.index))
     heads, epochs, limit, progress = plan["heads"], plan["epochs"], plan["limit"], plan["progress"]

@@ -175,7 +175,8 @@ class FeatureFile:
             raise ProbeError(f"{self.path} is corrupt ({e}): re-run `probe extract`") from e
         self.keys = sorted(keys, key=lambda k: (k[0], order.get(k[1], len(order)), k[1]))
         self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path,
-                               self.attrs.get("model"))
+                               self.attrs.get("model"),
+                               {k: self.attrs.get(k) for k in ("noise_levels", "logsnr_range")})
 
     # context manager
     def __enter__(self):
@@ -215,6 +216,12 @@ class FeatureFile:
         """The model's full block list, in forward order, that block ids count in (None
         for files written before it was recorded)."""
         return self.catalog.model_blocks
+
+    def noise_levels(self) -> dict[int | float, dict[str, float]]:
+        """Per t held: α_t, σ_t and log-SNR as extraction recorded them ({} for files
+        written before probe recorded them, and for networks without timesteps)."""
+        table = self.attrs.get("noise_levels") or {}
+        return {t_from_text(k): v for k, v in table.items()}
 
     def select(self, t: Spec = "all", blocks: Spec = "all", keys: Spec = None) -> list[Key]:
         """The (t, block) keys named by ``t`` x ``blocks`` or by ``keys``, in file order

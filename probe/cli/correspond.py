@@ -1,6 +1,6 @@
 """`probe correspond`: keypoint matching with block feature maps, scored by PCK."""
 from ..errors import ProbeError
-from .common import add_run_flags, add_selection
+from .common import add_run_flags, add_selection, selection
 
 
 def register(sub):
@@ -98,7 +98,8 @@ def run(args):
             kw = model_kwargs(args)
     elif args.checkpoint or args.random_init or args.prompt:
         raise ProbeError("--checkpoint, --random-init and --prompt need --model")
-    correspond(args.model, args.data, t=args.t, blocks=args.blocks, keys=args.keys, out=args.out,
+    t, blocks, keys = selection(args)
+    correspond(args.model, args.data, t=t, blocks=blocks, keys=keys, out=args.out,
                features=args.features, preset=args.preset, options=options, split=args.split,
                cache=args.cache, device=args.device, batch_size=args.batch_size,
                overwrite=args.overwrite, progress=not args.quiet, command=args.command_line,

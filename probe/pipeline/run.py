@@ -25,7 +25,7 @@ from ..device import resolve_device
 from ..errors import ProbeError
 from ..extractors.weights import sha256
 from ..options import NoiseOptions, OutputOptions, RunOptions, gather, refuse_unknown
-from ..selection import Spec, parse_t
+from ..selection import LogSNR, Spec, parse_t
 from ..version import __version__
 from .loop import DTYPES, run_batches
 from .merge import assemble, summary
@@ -138,7 +138,7 @@ def _borrowed(model: Extractor, device: torch.device) -> Iterator[None]:
 
 def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, run, output,
              device, log, command):
-    ts = _timesteps(model, noise)
+    ts = _timesteps(model, noise, log)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
         data = load_dataset(data, split, model.data_size, model.image_channels,
@@ -161,7 +161,7 @@ def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, 
     return out
 
 
-def _timesteps(model, noise):
+def _timesteps(model, noise, log=print):
     """The timesteps to extract, checked against the model: [] for a network without
     timesteps, which refuses every option about noise."""
     if not model.has_timesteps:
@@ -176,6 +176,10 @@ def _timesteps(model, noise):
     if noise.t is None and getattr(model.schedule, "continuous", False):
         raise ProbeError(f"{model.name}'s t is continuous in [0, 1] "
                          f"({model.schedule.describe().get('t')}): give it, e.g. --t 0.5")
+    if isinstance(noise.t, LogSNR):
+        from ..extractors.schedules import t_for_log_snr
+
+        return sorted({t_for_log_snr(model.schedule, x, model.name, log) for x in noise.t.values})
     ts = parse_t(100 if noise.t is None else noise.t)
     if ts is None:
         raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "
@@ -243,8 +247,15 @@ def _file_attrs(model, settings, command):
                 model_info=model.describe(), checkpoint=model.source,
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                 schedule=model.schedule.describe() if model.has_timesteps else None,
+                **(_noise_table(model.schedule, settings.timesteps) if model.has_timesteps else {}),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
+
+
+def _noise_table(schedule, timesteps):
+    from ..extractors.schedules import noise_table
+
+    return noise_table(schedule, timesteps)
 
 
 def _dist_info():
