@@ -41,6 +41,9 @@ class Schedule(Protocol):
     def log_snr(self, t: Any) -> torch.Tensor:
         """log(α_t² / σ_t²), float64 (+inf where σ_t = 0)."""
 
+    def noise_level(self, t: Any) -> dict:
+        """{"alpha", "sigma", "logsnr"} of one t, as a feature file records it."""
+
 
 class NoiseLevels:
     """log-SNR and the per-t record from ``coefficients`` (shared by every schedule)."""
