@@ -191,7 +191,9 @@ def t_for_log_snr(schedule: Schedule, logsnr: float, owner: str,
         if not math.isfinite(logsnr):
             raise ProbeError(f"log-SNR {logsnr} is outside {owner}'s range: give a finite "
                              "value (its continuous t reaches every finite log-SNR)")
-        return t_value(schedule.t_of_log_snr(logsnr))  # type: ignore[attr-defined]
+        t = t_value(schedule.t_of_log_snr(logsnr))  # type: ignore[attr-defined]
+        log(f"{owner}: --logsnr {logsnr:g} -> t={t_text(t)} (exact: continuous t)")
+        return t
     levels = schedule.log_snr(torch.arange(schedule.num_timesteps)).tolist()
     return nearest_log_snr(dict(enumerate(levels)), logsnr, (lo, hi), owner, log)
 

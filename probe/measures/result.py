@@ -10,7 +10,7 @@ from ..files import atomic_json, atomic_write
 from ..selection import parse_key
 from ..store import key_name
 
-ACROSS = ("blocks", "timesteps", "all")
+ACROSS = ("blocks", "timesteps", "logsnr", "all")
 # the measures of `probe similarity`, as written in plots and messages
 LABELS = {"cka": "CKA", "cka-unbiased": "unbiased CKA", "cka-rbf": "RBF CKA",
           "mutual-knn": "mutual k-NN", "cknna": "CKNNA", "rsa": "RSA",
@@ -68,6 +68,8 @@ class SimilarityResult:
     ci_low: np.ndarray | None = None
     ci_high: np.ndarray | None = None
     uncertainty: dict = field(default_factory=dict)
+    # t -> log-SNR of the row file and of the column file, as they record it
+    levels: tuple = ({}, {})
 
     @property
     def label(self):
@@ -116,6 +118,8 @@ class SimilarityResult:
         across = across or self.across
         if across not in ACROSS:
             raise ProbeError(f"unknown across {across!r}: use one of {', '.join(ACROSS)}")
+        if across == "logsnr":
+            return self._log_snr_panels()
         if across == "all":
             return [Panel("all keys", list(range(len(self.rows))), list(range(len(self.cols))),
                           self.row_labels, self.col_labels)]
@@ -137,6 +141,30 @@ class SimilarityResult:
             what = "timesteps" if across == "blocks" else "blocks"
             raise ProbeError(f"the two files share no {what}, so there is nothing to draw across "
                              f"{across}: use --across all")
+        return out
+
+    def log_snr(self, key, side=0):
+        """The log-SNR of a row key (``side`` 0) or a column key (1), from its file."""
+        levels = self.levels[side] or {}
+        if key[0] not in levels:
+            raise ProbeError(f"{self.files[side] or self.files[0]} records no log-SNR for "
+                             f"t={key[0]} (written by an older probe, or a network without "
+                             "timesteps): re-extract it, or use --across blocks or timesteps")
+        return levels[key[0]]
+
+    def _log_snr_panels(self):
+        """One panel per (row block, column block), both sides ordered by log-SNR (noisiest
+        first), so that files of different families share the axis."""
+        out = []
+        for rb in dict.fromkeys(b for _, b in self.rows):
+            for cb in dict.fromkeys(b for _, b in self.cols):
+                r = sorted((i for i, k in enumerate(self.rows) if k[1] == rb),
+                           key=lambda i: self.log_snr(self.rows[i], 0))
+                c = sorted((j for j, k in enumerate(self.cols) if k[1] == cb),
+                           key=lambda j: self.log_snr(self.cols[j], 1))
+                out.append(Panel(f"{rb} vs {cb}", r, c,
+                                 [f"{self.log_snr(self.rows[i], 0):.2f}" for i in r],
+                                 [f"{self.log_snr(self.cols[j], 1):.2f}" for j in c]))
         return out
 
     def line(self, blocks=None, ref=None):
@@ -224,6 +252,10 @@ class SimilarityResult:
                "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
                "num_samples": self.num_samples, "estimator": self.estimator,
                "constant_keys": self.constant_keys}
+        if any(self.levels):
+            out["logsnr"] = {"rows": [self.levels[0].get(t) for t, _ in self.rows],
+                             "cols": [(self.levels[1] or self.levels[0]).get(t)
+                                      for t, _ in self.cols]}
         if self.has_stats:
             out["uncertainty"] = self.uncertainty
             out.update({s: getattr(self, s).tolist() for s in STATS if getattr(self, s) is not None})

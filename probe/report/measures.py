@@ -100,7 +100,8 @@ def heatmaps(result: SimilarityResult, path: str | os.PathLike, across: str | No
     if annotate is None:
         annotate = n_r <= 10 and n_c <= 10
     name_a, name_b = _name(result.files[0]), _name(result.files[1] or result.files[0])
-    what = {"blocks": "block", "timesteps": "timestep", "all": "block, grouped by t"}[across]
+    what = {"blocks": "block", "timesteps": "timestep", "logsnr": "log-SNR",
+            "all": "block, grouped by t"}[across]
     for ax, p in zip(axes, panels):
         sub = m[np.ix_(p.rows, p.cols)]
         im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
