@@ -177,3 +177,36 @@ def test_a_written_table_is_read_by_nearest_log_snr(tmp_path):
         with pytest.raises(ProbeError, match="outside"):
             f.select(LogSNR((-40.0,)))
     assert main(["info", str(path), "--t", "10", "--logsnr", "0"]) == 2
+
+
+def test_cka_across_logsnr_pairs_keys_of_equal_noise(tmp_path):
+    """A DDPM file and a SiT file: B's keys are those at the t nearest A's log-SNR, and CKA
+    of features that are the same up to a rotation is 1 exactly where the noise matches."""
+    ddpm, sit = DDPMSchedule("linear"), InterpolantSchedule("sit")
+    rng = np.random.default_rng(0)
+    feats = {lam: rng.normal(size=(30, 6)) for lam in (-2.0, 2.0)}
+    t_d = {lam: t_for_log_snr(ddpm, lam, "d", log=lambda m: None) for lam in feats}
+    t_s = {lam: t_for_log_snr(sit, lam, "s", log=lambda m: None) for lam in feats}
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    a = write_features(tmp_path / "a.h5", {(t_d[lam], "b"): x for lam, x in feats.items()},
+                       labels=np.zeros(30, int), attrs=noise_table(ddpm, list(t_d.values())))
+    extra = t_for_log_snr(sit, 6.0, "s", log=lambda m: None)  # matches no row: left out
+    b = write_features(tmp_path / "b.h5",
+                       {**{(t_s[lam], "c"): x @ q for lam, x in feats.items()},
+                        (extra, "c"): rng.normal(size=(30, 6))},
+                       labels=np.zeros(30, int),
+                       attrs=noise_table(sit, [*t_s.values(), extra]))
+    res = probe.cka(a, b, across="logsnr")
+    assert res.cols == sorted((t, "c") for t in t_s.values())
+    for lam in feats:
+        assert res.value((t_d[lam], "b"), (t_s[lam], "c")) == pytest.approx(1, abs=1e-6)
+    (panel,) = res.panels()
+    assert panel.title == "b vs c"  # noisiest first, labelled by the log-SNR each file reached
+    assert panel.row_labels == [f"{float(ddpm.log_snr(t_d[lam])):.2f}" for lam in (-2.0, 2.0)]
+    assert res.to_dict()["logsnr"]["cols"] == pytest.approx([-2.0, 2.0])
+    out = tmp_path / "cka.png"
+    assert main(["cka", str(a), str(b), "--across", "logsnr", "--out", str(out)]) == 0
+    assert out.exists()
+    old = write_features(tmp_path / "old.h5", {"t10/c": feats[2.0]}, labels=np.zeros(30, int))
+    with pytest.raises(ProbeError, match="records no log-SNR"):
+        probe.cka(a, old, across="logsnr")
