@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .demo_reference import is_reference, level, shipped_references, versus
 from .errors import ProbeError
-from .selection import LogSNR, parse_t
+from .selection import LogSNR, parse_t, t_text
 from .store import open_features
 
 
@@ -128,7 +128,8 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     if vs:
         atomic_json(vs, os.path.join(out, "cka-vs-reference.json"))
         plot_versus(vs, os.path.join(out, "cka-vs-reference.png"))
-    report = write_report(out, sections, between, time.time() - t0, data, vs)
+    logsnr_png = _accuracy_vs_log_snr(out, sections, files, levels, log)
+    report = write_report(out, sections, between, time.time() - t0, data, vs, logsnr_png)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
 
@@ -142,11 +143,15 @@ def _study_model(out, label, name, random_init, plan, log):
     from .pipeline.run import weights_sha256
     from .heads.compare import compare
     from .files import atomic_json
+    from .extractors.schedules import t_for_log_snr
 
     model = load_model(name, random_init=random_init, device=plan["device"])
     timed = model.has_timesteps  # a reference network sees the clean image: no t
-    ts = plan["timesteps"] if isinstance(plan["timesteps"], LogSNR) else (
-        list(plan["timesteps"] or default_timesteps(model)) if timed else None)
+    if isinstance(plan["timesteps"], LogSNR) and timed:  # each family's own t, cached as such
+        ts = sorted({t_for_log_snr(model.schedule, x, label, log)
+                     for x in plan["timesteps"].values})
+    else:
+        ts = list(plan["timesteps"] or default_timesteps(model)) if timed else None
     blocks = (_spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
               sorted(model.resolve_blocks(plan["blocks"]), key=model.block_names.index))
     heads, epochs, limit, progress = plan["heads"], plan["epochs"], plan["limit"], plan["progress"]
@@ -192,6 +197,34 @@ def _study_model(out, label, name, random_init, plan, log):
     section["stage"] = "done"
     atomic_json(section, cache)
     return section
+
+
+def _accuracy_vs_log_snr(out, sections, files, levels, log):
+    """accuracy_vs_logsnr.png from the linear grids already computed: each trained diffusion
+    model's best block at each t, placed at the log-SNR its test file records."""
+    from .report.demo import plot_linear_vs_log_snr
+
+    curves = []
+    for s in sections:
+        if not s["ts"] or s["settings"]["random_init"]:
+            continue
+        with open_features(files[s["name"]]["test"]) as f:
+            table = {t_text(t): v["logsnr"] for t, v in f.noise_levels().items()}
+        if not table:
+            log(f"{s['name']}: its features record no log-SNR (an older file): left out of "
+                "accuracy_vs_logsnr.png")
+            continue
+        best = {}
+        for r in s["grid"]:
+            key = t_text(r["t"])
+            best[key] = max(best.get(key, 0.0), r["top1"])
+        ts = [k for k in best if k in table]
+        curves.append(dict(model=s["name"], logsnr=[table[k] for k in ts],
+                           top1=[best[k] for k in ts], n=s["sizes"]["test"]))
+    if not curves:
+        return None
+    plot_linear_vs_log_snr(curves, levels, os.path.join(out, "accuracy_vs_logsnr.png"))
+    return "accuracy_vs_logsnr.png"
 
 
 def _cka_minibatch(path, full_batch_max=4096):
