@@ -199,7 +199,8 @@ def _study_model(out, label, name, random_init, plan, log):
     return section
 
 
-def _accuracy_vs_log_snr(out, sections, files, levels, log):
+def _accuracy_vs_log_snr(out: str, sections: list, files: dict, levels: list,
+                         log: Callable[[str], Any]) -> str | None:
     """accuracy_vs_logsnr.png from the linear grids already computed: each trained diffusion
     model's best block at each t, placed at the log-SNR its test file records."""
     from .report.demo import plot_linear_vs_log_snr

@@ -51,7 +51,8 @@ def register(subparsers: Any) -> None:
                    help="blocks of the CKA-against-t plot (default: up to 8 of them)")
     p.add_argument("--line-ref", metavar="REF",
                    help="what each (t, block) is compared with in the line plot: tT (same block "
-                        "at T; default the smallest t), same (same key in B) or tT/BLOCK")
+                        "at T; default the smallest t), same (same key in B), tT/BLOCK, or logsnr "
+                        "(B's key of nearest log-SNR; the default with --across logsnr)")
     p.add_argument("--out", default="cka.png", metavar="FILE.png",
                    help="heatmap path; the CSV, JSON and line plot go next to it (default cka.png)")
     add_run_flags(p, seed_what="the minibatch shuffle", device_default="cpu",

@@ -1,6 +1,7 @@
 """`probe info FILE`: how a feature file was made, and what it holds."""
 import json
 import os
+from typing import Any
 
 from ..errors import ProbeError
 from .common import add_selection, selection
@@ -47,7 +48,7 @@ def run(args):
     return 0
 
 
-def _noise(f):
+def _noise(f: Any) -> None:
     """The noise per t: x_t = alpha_t x_0 + sigma_t eps, log-SNR = log(alpha_t^2/sigma_t^2)."""
     from ..selection import t_text
 

@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
                    help="blocks of the measure-against-t plot (default: up to 8 of them)")
     g.add_argument("--line-ref", metavar="REF",
                    help="what each (t, block) is compared with in the line plot: tT (same block "
-                        "at T; default the smallest t), same (same key in B) or tT/BLOCK")
+                        "at T; default the smallest t), same (same key in B), tT/BLOCK, or logsnr "
+                        "(B's key of nearest log-SNR; the default with --across logsnr)")
     g.add_argument("--out", metavar="FILE.png",
                    help="heatmap path; the CSV, JSON, line plot and stats CSV go next to it "
                         "(default METRIC.png)")

@@ -73,7 +73,7 @@ def _select(fa, fb, sel_a, sel_b):
                          "with --t-b, --blocks-b or --keys-b)") from None
 
 
-def _nearest_log_snr_keys(fa, fb, rows):
+def _nearest_log_snr_keys(fa: FeatureFile, fb: FeatureFile, rows: list) -> list:
     """Every key of ``fb`` at the t whose log-SNR is nearest a row's (files of different
     families name the same noise by different t)."""
     levels_a, levels_b = fa.noise_levels(), fb.noise_levels()
@@ -86,7 +86,7 @@ def _nearest_log_snr_keys(fa, fb, rows):
     return [k for k in fb.keys if k[0] in chosen]
 
 
-def _levels(f):
+def _levels(f: FeatureFile) -> dict:
     return {t: v["logsnr"] for t, v in f.noise_levels().items()}
 
 

@@ -143,7 +143,7 @@ class SimilarityResult:
                              f"{across}: use --across all")
         return out
 
-    def log_snr(self, key, side=0):
+    def log_snr(self, key: tuple, side: int = 0) -> float:
         """The log-SNR of a row key (``side`` 0) or a column key (1), from its file."""
         levels = self.levels[side] or {}
         if key[0] not in levels:
@@ -152,7 +152,7 @@ class SimilarityResult:
                              "timesteps): re-extract it, or use --across blocks or timesteps")
         return levels[key[0]]
 
-    def _log_snr_panels(self):
+    def _log_snr_panels(self) -> list[Panel]:
         """One panel per (row block, column block), both sides ordered by log-SNR (noisiest
         first), so that files of different families share the axis."""
         out = []
@@ -171,13 +171,16 @@ class SimilarityResult:
         """The measure against t for some blocks: {block: (timesteps, values)} and a
         description of what each (t, block) is compared with.
 
-        ``ref``: 'tT' -- the same block at timestep T (default: the smallest t, or in two
+        ``ref``: 'logsnr' -- the column of nearest log-SNR (default with ``across``
+        'logsnr'); 'tT' -- the same block at timestep T (default: the smallest t, or in two
         files 'same' when the second file has the same keys); 'same' -- the same (t, block)
         in the second file; 'tT/BLOCK' -- one fixed column key."""
         if all(t is None for t, _ in self.rows):
             raise ProbeError(f"{self.files[0]} has no timesteps (a network that sees the clean "
                              "image), so there is no line against t: swap the two files")
         col_ts = sorted({t for t, _ in self.cols})
+        if ref is None and self.across == "logsnr":
+            ref = "logsnr"
         if ref is None:
             same = self.two_files and all(k in self.cols for k in self.rows)
             ref = "same" if same else (key_name(*self.cols[-1]) if self.two_files else f"t{col_ts[0]}")
@@ -196,7 +199,7 @@ class SimilarityResult:
             for (t, bb) in self.rows:
                 if bb != b:
                     continue
-                col = self._ref_key(ref, t, b)
+                col = self._nearest_col(t, b) if ref == "logsnr" else self._ref_key(ref, t, b)
                 if col not in self.cols:
                     raise ProbeError(f"the line for {b} needs {key_name(*col)}, which is not among "
                                      f"the {self.label} columns: include it in --keys or change "
@@ -205,6 +208,15 @@ class SimilarityResult:
                 vals.append(self.value((t, b), col))
             lines[b] = (ts, vals)
         return lines, self._ref_text(ref)
+
+    def _nearest_col(self, t: int | float, block: str) -> tuple:
+        """The column of log-SNR nearest the row (t, block)'s: of the same block when the
+        columns have it, else of the first column block."""
+        blocks = [b for _, b in self.cols]
+        same = block if block in blocks else blocks[0]
+        level = self.log_snr((t, block), 0)
+        return min((k for k in self.cols if k[1] == same),
+                   key=lambda k: abs(self.log_snr(k, 1) - level))
 
     @staticmethod
     def _ref_key(ref, t, block):
@@ -215,6 +227,8 @@ class SimilarityResult:
         return parse_key(ref)
 
     def _ref_text(self, ref):
+        if ref == "logsnr":
+            return "the column of nearest log-SNR"
         if ref == "same":
             return "the same t and block in the second file"
         if re_t(ref):

@@ -252,7 +252,7 @@ def _file_attrs(model, settings, command):
                 command=command or "probe.extract() from Python")
 
 
-def _noise_table(schedule, timesteps):
+def _noise_table(schedule: Any, timesteps: Any) -> dict:
     from ..extractors.schedules import noise_table
 
     return noise_table(schedule, timesteps)

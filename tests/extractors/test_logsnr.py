@@ -204,6 +204,9 @@ def test_cka_across_logsnr_pairs_keys_of_equal_noise(tmp_path):
     assert panel.title == "b vs c"  # noisiest first, labelled by the log-SNR each file reached
     assert panel.row_labels == [f"{float(ddpm.log_snr(t_d[lam])):.2f}" for lam in (-2.0, 2.0)]
     assert res.to_dict()["logsnr"]["cols"] == pytest.approx([-2.0, 2.0])
+    lines, ref = res.line()  # each row against B's key of nearest log-SNR: the rotated copy
+    assert ref == "the column of nearest log-SNR"
+    assert lines["b"][1] == pytest.approx([1, 1], abs=1e-6)
     out = tmp_path / "cka.png"
     assert main(["cka", str(a), str(b), "--across", "logsnr", "--out", str(out)]) == 0
     assert out.exists()
