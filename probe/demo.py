@@ -147,6 +147,7 @@ def _study_model(out, label, name, random_init, plan, log):
 
     model = load_model(name, random_init=random_init, device=plan["device"])
     timed = model.has_timesteps  # a reference network sees the clean image: no t
+    ts: list[int | float] | None
     if isinstance(plan["timesteps"], LogSNR) and timed:  # each family's own t, cached as such
         ts = sorted({t_for_log_snr(model.schedule, x, label, log)
                      for x in plan["timesteps"].values})
@@ -215,7 +216,7 @@ def _accuracy_vs_log_snr(out: str, sections: list, files: dict, levels: list,
             log(f"{s['name']}: its features record no log-SNR (an older file): left out of "
                 "accuracy_vs_logsnr.png")
             continue
-        best = {}
+        best: dict[str, float] = {}
         for r in s["grid"]:
             key = t_text(r["t"])
             best[key] = max(best.get(key, 0.0), r["top1"])
