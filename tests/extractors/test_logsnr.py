@@ -213,3 +213,18 @@ def test_cka_across_logsnr_pairs_keys_of_equal_noise(tmp_path):
     old = write_features(tmp_path / "old.h5", {"t10/c": feats[2.0]}, labels=np.zeros(30, int))
     with pytest.raises(ProbeError, match="records no log-SNR"):
         probe.cka(a, old, across="logsnr")
+
+
+def test_correspond_takes_logsnr_for_extraction_and_reading(tmp_path, capsys):
+    out = tmp_path / "corr"
+    assert main(["correspond", "--model", "adm-fmnist", "--data", "warp:demo", "--limit", "2",
+                 "-q", "--device", "cpu", "--logsnr", "2", "--blocks", "middle_block",
+                 "--out", str(out)]) == 0
+    abar = _numpy_abar("linear")
+    t = int(np.argmin(np.abs(np.log(abar / (1 - abar)) - 2)))
+    said = capsys.readouterr()
+    assert said.out.count(f"--logsnr 2 -> t={t}") + said.err.count(f"--logsnr 2 -> t={t}") == 2
+    import json
+
+    report = json.loads((out / "pck.json").read_text())
+    assert [v["variant"] for v in report["variants"]] == [f"t{t}/middle_block"]
