@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .demo_reference import is_reference, level, shipped_references, versus
 from .errors import ProbeError
-from .selection import parse_t
+from .selection import LogSNR, parse_t, spread, t_text
 from .store import open_features
 
 
@@ -27,14 +27,6 @@ def shipped_models() -> list[str]:
     from .extractors.registry import MODELS, REFERENCE_PREFIXES
 
     return [n for n, s in MODELS.items() if s.get("file") and s["family"] not in REFERENCE_PREFIXES]
-
-
-def _spread(items, k):
-    """At most k items, evenly spaced, keeping the first and last."""
-    if len(items) <= k:
-        return list(items)
-    step = (len(items) - 1) / (k - 1)
-    return list(dict.fromkeys(items[round(i * step)] for i in range(k)))
 
 
 # The shipped U-Net costs about 30 times a shipped ViT per image (a 28 px U-Net is about
@@ -80,9 +72,7 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     none).
     """
     from .files import atomic_json
-    from .measures import cka as cka_fn
     from .report.demo import plot_linear_vs_t, plot_versus, write_report
-    from .report.measures import heatmaps
 
     names = list(models or shipped_models() + shipped_references())
     refs = [m for m in names if is_reference(m)]
@@ -96,7 +86,7 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     os.makedirs(os.path.join(out, "features"), exist_ok=True)
     t0 = time.time()
     sections, files = [], {}
-    ts = parse_t(timesteps if t is None else t)
+    ts = t if isinstance(t, LogSNR) else parse_t(timesteps if t is None else t)
     for label, name, random_init, model_heads in entries:
         log(f"== {label}")
         changes = (DEFAULT_OVERRIDES if overrides is None or t is not None else overrides
@@ -108,17 +98,7 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
         section = _study_model(out, label, name, random_init, plan, log)
         files[label] = section["files"]
         sections.append(section)
-    between = []
-    for i, a in enumerate(models):
-        for b in models[i + 1:]:
-            # panels per shared t; a continuous-time model shares no t with a DDPM, so
-            # the measures' default layout falls back to panels per block, then one grid
-            res = cka_fn(files[a]["test"], files[b]["test"], across=None,
-                         minibatch=_cka_minibatch(files[a]["test"]))
-            png = f"cka-{a}-vs-{b}.png"
-            heatmaps(res, os.path.join(out, png))
-            res.to_csv(os.path.join(out, png.replace(".png", ".csv")))
-            between.append((a, b, png, float(res.matrix.max())))
+    between = _between(out, models, files)
     levels = [level(s) for s in sections if s["name"] in refs]
     for s in sections:
         if s["name"] not in refs:
@@ -132,9 +112,30 @@ def run_demo(out: str = "probe-demo", models: Sequence[str] | None = None, data:
     seg = _segmentation(out, sections, data, dict(
         limit=limit, epochs=epochs, seed=seed, device=device, batch_size=batch_size,
         overwrite=overwrite, progress=progress), log) if segmentation else []
-    report = write_report(out, sections, between, time.time() - t0, data, vs, seg)
+    logsnr_png = _accuracy_vs_log_snr(out, sections, files, levels, log)
+    report = write_report(out, sections, between, time.time() - t0, data, vs,
+                          segmentation=seg, logsnr_png=logsnr_png)
     log(f"report: {report} (and {os.path.join(out, 'index.html')})")
     return report
+
+
+def _between(out: str, models: Sequence[str], files: dict) -> list[tuple[str, str, str, float]]:
+    """CKA heatmaps between every pair of diffusion models: (a, b, figure, highest CKA)."""
+    from .measures import cka as cka_fn
+    from .report.measures import heatmaps
+
+    between = []
+    for i, a in enumerate(models):
+        for b in models[i + 1:]:
+            # panels per shared t; a continuous-time model shares no t with a DDPM, so
+            # the measures' default layout falls back to panels per block, then one grid
+            res = cka_fn(files[a]["test"], files[b]["test"], across=None,
+                         minibatch=_cka_minibatch(files[a]["test"]))
+            png = f"cka-{a}-vs-{b}.png"
+            heatmaps(res, os.path.join(out, png))
+            res.to_csv(os.path.join(out, png.replace(".png", ".csv")))
+            between.append((a, b, png, float(res.matrix.max())))
+    return between
 
 
 def _study_model(out, label, name, random_init, plan, log):
@@ -146,11 +147,17 @@ def _study_model(out, label, name, random_init, plan, log):
     from .pipeline.run import weights_sha256
     from .heads.compare import compare
     from .files import atomic_json
+    from .extractors.schedules import t_for_log_snr
 
     model = load_model(name, random_init=random_init, device=plan["device"])
     timed = model.has_timesteps  # a reference network sees the clean image: no t
-    ts = list(plan["timesteps"] or default_timesteps(model)) if timed else None
-    blocks = (_spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
+    ts: list[int | float] | None
+    if isinstance(plan["timesteps"], LogSNR) and timed:  # each family's own t, cached as such
+        ts = sorted({t_for_log_snr(model.schedule, x, label, log)
+                     for x in plan["timesteps"].values})
+    else:
+        ts = list(plan["timesteps"] or default_timesteps(model)) if timed else None
+    blocks = (spread(model.block_names, plan["max_blocks"]) if plan["blocks"] is None else
               sorted(model.resolve_blocks(plan["blocks"]), key=model.block_names.index))
     heads, epochs, limit, progress = plan["heads"], plan["epochs"], plan["limit"], plan["progress"]
     train = dict(progress=progress, epochs=epochs, seed=plan["seed"], device=plan["device"])
@@ -211,6 +218,35 @@ def _segmentation(out, sections, data, plan, log):
                if not s["settings"]["random_init"]]
     plot_segmentation(results, os.path.join(out, FIGURE))
     return results
+
+
+def _accuracy_vs_log_snr(out: str, sections: list, files: dict, levels: list,
+                         log: Callable[[str], Any]) -> str | None:
+    """accuracy_vs_logsnr.png from the linear grids already computed: each trained diffusion
+    model's best block at each t, placed at the log-SNR its test file records."""
+    from .report.demo import plot_linear_vs_log_snr
+
+    curves = []
+    for s in sections:
+        if not s["ts"] or s["settings"]["random_init"]:
+            continue
+        with open_features(files[s["name"]]["test"]) as f:
+            table = {t_text(t): v["logsnr"] for t, v in f.noise_levels().items()}
+        if not table:
+            log(f"{s['name']}: its features record no log-SNR (an older file): left out of "
+                "accuracy_vs_logsnr.png")
+            continue
+        best: dict[str, float] = {}
+        for r in s["grid"]:
+            key = t_text(r["t"])
+            best[key] = max(best.get(key, 0.0), r["top1"])
+        ts = [k for k in best if k in table]
+        curves.append(dict(model=s["name"], logsnr=[table[k] for k in ts],
+                           top1=[best[k] for k in ts], n=s["sizes"]["test"]))
+    if not curves:
+        return None
+    plot_linear_vs_log_snr(curves, levels, os.path.join(out, "accuracy_vs_logsnr.png"))
+    return "accuracy_vs_logsnr.png"
 
 
 def _cka_minibatch(path, full_batch_max=4096):

@@ -28,7 +28,7 @@ def segment_section(out: str, section: Mapping[str, Any], plan: Mapping[str, Any
     the masked data and fit seg-linear per (t, block); cached in ``out/LABEL/segmentation``.
     ``plan``: data, limit, epochs, seed, device, batch_size, overwrite, progress."""
     from . import extract, load_model
-    from .demo import _spread
+    from .selection import spread
     from .files import atomic_json
     from .heads.dense.compare import compare_segmentation
     from .store import open_features
@@ -50,7 +50,7 @@ def segment_section(out: str, section: Mapping[str, Any], plan: Mapping[str, Any
     with open_features(section["files"]["train"]) as f:  # a classifier's vectors: no map
         mapped = [b for b in section["blocks"] if any(
             k[1] == b and len(f.shape(k)) == 3 for k in f.keys)]
-    blocks = _spread(mapped, SEG_BLOCKS)
+    blocks = spread(mapped, SEG_BLOCKS)
     model = load_model(s["name"], device=plan["device"])
     paths = [extract(model, plan["data"], split=split, t=section["ts"], blocks=blocks,
                      pool=SEG_POOL, out=os.path.join(out, "features", f"{label}-seg-{split}.h5"),

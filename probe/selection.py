@@ -14,25 +14,70 @@ Networks without a timestep (reference networks that see the clean image: timm,
 torchvision) have keys ``(None, block)``, labelled by the bare block name
 (:func:`key_label`); their files take ``--blocks`` and ``--keys BLOCK`` but no ``--t``.
 
+- ``LogSNR(values)`` in place of ``t`` (``--logsnr X``): the t at log-SNR
+  log(α_t²/σ_t²) = X, the one noise axis across families.  Extraction resolves it against
+  the model's schedule; a reader against the noise table its file records
+  (:func:`nearest_log_snr`, which logs the t taken and the log-SNR reached).
+
 Ids always count in the model's full block list: a feature file records that list
 (``model_blocks``), so ``--blocks 2`` names the same block in ``probe extract`` and in
 every command that reads the file.  Errors list what exists.
 """
 from __future__ import annotations
 
+import math
 import numbers
 import re
-from typing import Any, Iterable, Sequence, Union, cast
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union, cast
 
 from .errors import ProbeError, suggest
 
 Key = tuple  # (t: int | float, block: str), or (None, block) for a network without timesteps
-Spec = Union[None, str, int, float, Sequence[Union[str, int, float]]]
+Spec = Union[None, str, int, float, "LogSNR", Sequence[Union[str, int, float]]]
 
 ALL = "all"
 _NUMBER = r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 _KEY = re.compile(rf"t({_NUMBER})/(.+)")
 _T = re.compile(rf"t({_NUMBER})")
+
+
+@dataclass(frozen=True)
+class LogSNR:
+    """Timesteps named by log-SNR instead of t (``--logsnr -2,0``)."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def parse(cls, spec: Any) -> "LogSNR":
+        """From a number, a comma list or a list of these (a repeated ``--logsnr``)."""
+        words = _words(spec) or []
+        try:
+            values = tuple(float(w) for w in words)
+        except (TypeError, ValueError):
+            raise ProbeError(f"bad --logsnr {spec!r}: give log-SNR values as numbers, e.g. "
+                             "--logsnr -2 or --logsnr -4,0,4") from None
+        if not values or any(math.isnan(v) for v in values):
+            raise ProbeError("no log-SNR given: use e.g. --logsnr 0 or --logsnr -4,0,4")
+        return cls(values)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def nearest_log_snr(levels: Mapping[Any, float], logsnr: float, bounds: Sequence[float],
+                    owner: str, log: Callable[[str], Any] = _stderr) -> int | float:
+    """The t (a key of ``levels``, t -> its log-SNR) of log-SNR nearest ``logsnr``, logged
+    with the log-SNR reached; a ``logsnr`` outside ``bounds`` (lo, hi) is a ProbeError."""
+    lo, hi = bounds
+    if not lo <= logsnr <= hi:
+        raise ProbeError(f"log-SNR {logsnr:g} is outside {owner}'s range [{lo:.4g}, {hi:.4g}]: "
+                         "give --logsnr within it")
+    t = min(levels, key=lambda k: (abs(levels[k] - logsnr), t_value(k)))
+    log(f"{owner}: --logsnr {logsnr:g} -> t={t_text(t)} (log-SNR {levels[t]:.4g})")
+    return t_value(t)
 
 
 def t_value(t: Any) -> int | float:
@@ -72,6 +117,9 @@ def _words(spec: Spec) -> list | None:
 
 def parse_t(spec: Spec) -> list[int | float] | None:
     """Timesteps (:func:`t_value`), sorted and unique; None for all."""
+    if isinstance(spec, LogSNR):
+        raise ProbeError("--logsnr is resolved against a schedule or a file's noise table, "
+                         "not read as timesteps")
     words = _words(spec)
     if words is None:
         return None
@@ -171,7 +219,7 @@ class Catalog:
     and the model's full block list that ids count in."""
 
     def __init__(self, keys: Iterable[Key], model_blocks: Sequence[str] | None, owner: str,
-                 model: str | None = None):
+                 model: str | None = None, noise: Mapping[str, Any] | None = None):
         self.keys = list(keys)
         self.blocks = list(dict.fromkeys(b for _, b in self.keys))
         self.timesteps = sorted({t for t, _ in self.keys if t is not None})
@@ -182,6 +230,18 @@ class Catalog:
         self.model_blocks = list(model_blocks) if model_blocks else None
         self.owner = owner
         self.hint = f"see `probe info {owner}`"
+        self.noise = noise or {}  # noise_levels (t text -> alpha, sigma, logsnr), logsnr_range
+
+    def timesteps_at(self, spec: LogSNR) -> list[int | float]:
+        """The held t nearest each log-SNR of ``spec`` (by the file's noise table)."""
+        levels = {t_value(t_from_text(k)): v["logsnr"]
+                  for k, v in (self.noise.get("noise_levels") or {}).items()}
+        levels = {t: v for t, v in levels.items() if t in self.timesteps}
+        if not levels:
+            raise ProbeError(f"{self.owner} records no log-SNR per t (written by an older probe "
+                             "or a network without timesteps): select with --t, or re-extract")
+        bounds = self.noise.get("logsnr_range") or (min(levels.values()), max(levels.values()))
+        return sorted({nearest_log_snr(levels, x, bounds, self.owner) for x in spec.values})
 
     def block(self, word: str | int) -> str:
         if self.model_blocks is None:
@@ -246,13 +306,13 @@ class Catalog:
         """The keys named by ``t`` x ``blocks``, or by ``keys``, in file order (t ascending,
         blocks in forward order).  Every combination named must exist."""
         if keys is not None and _words(keys) is not None:
-            if _words(t) is not None or _words(blocks) is not None:
+            if isinstance(t, LogSNR) or _words(t) is not None or _words(blocks) is not None:
                 raise ProbeError("give either --keys or --t/--blocks, not both")
             chosen = self._key_words(keys)
             if not chosen:
                 raise ProbeError(f"no keys given: name them as tT/BLOCK, tT or BLOCK ({self.hint})")
             return [k for k in self.keys if k in chosen]
-        ts = parse_t(t)
+        ts = self.timesteps_at(t) if isinstance(t, LogSNR) else parse_t(t)
         ts = None if ts is None else [self.check_t(x) for x in ts]
         words = _words(blocks)
         names = None if words is None else list(dict.fromkeys(self.block(w) for w in words))
@@ -279,3 +339,12 @@ class Catalog:
                 f"with --t and --blocks (t in {', '.join(str(x) for x in sorted({k[0] for k in found}))}; "
                 f"blocks {', '.join(dict.fromkeys(k[1] for k in found))})")
         return found[0]
+
+
+def spread(items: Sequence[Any], k: int) -> list[Any]:
+    """At most ``k`` of ``items``, evenly spaced, keeping the first and last (the demo's
+    default blocks: a few across the network rather than the first few)."""
+    if len(items) <= k:
+        return list(items)
+    step = (len(items) - 1) / (k - 1)
+    return list(dict.fromkeys(items[round(i * step)] for i in range(k)))

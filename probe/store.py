@@ -202,7 +202,8 @@ class FeatureFile:
                                  list(_read_attr(masks.attrs["class_names"])))
         self.ignore_index = None if masks is None else int(masks.attrs["ignore_index"])
         self.catalog = Catalog(self.keys, self.attrs.get("model_blocks"), self.path,
-                               self.attrs.get("model"))
+                               self.attrs.get("model"),
+                               {k: self.attrs.get(k) for k in ("noise_levels", "logsnr_range")})
 
     # context manager
     def __enter__(self):
@@ -254,6 +255,12 @@ class FeatureFile:
             raise ProbeError(f"{self.path} has no masks: extract a dataset with masks "
                              "(fashion-mnist-seg, demo-seg, voc2012, ade20k, segfolder:ROOT)")
         return self.h5["masks"]
+
+    def noise_levels(self) -> dict[int | float, dict[str, float]]:
+        """Per t held: α_t, σ_t and log-SNR as extraction recorded them ({} for files
+        written before probe recorded them, and for networks without timesteps)."""
+        table = self.attrs.get("noise_levels") or {}
+        return {t_from_text(k): v for k, v in table.items()}
 
     def select(self, t: Spec = "all", blocks: Spec = "all", keys: Spec = None) -> list[Key]:
         """The (t, block) keys named by ``t`` x ``blocks`` or by ``keys``, in file order

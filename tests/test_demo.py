@@ -39,8 +39,9 @@ def test_demo_report_on_shipped_models(tmp_path, capsys):
         with open_features(str(out / "features" / f"{name}-test.h5")) as f:
             assert len(f) == 120 and f.attrs["split"] == "test" and f.attrs["data"] == "demo"
     # 3 figures per model, one per pair; the reference's CKA, one per model against it and
-    # all of them in one
-    assert report.count("![") == 4 * len(models) + len(models) * (len(models) - 1) // 2 + 2
+    # all of them in one; accuracy against log-SNR
+    assert report.count("![") == 4 * len(models) + len(models) * (len(models) - 1) // 2 + 3
+    assert (out / "accuracy_vs_logsnr.png").stat().st_size > 1000
     assert (out / "cka-vs-reference.png").stat().st_size > 1000
     assert "report:" in capsys.readouterr().out
     check_reference_parts(out, report, models)
@@ -140,3 +141,22 @@ def test_demo_segmentation_section(tmp_path, capsys):
         best = max(rows, key=lambda r: float(r["miou"]))
         key = best["block"] if not best["t"] else f"t={best['t']}, {best['block']}"
         assert f"| {key} | {100 * float(best['miou']):.1f} % [" in report
+
+
+def test_demo_puts_the_families_on_one_log_snr_axis(tmp_path, capsys):
+    """--logsnr picks each family's own t (DDPM: the nearest step; SiT: exact), and the
+    accuracy-against-log-SNR figure places each model's linear grid at the recorded log-SNR."""
+    out = tmp_path / "report"
+    assert main(["demo", "--out", str(out), "--models", "dit-fmnist,sit-fmnist", "--limit", "40",
+                 "--epochs", "1", "--quiet", "--logsnr=-2,3", "--blocks", "2"]) == 0
+    said = capsys.readouterr()
+    assert "dit-fmnist: --logsnr -2 -> t=" in said.out + said.err
+    levels = {}
+    for name in ("dit-fmnist", "sit-fmnist"):
+        with open_features(str(out / "features" / f"{name}-test.h5")) as f:
+            levels[name] = sorted(v["logsnr"] for v in f.noise_levels().values())
+    assert levels["sit-fmnist"] == [-2.0, 3.0] or np.allclose(levels["sit-fmnist"], [-2, 3])
+    assert np.allclose(levels["dit-fmnist"], [-2, 3], atol=0.02)  # 1000 steps: close, not equal
+    report = (out / "report.md").read_text()
+    assert "## One noise axis" in report and "![accuracy against log-SNR](accuracy_vs_logsnr.png)" in report
+    assert (out / "accuracy_vs_logsnr.png").stat().st_size > 1000

@@ -17,7 +17,11 @@ FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 # probe.measures costs torch, and every `probe ... --help` builds this parser
 # (tests/test_start.py checks that they agree)
 KERNELS = ("linear", "rbf")
-ACROSS = ("blocks", "timesteps", "all")
+ACROSS = ("blocks", "timesteps", "logsnr", "all")
+ACROSS_HELP = ("heatmap panels: one per t (blocks), one per block (timesteps), one per pair of "
+               "blocks on the log-SNR axis (logsnr: files of different families; B's t "
+               "default to those nearest A's in log-SNR, B's blocks to all), or one of all "
+               "keys; default blocks (timesteps when there is one block)")
 
 
 def register(subparsers: Any) -> None:
@@ -27,9 +31,7 @@ def register(subparsers: Any) -> None:
                     "between two such files (samples paired by id).  Writes the matrix as CSV "
                     "and JSON next to the heatmap, and a line plot of CKA against t.")
     add_inputs(p)
-    p.add_argument("--across", choices=ACROSS,
-                   help="heatmap panels: one per t (blocks), one per block (timesteps), or one "
-                        "of all keys; default blocks (timesteps when there is one block)")
+    p.add_argument("--across", choices=ACROSS, help=ACROSS_HELP)
     p.add_argument("--minibatch", type=int, metavar="N",
                    help="minibatch CKA with batches of N samples (unbiased HSIC summed over "
                         "batches); default: one full batch")
@@ -49,7 +51,8 @@ def register(subparsers: Any) -> None:
                    help="blocks of the CKA-against-t plot (default: up to 8 of them)")
     p.add_argument("--line-ref", metavar="REF",
                    help="what each (t, block) is compared with in the line plot: tT (same block "
-                        "at T; default the smallest t), same (same key in B) or tT/BLOCK")
+                        "at T; default the smallest t), same (same key in B), tT/BLOCK, or logsnr "
+                        "(B's key of nearest log-SNR; the default with --across logsnr)")
     p.add_argument("--out", default="cka.png", metavar="FILE.png",
                    help="heatmap path; the CSV, JSON and line plot go next to it (default cka.png)")
     add_run_flags(p, seed_what="the minibatch shuffle", device_default="cpu",

@@ -23,6 +23,9 @@ T_HELP = ("timesteps: a value (DDPM steps such as 100; SiT/REPA's continuous t i
 BLOCKS_HELP = ("blocks: names or 1-based ids from `probe blocks MODEL` (ids count in the "
                "model's full block list, as recorded in the file), a comma list, repeated "
                "--blocks, or all")
+LOGSNR_HELP = ("instead of --t: log-SNR log(alpha_t^2/sigma_t^2), the one noise axis across "
+               "families; a discrete t takes the step of nearest log-SNR (logged), a "
+               "continuous t the exact one; a comma list or repeated --logsnr")
 KEYS_HELP = ("explicit keys tT/BLOCK (BLOCK a name or id), tT (every block at T) or BLOCK "
              "(that block at every t); instead of --t/--blocks")
 
@@ -35,6 +38,8 @@ def add_selection(p: argparse.ArgumentParser, *, t_default: str = "all", keys: b
     g = p.add_argument_group(f"which features{what}")
     g.add_argument(f"--t{suffix}", dest=f"t{dest}", action="append", metavar="T",
                    help=f"{T_HELP} (default {t_default})")
+    g.add_argument(f"--logsnr{suffix}", dest=f"logsnr{dest}", action="append", metavar="X",
+                   help=LOGSNR_HELP)
     g.add_argument(f"--blocks{suffix}", dest=f"blocks{dest}", action="append",
                    metavar="BLOCKS", help=BLOCKS_HELP + " (default all)")
     g.add_argument(f"--block{suffix}", dest=f"blocks{dest}", action="append", help=argparse.SUPPRESS)
@@ -44,8 +49,17 @@ def add_selection(p: argparse.ArgumentParser, *, t_default: str = "all", keys: b
 
 
 def selection(args: argparse.Namespace, suffix: str = "") -> tuple[Any, Any, Any]:
-    """(t, blocks, keys) as given on the command line (None: not given)."""
+    """(t, blocks, keys) as given on the command line (None: not given); ``--logsnr`` comes
+    as t, a :class:`~probe.selection.LogSNR`."""
     t, blocks, keys = (getattr(args, name + suffix, None) for name in ("t", "blocks", "keys"))
+    logsnr = getattr(args, "logsnr" + suffix, None)
+    if logsnr is not None:
+        from ..selection import LogSNR
+
+        if t is not None:
+            raise ProbeError(f"give --t{suffix.replace('_', '-')} or "
+                             f"--logsnr{suffix.replace('_', '-')}, not both")
+        t = LogSNR.parse(logsnr)
     return t, blocks, keys
 
 

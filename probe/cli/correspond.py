@@ -3,7 +3,7 @@ import argparse
 from typing import Any
 
 from ..errors import ProbeError
-from .common import add_run_flags, add_selection
+from .common import add_run_flags, add_selection, selection
 
 
 def register(sub: Any) -> None:
@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             kw = model_kwargs(args)
     elif args.checkpoint or args.random_init or args.prompt:
         raise ProbeError("--checkpoint, --random-init and --prompt need --model")
-    correspond(args.model, args.data, t=args.t, blocks=args.blocks, keys=args.keys, out=args.out,
+    t, blocks, keys = selection(args)
+    correspond(args.model, args.data, t=t, blocks=blocks, keys=keys, out=args.out,
                features=args.features, preset=args.preset, options=options, split=args.split,
                cache=args.cache, device=args.device, batch_size=args.batch_size,
                overwrite=args.overwrite, progress=not args.quiet, command=args.command_line,

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..options import NoiseOptions
 from ..pipeline.pooling import POOL_HELP
-from .common import add_run_flags, add_selection, output_options, run_options
+from .common import add_run_flags, add_selection, output_options, run_options, selection
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -107,5 +107,5 @@ def run(args: argparse.Namespace) -> None:
 
 def noise_options(args: argparse.Namespace) -> NoiseOptions:
     label = "true" if args.true_labels else args.class_label
-    return NoiseOptions(t=args.t, ensemble=args.ensemble, add_noise=not args.no_noise,
+    return NoiseOptions(t=selection(args)[0], ensemble=args.ensemble, add_noise=not args.no_noise,
                         noise_seed=args.seed, class_label=label)

@@ -2,11 +2,12 @@
 import argparse
 import json
 import os
+from typing import Any
 
 from ..errors import ProbeError
 from .common import add_selection, selection
 
-HIDDEN = ("format", "complete", "settings")
+HIDDEN = ("format", "complete", "settings", "noise_levels")  # the table is printed below
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         for k in sorted(f.attrs):
             if k not in HIDDEN:
                 print(f"  {k}: {_text(f, k)}")
+        _noise(f)
         print("  features:")
         for t, block in keys:
             ds = f.dataset((t, block))
@@ -45,6 +47,19 @@ def run(args: argparse.Namespace) -> int:
         names = f.class_names
         print(f"  classes ({len(names)}): {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}")
     return 0
+
+
+def _noise(f: Any) -> None:
+    """The noise per t: x_t = alpha_t x_0 + sigma_t eps, log-SNR = log(alpha_t^2/sigma_t^2)."""
+    from ..selection import t_text
+
+    levels = f.noise_levels()
+    if levels:
+        print("  noise levels (x_t = alpha x_0 + sigma eps):")
+        print(f"    {'t':>10} {'alpha':>10} {'sigma':>10} {'log-SNR':>10}")
+        for t, v in sorted(levels.items()):
+            print(f"    {t_text(t):>10} {v['alpha']:>10.5g} {v['sigma']:>10.5g} "
+                  f"{v['logsnr']:>10.5g}")
 
 
 def _id(f, block):

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..errors import ProbeError
-from .cka import ACROSS, add_inputs, run_measure
+from .cka import ACROSS, ACROSS_HELP, add_inputs, run_measure
 from .common import add_run_flags, run_options
 
 # probe.measures.result.METRICS and the choices of probe.measures.pairs, spelled out
@@ -56,14 +56,13 @@ def register(subparsers: Any) -> None:
                    help="measures of n x n matrices refuse more samples than this without "
                         f"--subsample (default {MAX_SAMPLES}: 0.5 GiB per matrix)")
     g = p.add_argument_group("output")
-    g.add_argument("--across", choices=ACROSS,
-                   help="heatmap panels: one per t (blocks), one per block (timesteps), or one "
-                        "of all keys; default blocks (timesteps when there is one block)")
+    g.add_argument("--across", choices=ACROSS, help=ACROSS_HELP)
     g.add_argument("--line-blocks", nargs="+", metavar="BLOCK",
                    help="blocks of the measure-against-t plot (default: up to 8 of them)")
     g.add_argument("--line-ref", metavar="REF",
                    help="what each (t, block) is compared with in the line plot: tT (same block "
-                        "at T; default the smallest t), same (same key in B) or tT/BLOCK")
+                        "at T; default the smallest t), same (same key in B), tT/BLOCK, or logsnr "
+                        "(B's key of nearest log-SNR; the default with --across logsnr)")
     g.add_argument("--out", metavar="FILE.png",
                    help="heatmap path; the CSV, JSON, line plot and stats CSV go next to it "
                         "(default METRIC.png)")

@@ -4,12 +4,19 @@ DDPM schedules take their betas from diffusers' ``DDPMScheduler`` (the same
 tables as guided-diffusion and DiT); the cumulative product is kept in float64,
 as guided-diffusion does, and cast at use.  The l-DAE's schedules add noise in its
 PCA latent or in pixels.
+
+Every schedule is x_t = α_t·x_0 + σ_t·ε and gives (α_t, σ_t) by ``coefficients(t)``, with
+α_t, σ_t the coefficients themselves (not their squares): for a DDPM α_t = sqrt(ᾱ_t) and
+σ_t = sqrt(1 − ᾱ_t).  The log-SNR log(α_t² / σ_t²) is the one noise axis on which files of
+different families line up (:func:`noise_table`, :func:`t_for_log_snr`).
 """
-from typing import Any, Protocol, runtime_checkable
+import math
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import ProbeError
+from ..selection import nearest_log_snr, t_text, t_value
 
 
 @runtime_checkable
@@ -28,8 +35,34 @@ class Schedule(Protocol):
     def describe(self) -> dict:
         """The schedule's parameters, recorded with the features."""
 
+    def coefficients(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α_t, σ_t) of x_t = α_t x_0 + σ_t ε, float64 tensors shaped like t."""
 
-class DDPMSchedule:
+    def log_snr(self, t: Any) -> torch.Tensor:
+        """log(α_t² / σ_t²), float64 (+inf where σ_t = 0)."""
+
+    def noise_level(self, t: Any) -> dict:
+        """{"alpha", "sigma", "logsnr"} of one t, as a feature file records it."""
+
+
+class NoiseLevels:
+    """log-SNR and the per-t record from ``coefficients`` (shared by every schedule)."""
+
+    coefficients: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+
+    def log_snr(self, t: Any) -> torch.Tensor:
+        """log(α_t² / σ_t²) (float64; +inf where σ_t = 0)."""
+        alpha, sigma = self.coefficients(t)
+        return 2 * (alpha.log() - sigma.log())
+
+    def noise_level(self, t: Any) -> dict:
+        """α_t, σ_t and log-SNR of one t, as a file records them per t."""
+        alpha, sigma = self.coefficients(t_value(t))
+        return {"alpha": float(alpha), "sigma": float(sigma),
+                "logsnr": float(self.log_snr(t_value(t)))}
+
+
+class DDPMSchedule(NoiseLevels):
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t a DDPM index (larger is noisier)."""
 
     def __init__(self, kind: str = "linear", num_timesteps: int = 1000):
@@ -54,6 +87,11 @@ class DDPMSchedule:
     def check_t(self, t: Any) -> None:
         check_timesteps(t, self.num_timesteps)
 
+    def coefficients(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(ᾱ_t), sqrt(1 − ᾱ_t)) as float64 tensors shaped like t."""
+        abar = self.alphas_cumprod[torch.as_tensor(t).long()]
+        return abar.sqrt(), (1 - abar).sqrt()
+
     def q_sample(self, x0: torch.Tensor, t: Any, noise: torch.Tensor) -> torch.Tensor:
         t = _as_index(t, x0)
         abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype)
@@ -61,7 +99,7 @@ class DDPMSchedule:
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
 
-class PipelineSchedule:
+class PipelineSchedule(NoiseLevels):
     """A diffusers pipeline's own forward process, read from its scheduler config (e.g.
     Stable Diffusion's ``scaled_linear`` betas 0.00085 to 0.012): the same x_t as
     :class:`DDPMSchedule`.  Only the betas matter for noising, so any diffusers scheduler
@@ -82,9 +120,10 @@ class PipelineSchedule:
         check_timesteps(t, self.num_timesteps)
 
     q_sample = DDPMSchedule.q_sample
+    coefficients = DDPMSchedule.coefficients
 
 
-class LDAESchedule:
+class LDAESchedule(NoiseLevels):
     """The l-DAE's.  sigma-linear: gamma = 1 and sigma_t = sigma_max * t / (T - 1) (t = 0
     is clean).  gamma2-linear: gamma_t^2 = 1 - t / (T - 1) and sigma_t = sqrt(1 - gamma_t^2).
     The noise is in pixels, or (``noise_space="latent"``) in the tokenizer's latent."""
@@ -106,7 +145,8 @@ class LDAESchedule:
         check_timesteps(t, self.num_timesteps)
 
     def coefficients(self, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(gamma_t, sigma_t) as float64 tensors shaped like t."""
+        """(gamma_t, sigma_t) as float64 tensors shaped like t: α and σ in the space the
+        noise is added in (the PCA latent for ``noise_space="latent"``)."""
         frac = torch.as_tensor(t, dtype=torch.float64) / (self.num_timesteps - 1)
         if self.kind == "sigma-linear":
             return torch.ones_like(frac), self.sigma_max * frac
@@ -124,6 +164,38 @@ class LDAESchedule:
     def added_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """The part of pixel-shaped noise that q_sample actually adds (the noise target)."""
         return noise if self.noise_space == "pixel" else self.tokenizer.project_noise(noise)
+
+
+def log_snr_range(schedule: Schedule) -> tuple[float, float]:
+    """The lowest and highest log-SNR the schedule reaches (±inf at a continuous path's
+    ends; +inf for a discrete t with no noise)."""
+    if getattr(schedule, "continuous", False):
+        return -math.inf, math.inf
+    levels = schedule.log_snr(torch.arange(schedule.num_timesteps))
+    return float(levels.min()), float(levels.max())
+
+
+def noise_table(schedule: Schedule, timesteps: Any) -> dict:
+    """What a feature file records about its noise: per t (by :func:`t_text`) α_t, σ_t and
+    log-SNR, and the schedule's log-SNR range."""
+    levels = {t_text(t): schedule.noise_level(t) for t in timesteps}
+    return {"noise_levels": levels, "logsnr_range": list(log_snr_range(schedule))}
+
+
+def t_for_log_snr(schedule: Schedule, logsnr: float, owner: str,
+                  log: Callable[[str], Any] = print) -> int | float:
+    """The t at log-SNR ``logsnr``: exactly, for a continuous t; the step of nearest log-SNR
+    for a discrete one (logged, with the log-SNR reached).  Outside the range: ProbeError."""
+    lo, hi = log_snr_range(schedule)
+    if getattr(schedule, "continuous", False):
+        if not math.isfinite(logsnr):
+            raise ProbeError(f"log-SNR {logsnr} is outside {owner}'s range: give a finite "
+                             "value (its continuous t reaches every finite log-SNR)")
+        t = t_value(schedule.t_of_log_snr(logsnr))  # type: ignore[attr-defined]
+        log(f"{owner}: --logsnr {logsnr:g} -> t={t_text(t)} (exact: continuous t)")
+        return t
+    levels = schedule.log_snr(torch.arange(schedule.num_timesteps)).tolist()
+    return nearest_log_snr(dict(enumerate(levels)), logsnr, (lo, hi), owner, log)
 
 
 def check_timesteps(t: Any, num_timesteps: int) -> None:

@@ -43,13 +43,17 @@ def _check_minibatch(minibatch):
 
 
 @contextlib.contextmanager
-def _inputs(a, b, sel_a, sel_b):
+def _inputs(a, b, sel_a, sel_b, across=None):
     """The open files, their row and column keys, and the row of B for each row of A
     (None when they list the same ids in the same order, or B is A)."""
     with contextlib.ExitStack() as files:
         fa = files.enter_context(opened(a))
         fb = None if b is None else files.enter_context(opened(b))
-        rows, cols = _select(fa, fb, sel_a, sel_b)
+        if across == "logsnr" and fb is not None and all(v is None for v in sel_b):
+            rows = fa.select(*sel_a)
+            cols = _nearest_log_snr_keys(fa, fb, rows)
+        else:
+            rows, cols = _select(fa, fb, sel_a, sel_b)
         yield fa, fb, rows, cols, (grid.align_ids(fa, fb) if fb is not None else None)
 
 
@@ -67,6 +71,23 @@ def _select(fa, fb, sel_a, sel_b):
     except ProbeError as e:
         raise ProbeError(f"{e} (the second file's keys default to the first's: give its own "
                          "with --t-b, --blocks-b or --keys-b)") from None
+
+
+def _nearest_log_snr_keys(fa: FeatureFile, fb: FeatureFile, rows: list) -> list:
+    """Every key of ``fb`` at the t whose log-SNR is nearest a row's (files of different
+    families name the same noise by different t)."""
+    levels_a, levels_b = fa.noise_levels(), fb.noise_levels()
+    for f, levels in ((fa, levels_a), (fb, levels_b)):
+        if not levels:
+            raise ProbeError(f"{f.path} records no log-SNR per t (written by an older probe, or a "
+                             "network without timesteps): re-extract it, or give --t-b")
+    chosen = {min(levels_b, key=lambda tb: abs(levels_b[tb]["logsnr"] - levels_a[t]["logsnr"]))
+              for t, _ in rows}
+    return [k for k in fb.keys if k[0] in chosen]
+
+
+def _levels(f: FeatureFile) -> dict:
+    return {t: v["logsnr"] for t, v in f.noise_levels().items()}
 
 
 def _common(rows: Selection | None, cols: Selection | None, run: RunOptions | None,
@@ -96,7 +117,9 @@ def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile |
     rows' selection.  With one file, they pick other columns of the same file (a
     rectangular grid).  ``run`` (:class:`~probe.options.RunOptions`, or its fields as
     keywords): ``device`` (default cpu), ``threads``, ``progress``.
-    ``across``: 'blocks' (a panel per t), 'timesteps' (a panel per block) or 'all'.
+    ``across``: 'blocks' (a panel per t), 'timesteps' (a panel per block), 'logsnr' (a
+    panel per pair of blocks, keys on the log-SNR axis; with two files and no selection for
+    ``b``, its keys at the t nearest each row's log-SNR) or 'all'.
     ``minibatch``: None for the full-batch estimator, else the batch size of the minibatch
     estimator.  ``unbiased``: HSIC estimator (default: biased for full batch, unbiased for
     minibatch).  ``kernel``: 'linear' or 'rbf' (bandwidth ``sigma`` x median distance).
@@ -107,12 +130,12 @@ def cka(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | FeatureFile |
     sel_a, sel_b, run = _common(rows, cols, run, options)
     _check_minibatch(minibatch)
     est = _estimator_args(kernel, sigma, unbiased, minibatch, run.device, dtype)
-    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple()) as (
+    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple(), across) as (
             fa, fb, row_keys, col_keys, rows_b):
         # the layout is checked before the work, so a bad --across fails at once
         result = CKAResult(np.zeros((len(row_keys), len(col_keys))), row_keys, col_keys,
                            across or "blocks", (fa.path, fb.path if fb is not None else None),
-                           len(fa))
+                           len(fa), levels=(_levels(fa), _levels(fb or fa)))
         result.across = _layout(result, across)
         src_b: grid.FileSource | None
         if fb is not None:
@@ -179,12 +202,12 @@ def similarity(a: str | os.PathLike | FeatureFile, b: str | os.PathLike | Featur
     sel_a, sel_b, run = _common(rows, cols, run, options)
     opts = pairs.options(metric, k, sigma, rsa_corr, rdm, run.device, bootstrap)
     pairs.check_draws(permutations, bootstrap, ci)
-    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple()) as (
+    with _inputs(a, b, sel_a.as_tuple(), sel_b.as_tuple(), across) as (
             fa, fb, row_keys, col_keys, pair_rows):
         result = SimilarityResult(np.zeros((len(row_keys), len(col_keys))), row_keys, col_keys,
                                   across or "blocks",
                                   (fa.path, fb.path if fb is not None else None), len(fa),
-                                  metric=metric)
+                                  metric=metric, levels=(_levels(fa), _levels(fb or fa)))
         result.across = _layout(result, across)
         src_a, src_b = grid.FileSource(fa, row_keys), grid.FileSource(fb or fa, col_keys)
         sizes = [dims(s, i) for s in (src_a, src_b) for i in range(len(s.keys))]

@@ -13,7 +13,7 @@ from ..files import atomic_json, atomic_write
 from ..selection import Key, parse_key
 from ..store import key_name
 
-ACROSS = ("blocks", "timesteps", "all")
+ACROSS = ("blocks", "timesteps", "logsnr", "all")
 # the measures of `probe similarity`, as written in plots and messages
 LABELS = {"cka": "CKA", "cka-unbiased": "unbiased CKA", "cka-rbf": "RBF CKA",
           "mutual-knn": "mutual k-NN", "cknna": "CKNNA", "rsa": "RSA",
@@ -71,6 +71,8 @@ class SimilarityResult:
     ci_low: np.ndarray | None = None
     ci_high: np.ndarray | None = None
     uncertainty: dict = field(default_factory=dict)
+    # t -> log-SNR of the row file and of the column file, as they record it
+    levels: tuple = ({}, {})
 
     @property
     def label(self) -> str:
@@ -119,6 +121,8 @@ class SimilarityResult:
         across = across or self.across
         if across not in ACROSS:
             raise ProbeError(f"unknown across {across!r}: use one of {', '.join(ACROSS)}")
+        if across == "logsnr":
+            return self._log_snr_panels()
         if across == "all":
             return [Panel("all keys", list(range(len(self.rows))), list(range(len(self.cols))),
                           self.row_labels, self.col_labels)]
@@ -142,18 +146,45 @@ class SimilarityResult:
                              f"{across}: use --across all")
         return out
 
+    def log_snr(self, key: tuple, side: int = 0) -> float:
+        """The log-SNR of a row key (``side`` 0) or a column key (1), from its file."""
+        levels = self.levels[side] or {}
+        if key[0] not in levels:
+            raise ProbeError(f"{self.files[side] or self.files[0]} records no log-SNR for "
+                             f"t={key[0]} (written by an older probe, or a network without "
+                             "timesteps): re-extract it, or use --across blocks or timesteps")
+        return levels[key[0]]
+
+    def _log_snr_panels(self) -> list[Panel]:
+        """One panel per (row block, column block), both sides ordered by log-SNR (noisiest
+        first), so that files of different families share the axis."""
+        out = []
+        for rb in dict.fromkeys(b for _, b in self.rows):
+            for cb in dict.fromkeys(b for _, b in self.cols):
+                r = sorted((i for i, k in enumerate(self.rows) if k[1] == rb),
+                           key=lambda i: self.log_snr(self.rows[i], 0))
+                c = sorted((j for j, k in enumerate(self.cols) if k[1] == cb),
+                           key=lambda j: self.log_snr(self.cols[j], 1))
+                out.append(Panel(f"{rb} vs {cb}", r, c,
+                                 [f"{self.log_snr(self.rows[i], 0):.2f}" for i in r],
+                                 [f"{self.log_snr(self.cols[j], 1):.2f}" for j in c]))
+        return out
+
     def line(self, blocks: str | Sequence[str] | None = None, ref: str | None = None
              ) -> tuple[dict[str, tuple[list[Any], list[float]]], str]:
         """The measure against t for some blocks: {block: (timesteps, values)} and a
         description of what each (t, block) is compared with.
 
-        ``ref``: 'tT' -- the same block at timestep T (default: the smallest t, or in two
+        ``ref``: 'logsnr' -- the column of nearest log-SNR (default with ``across``
+        'logsnr'); 'tT' -- the same block at timestep T (default: the smallest t, or in two
         files 'same' when the second file has the same keys); 'same' -- the same (t, block)
         in the second file; 'tT/BLOCK' -- one fixed column key."""
         if all(t is None for t, _ in self.rows):
             raise ProbeError(f"{self.files[0]} has no timesteps (a network that sees the clean "
                              "image), so there is no line against t: swap the two files")
         col_ts = sorted({t for t, _ in self.cols})
+        if ref is None and self.across == "logsnr":
+            ref = "logsnr"
         if ref is None:
             same = self.two_files and all(k in self.cols for k in self.rows)
             ref = "same" if same else (key_name(*self.cols[-1]) if self.two_files else f"t{col_ts[0]}")
@@ -172,7 +203,7 @@ class SimilarityResult:
             for (t, bb) in self.rows:
                 if bb != b:
                     continue
-                col = self._ref_key(ref, t, b)
+                col = self._nearest_col(t, b) if ref == "logsnr" else self._ref_key(ref, t, b)
                 if col not in self.cols:
                     raise ProbeError(f"the line for {b} needs {key_name(*col)}, which is not among "
                                      f"the {self.label} columns: include it in --keys or change "
@@ -181,6 +212,15 @@ class SimilarityResult:
                 vals.append(self.value((t, b), col))
             lines[b] = (ts, vals)
         return lines, self._ref_text(ref)
+
+    def _nearest_col(self, t: int | float, block: str) -> tuple:
+        """The column of log-SNR nearest the row (t, block)'s: of the same block when the
+        columns have it, else of the first column block."""
+        blocks = [b for _, b in self.cols]
+        same = block if block in blocks else blocks[0]
+        level = self.log_snr((t, block), 0)
+        return min((k for k in self.cols if k[1] == same),
+                   key=lambda k: abs(self.log_snr(k, 1) - level))
 
     @staticmethod
     def _ref_key(ref, t, block):
@@ -191,6 +231,8 @@ class SimilarityResult:
         return parse_key(ref)
 
     def _ref_text(self, ref):
+        if ref == "logsnr":
+            return "the column of nearest log-SNR"
         if ref == "same":
             return "the same t and block in the second file"
         if re_t(ref):
@@ -228,6 +270,10 @@ class SimilarityResult:
                "files": {"rows": self.files[0], "cols": self.files[1] or self.files[0]},
                "num_samples": self.num_samples, "estimator": self.estimator,
                "constant_keys": self.constant_keys}
+        if any(self.levels):
+            out["logsnr"] = {"rows": [self.levels[0].get(t) for t, _ in self.rows],
+                             "cols": [(self.levels[1] or self.levels[0]).get(t)
+                                      for t, _ in self.cols]}
         if self.has_stats:
             out["uncertainty"] = self.uncertainty
             out.update({s: getattr(self, s).tolist() for s in STATS if getattr(self, s) is not None})

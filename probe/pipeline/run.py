@@ -26,7 +26,7 @@ from ..errors import ProbeError
 from ..extractors.weights import sha256
 from ..precision import check_device, keep_fp32, parse_precision
 from ..options import NoiseOptions, OutputOptions, RunOptions, gather, refuse_unknown
-from ..selection import Spec, parse_t
+from ..selection import LogSNR, Spec, parse_t
 from ..version import __version__
 from .gpu import compiled, resolve_num_workers, use_channels_last
 from .loop import DTYPES, run_batches
@@ -143,7 +143,7 @@ def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, 
              device, log, command):
     for module in model.fp32_modules().values():
         keep_fp32(module)
-    ts = _timesteps(model, noise)
+    ts = _timesteps(model, noise, log)
     names = sorted(model.resolve_blocks(blocks), key=model.block_names.index)  # forward order
     if isinstance(data, str):
         data = load_dataset(data, split, model.data_size, model.image_channels,
@@ -167,7 +167,7 @@ def _extract(model, data, blocks, split, pool, limit, skip_bad, stack_t, noise, 
     return out
 
 
-def _timesteps(model, noise):
+def _timesteps(model, noise, log=print):
     """The timesteps to extract, checked against the model: [] for a network without
     timesteps, which refuses every option about noise."""
     if not model.has_timesteps:
@@ -182,6 +182,10 @@ def _timesteps(model, noise):
     if noise.t is None and getattr(model.schedule, "continuous", False):
         raise ProbeError(f"{model.name}'s t is continuous in [0, 1] "
                          f"({model.schedule.describe().get('t')}): give it, e.g. --t 0.5")
+    if isinstance(noise.t, LogSNR):
+        from ..extractors.schedules import t_for_log_snr
+
+        return sorted({t_for_log_snr(model.schedule, x, model.name, log) for x in noise.t.values})
     ts = parse_t(100 if noise.t is None else noise.t)
     if ts is None:
         raise ProbeError("--t all: name the timesteps to extract (each costs a forward pass), "
@@ -252,8 +256,15 @@ def _file_attrs(model, settings, command, speed):
                 checkpoint_sha256=sha256(checkpoint_file) if checkpoint_file else None,
                 schedule=model.schedule.describe() if model.has_timesteps else None,
                 compile=speed["compile"], channels_last=speed["channels_last"],
+                **(_noise_table(model.schedule, settings.timesteps) if model.has_timesteps else {}),
                 created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=command or "probe.extract() from Python")
+
+
+def _noise_table(schedule: Any, timesteps: Any) -> dict:
+    from ..extractors.schedules import noise_table
+
+    return noise_table(schedule, timesteps)
 
 
 def _dist_info():

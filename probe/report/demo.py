@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from .figures import new_figure, save_figure, t_axis
 from .demo_segment import segmentation_md
+from .figures import log_snr_axis, new_figure, save_figure, t_axis
 from .pages import INTERVAL_NOTE, accuracy, error_bars, pct, ties, write_page
 
 Section = Mapping[str, Any]
@@ -53,6 +53,39 @@ def plot_linear_vs_t(grid: Sequence[Row], levels: Sequence[Mapping[str, Any]], n
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, path)
+
+
+def plot_linear_vs_log_snr(curves: Sequence[Mapping[str, Any]],
+                           levels: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
+    """Every diffusion model on one noise axis: the linear probe's top-1 of its best block
+    at each t, against that t's log-SNR, with the 95 % interval (``curves``: ``model``,
+    ``logsnr``, ``top1``, ``n`` test images), and the reference networks as levels."""
+    fig = new_figure(6.4, 4.0, layout="constrained")
+    ax = fig.subplots()
+    for c in curves:
+        pts = sorted(zip(c["logsnr"], c["top1"]))
+        ax.errorbar([x for x, _ in pts], [100 * p for _, p in pts], capsize=2, marker="o",
+                    label=c["model"], yerr=error_bars([p for _, p in pts], [c["n"]] * len(pts)))
+    for lv, style in zip(levels, ("--", ":", "-.")):
+        ax.axhline(100 * lv["top1"], ls=style, color="black",
+                   label=f"{lv['name']} ({lv['block']}, no t)")
+    log_snr_axis(ax, [x for c in curves for x in c["logsnr"]])
+    ax.set(ylabel="linear probe top-1 (%), best block, 95 % interval",
+           title="Linear probe against log-SNR: every family on one noise axis")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def log_snr_md(png: str | None) -> list[str]:
+    """The report's paragraph on the one noise axis (nothing without the figure)."""
+    if not png:
+        return []
+    return ["## One noise axis", "", f"![accuracy against log-SNR]({png})", "",
+            "Each model's t means a different amount of noise (DDPM steps, SiT's continuous t, "
+            "the l-DAE's σ); here every model's linear probe (its best block at each t) is "
+            "drawn against log-SNR = log(α_t²/σ_t²), as each feature file records it, so the "
+            "families share one x-axis: noisier to the left.", ""]
 
 
 def plot_versus(vs: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> str:
@@ -116,7 +149,8 @@ def _summary(sections: Sequence[Section]) -> list[str]:
 def write_report(out: str | os.PathLike, sections: Sequence[Section],
                  between: Sequence[tuple[str, str, str, float]], elapsed: float,
                  data: str = "demo", versus: Sequence[Mapping[str, Any]] = (),
-                 segmentation: Sequence[Mapping[str, Any]] = ()) -> str:
+                 segmentation: Sequence[Mapping[str, Any]] = (),
+                 logsnr_png: str | None = None) -> str:
     """report.md and index.html in ``out``; ``between``: (model a, model b, heatmap, its
     highest CKA) per pair of models.  Returns the path of report.md."""
     sizes = sections[0]["sizes"]
@@ -137,6 +171,7 @@ def write_report(out: str | os.PathLike, sections: Sequence[Section],
             md += [f"![{a} vs {b}]({png})", "",
                    f"Linear CKA between {a} (rows) and {b} (columns) at each t; the most similar "
                    f"pair of blocks reaches {top:.2f}.", ""]
+    md += log_snr_md(logsnr_png)
     md += versus_md(versus)
     md += segmentation_md(segmentation)
     return write_page(out, md, title="probe demo")

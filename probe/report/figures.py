@@ -42,3 +42,19 @@ def t_axis(ax: Axes, ts: Sequence[float], label: str = "timestep t") -> None:
     ax.set_xticks(list(ts), [f"{t:g}" for t in ts])
     ax.minorticks_off()
     ax.set_xlabel(label)
+
+
+LOG_SNR = "log-SNR  log(α²/σ²)"
+
+
+def log_snr_axis(ax: Axes, values: Sequence[float], label: str = LOG_SNR) -> None:
+    """log-SNR on the x axis (linear: it is already a log), noisy on the left, with ticks
+    at whole numbers over the range the values span."""
+    import numpy as np
+
+    finite = [v for v in values if np.isfinite(v)]
+    if finite:
+        lo, hi = min(finite), max(finite)
+        step = max(1, int(np.ceil((hi - lo) / 8)))
+        ax.set_xticks(np.arange(np.floor(lo), np.ceil(hi) + step, step))
+    ax.set_xlabel(label)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ProbeError
 from ..measures.result import t_label
-from .figures import new_figure, save_figure, t_axis
+from .figures import log_snr_axis, new_figure, save_figure, t_axis
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -100,7 +100,8 @@ def heatmaps(result: SimilarityResult, path: str | os.PathLike, across: str | No
     if annotate is None:
         annotate = n_r <= 10 and n_c <= 10
     name_a, name_b = _name(result.files[0]), _name(result.files[1] or result.files[0])
-    what = {"blocks": "block", "timesteps": "timestep", "all": "block, grouped by t"}[across]
+    what = {"blocks": "block", "timesteps": "timestep", "logsnr": "log-SNR",
+            "all": "block, grouped by t"}[across]
     for ax, p in zip(axes, panels):
         sub = m[np.ix_(p.rows, p.cols)]
         im = ax.imshow(sub, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -169,16 +170,23 @@ def default_line_blocks(result: SimilarityResult) -> list[str]:
 
 def line_plot(result: SimilarityResult, path: str | os.PathLike, blocks: Sequence[str] | None = None,
               ref: str | None = None, dpi: int = 150) -> str:
-    """The measure against t, one line per block (see :meth:`SimilarityResult.line` for ``ref``)."""
+    """The measure against t (against log-SNR for ``across="logsnr"``), one line per block
+    (see :meth:`SimilarityResult.line` for ``ref``)."""
     lines, ref_text = result.line(blocks or default_line_blocks(result), ref)
     fig = new_figure(6.4, 4.2, layout="constrained")
     ax = fig.subplots()
+    on_log_snr = result.across == "logsnr"  # the rows' t placed at their log-SNR
+    if on_log_snr:
+        lines = {b: ([result.log_snr((t, b)) for t in ts], vals) for b, (ts, vals) in lines.items()}
     ts_all = sorted({t for ts, _ in lines.values() for t in ts})
     low, high = 0.0, 1.0
     for block, (ts, vals) in lines.items():
-        ax.plot(ts, vals, marker="o", label=block)
+        pts = sorted(zip(ts, vals))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=block)
         low, high = min(low, min(vals)), max(high, max(vals))
-    if len(ts_all) <= 12:
+    if on_log_snr:
+        log_snr_axis(ax, ts_all)
+    elif len(ts_all) <= 12:
         t_axis(ax, ts_all)
     else:
         ax.set_xlabel("timestep t")
