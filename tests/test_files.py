@@ -52,7 +52,7 @@ def test_torch_save_round_trips(tmp_path):
     obj = {"w": torch.arange(6.0).reshape(2, 3), "step": 7}
     files.atomic_torch_save(obj, tmp_path / "ckpt.pt")
     back = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert back["step"] == 7 and torch.equal(back["w"], obj["w"])
+    assert back["step"] == 7 and torch.equal(back["w"], obj["w"])  # a copy
 
 
 def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from probe.data import load_dataset
 from probe.errors import ProbeError
+from tolerances import JPEG_SOLID_COLOUR, assert_close
 
 
 @dataclass
@@ -205,7 +206,7 @@ def test_split_matches_the_tree(tmp_path, name, split):
         assert 0 <= x.min() and x.max() <= 1
         # the right file: its solid colour survives resize/crop (JPEG: within a few levels)
         want = torch.tensor(expect[ds.ids[i]][1], dtype=torch.float32) / 255
-        assert torch.allclose(x.mean(dim=(1, 2)), want, atol=0.03), ds.ids[i]
+        assert_close(x.mean(dim=(1, 2)), want, JPEG_SOLID_COLOUR, scale=1, what=ds.ids[i])
 
 
 @pytest.mark.parametrize("name", BUILDERS)

@@ -12,6 +12,7 @@ import torch
 import probe
 from probe.errors import ProbeError
 from probe.extractors.dit.extractor import to_diffusers
+from tolerances import assert_close_f32, assert_close_net
 
 REF = Path(__file__).resolve().parents[1] / "fixtures" / "reference"
 CKPT = str(REF / "dit" / "dit_tiny.pt")
@@ -30,10 +31,10 @@ def assert_reproduces_reference(model):
     with torch.no_grad():
         out = model(IO["x"], IO["t"], IO["y"])
         feats = model.forward_intermediates(IO["x"], IO["t"], "all", y=IO["y"], stop_early=False)
-    torch.testing.assert_close(out, IO["out"], atol=1e-5, rtol=0)
+    assert_close_net(out, IO["out"], what="out")
     assert list(feats) == list(IO["features"])  # blocks.0 .. blocks.3, forward order
     for name, ref in IO["features"].items():
-        torch.testing.assert_close(feats[name], ref, atol=1e-5, rtol=0)
+        assert_close_net(feats[name], ref, what=name)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,7 @@ def offline(monkeypatch, tmp_path):
 
 # ---- the original format -----------------------------------------------------------------
 
+@pytest.mark.numerics
 def test_original_checkpoint_reproduces_reference(tiny):
     assert tiny.block_names == [f"blocks.{i}" for i in range(CONFIG["depth"])]
     assert (tiny.num_classes, tiny.null_class, tiny.vae) == (1000, NULL, None)
@@ -87,16 +89,17 @@ def test_train_py_checkpoint_loads_the_ema_weights(tmp_path):
     assert_reproduces_reference(load(str(path)))
 
 
+@pytest.mark.numerics
 def test_null_class_is_the_default_label(tiny):
     x, t = IO["x"], IO["t"]
     with torch.no_grad():
         default = tiny(x, t)
         null = tiny(x, t, torch.full((len(x),), NULL))
         real = tiny(x, t, torch.tensor([3, 3]))
-    torch.testing.assert_close(default, null, atol=0, rtol=0)
+    torch.testing.assert_close(default, null, atol=0, rtol=0)  # exact: same kernels, same input
     assert not torch.allclose(default, real)
     # the reference's second sample was run with y=1000
-    torch.testing.assert_close(default[1], IO["out"][1], atol=1e-5, rtol=0)
+    assert_close_net(default[1], IO["out"][1])
 
 
 def test_stop_early_gives_the_same_tensors_and_skips_later_blocks(tiny):
@@ -113,7 +116,7 @@ def test_stop_early_gives_the_same_tensors_and_skips_later_blocks(tiny):
         handle.remove()
     assert list(early) == ["blocks.0", "blocks.2"]
     for name in early:
-        assert torch.equal(early[name], full[name])
+        assert torch.equal(early[name], full[name])  # exact: same machine, same kernels
 
 
 def test_hooks_are_removed_after_an_exception(tiny):
@@ -131,6 +134,7 @@ def test_hooks_are_removed_after_an_exception(tiny):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in tiny.modules())
 
 
+@pytest.mark.numerics
 def test_unconditional_dit_is_the_conditional_one_with_a_zero_class_embedding():
     state = torch.load(CKPT)
     zeroed = dict(state, **{"y_embedder.embedding_table.weight":
@@ -140,18 +144,20 @@ def test_unconditional_dit_is_the_conditional_one_with_a_zero_class_embedding():
     uncond = load(uncond_state, num_classes=0)
     assert uncond.num_classes is None and not hasattr(uncond.net, "y_embedder")
     with torch.no_grad():
-        torch.testing.assert_close(uncond(IO["x"], IO["t"]), cond(IO["x"], IO["t"], IO["y"]))
+        assert_close_net(uncond(IO["x"], IO["t"]), cond(IO["x"], IO["t"], IO["y"]))
     with pytest.raises(ProbeError, match="original format"):
         to_diffusers(uncond)
 
 
+@pytest.mark.numerics
 def test_random_init_pos_embed_is_the_sincos_table():
     from diffusers.models.embeddings import get_2d_sincos_pos_embed
 
     model = probe.load_model("dit", random_init=True, **CONFIG)
     side = CONFIG["input_size"] // CONFIG["patch_size"]
     table = get_2d_sincos_pos_embed(CONFIG["hidden_size"], side, base_size=side)
-    torch.testing.assert_close(model.net.pos_embed[0], table.float(), atol=1e-6, rtol=0)
+    # sin and cos of float32 angles up to side - 1: off by the angle's rounding
+    assert_close_f32(model.net.pos_embed[0], table, scale=side)
 
 
 def test_user_mistakes_are_one_line_errors(tiny):
@@ -173,6 +179,7 @@ def test_user_mistakes_are_one_line_errors(tiny):
 
 # ---- diffusers ---------------------------------------------------------------------------
 
+@pytest.mark.numerics
 def test_diffusers_folder_reproduces_reference(diffusers_folder):
     model = probe.load_model("dit", checkpoint=str(diffusers_folder))
     assert type(model.net).__name__ == "DiffusersDiT"
@@ -217,6 +224,7 @@ def test_unreachable_vae_says_how_to_pass_one(offline):
 
 # ---- the latent pipeline -----------------------------------------------------------------
 
+@pytest.mark.numerics
 def test_pipeline_folder_encodes_images_with_its_vae(tmp_path, tiny):
     from diffusers import AutoencoderKL
 
@@ -232,18 +240,18 @@ def test_pipeline_folder_encodes_images_with_its_vae(tmp_path, tiny):
     vae = AutoencoderKL.from_pretrained(pipe / "vae")
     with torch.no_grad():
         expected = vae.encode(images * 2 - 1).latent_dist.mean * 0.18215
-    torch.testing.assert_close(latents, expected)
+    assert_close_net(latents, expected)
 
     # the same VAE given to the original-format checkpoint: the same features
     same = load(vae=str(pipe / "vae"))
-    torch.testing.assert_close(same.prepare(images), latents)
+    assert_close_net(same.prepare(images), latents)
     noisy = model.q_sample(latents, 100, torch.randn_like(latents))
     with torch.no_grad():
         a = model.forward_intermediates(noisy, 100, "all")
         b = same.forward_intermediates(noisy, 100, "all")
     for name in a:
         assert a[name].shape == (2, 16, CONFIG["hidden_size"])
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
+        assert_close_net(a[name], b[name], what=name)
 
     assert probe.load_model("dit", checkpoint=str(pipe), vae=None).vae is None
 

@@ -1,13 +1,13 @@
 """The l-DAE family: checkpoints, blocks, schedule, and config errors."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import probe
 from probe.errors import ProbeError
 from probe.extractors.ldae import extractor as ldae
+from tolerances import assert_close_f32
 
 TINY = dict(image_size=16, in_channels=1, patch_size=4, hidden_size=32, depth=4, num_heads=2,
             latent_dim=5)
@@ -42,10 +42,10 @@ def test_checkpoint_rebuilds_the_same_model(saved):
     assert loaded.family == "ldae" and loaded.config == model.config
     assert not any(p.requires_grad for p in loaded.parameters())
     x, t = torch.rand(3, 1, 16, 16) * 2 - 1, torch.tensor([0, 10, 999])
-    with torch.no_grad():
+    with torch.no_grad():  # exact: same weights, same machine, same kernels
         torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
     noise = torch.randn_like(x)
-    torch.testing.assert_close(loaded.q_sample(x, t, noise), model.q_sample(x, t, noise))
+    assert_close_f32(loaded.q_sample(x, t, noise), model.q_sample(x, t, noise), n=16)
     in_memory = probe.load_model("ldae", checkpoint=model.checkpoint())  # contents, no file
     with torch.no_grad():
         torch.testing.assert_close(in_memory(x, t), loaded(x, t), rtol=0, atol=0)
@@ -69,7 +69,7 @@ def test_blocks_encoder_split_and_early_exit_equal_a_full_pass(saved):
     early = model.forward_intermediates(x, 10, ["blocks.0", "blocks.1"], stop_early=True)
     full = model.forward_intermediates(x, 10, "all", stop_early=False)
     for name in early:
-        assert torch.equal(early[name], full[name])
+        assert torch.equal(early[name], full[name])  # exact: same machine, same kernels
     assert full["blocks.1"].shape == (2, 16, 32)
     assert model.to_map(full["blocks.1"]).shape == (2, 32, 4, 4)
     # The paper's probe features: clean input at a small t, mean-pooled encoder output.
@@ -94,6 +94,7 @@ def np_image(tokens, p, shape):
     return tokens.reshape(n, h // p, w // p, c, p, p).transpose(0, 3, 1, 4, 2, 5).reshape(shape)
 
 
+@pytest.mark.numerics
 def test_q_sample_is_latent_noise_projected_back_to_pixels():
     model = fitted()
     tok = model.net.tokenizer
@@ -106,21 +107,21 @@ def test_q_sample_is_latent_noise_projected_back_to_pixels():
     z = (np_patches(x0.double().numpy(), 4) - mean) @ V.T
     e = np_patches(noise.double().numpy(), 4) @ V.T
     want = np_image(mean + (z + sigma[:, None, None] * e) @ V, 4, x0.shape)
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_close_f32(got, want, n=16)  # float32 projections on 16-value patches
     # prepare(): the clean image as the tokenizer keeps it, i.e. q_sample at sigma = 0.
     images = (x0 + 1) / 2
-    np.testing.assert_allclose(model.prepare(images).double().numpy(),
-                               np_image(mean + z @ V, 4, x0.shape), atol=1e-5)
+    assert_close_f32(model.prepare(images), np_image(mean + z @ V, 4, x0.shape), n=16)
 
 
+@pytest.mark.numerics
 def test_schedules_describe_and_check_t():
     model = ldae.build(dict(TINY, latent_dim=None, noise_space="pixel",
                             schedule="gamma2-linear", num_timesteps=11))
     x0, noise = torch.ones(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
     out = model.q_sample(x0, torch.tensor([0, 5]), noise)
-    torch.testing.assert_close(out[0], x0[0])  # gamma^2 = 1 at t = 0
+    assert_close_f32(out[0], x0[0], n=2)  # gamma^2 = 1 at t = 0
     g, s = math.sqrt(0.5), math.sqrt(0.5)     # gamma^2 = 1 - 5/10
-    torch.testing.assert_close(out[1], torch.full_like(x0[1], g + s))
+    assert_close_f32(out[1], torch.full_like(x0[1], g + s), n=2)
     assert model.schedule.describe()["kind"] == "gamma2-linear"
     with pytest.raises(ProbeError, match="outside the schedule"):
         model.q_sample(x0, 11, noise)
@@ -183,12 +184,12 @@ def test_random_init_of_a_shipped_ldae_keeps_its_architecture_and_tokenizer():
     assert fresh.net.config == trained.net.config
     tok_t, tok_f = trained.net.tokenizer, fresh.net.tokenizer
     for buf in ("mean", "components", "variance"):
-        assert torch.equal(getattr(tok_t, buf), getattr(tok_f, buf))
+        assert torch.equal(getattr(tok_t, buf), getattr(tok_f, buf))  # a copy
     # The fitted basis, not the identity placeholder of an unfitted tokenizer.
     assert not torch.equal(tok_f.components, torch.eye(tok_f.components.shape[0]))
     w_t, w_f = trained.net.blocks[0].attn.qkv.weight, fresh.net.blocks[0].attn.qkv.weight
     assert not torch.allclose(w_t, w_f)
-    assert torch.equal(w_f, again.net.blocks[0].attn.qkv.weight)  # seeded
+    assert torch.equal(w_f, again.net.blocks[0].attn.qkv.weight)  # seeded: same draws
 
 
 # ---- checkpoint versions -------------------------------------------------------------------
@@ -223,7 +224,7 @@ def test_shipped_weights_are_version_1_and_load(saved):
     obj = torch.load(shipped_weights("ldae-fmnist.pt"), weights_only=True)
     assert obj["version"] == 1 and "t_embedder.linear_1.weight" in obj["model"]
     model = probe.load_model("ldae-fmnist")
-    assert torch.equal(model.net.t_embedder.mlp[0].weight,
+    assert torch.equal(model.net.t_embedder.mlp[0].weight,  # a copy
                        obj["model"]["t_embedder.linear_1.weight"])
 
 
@@ -234,13 +235,13 @@ def test_version_1_checkpoints_and_training_states_load(saved, tmp_path):
     torch.save(old, tmp_path / "v1.pt")
     loaded = probe.load_model("ldae", checkpoint=str(tmp_path / "v1.pt"))
     x, t = torch.rand(2, 1, 16, 16) * 2 - 1, torch.tensor([3, 700])
-    with torch.no_grad():
+    with torch.no_grad():  # exact: same weights, same machine, same kernels
         torch.testing.assert_close(loaded(x, t), model.eval()(x, t), rtol=0, atol=0)
     # A run's train_state.pt holds the Extractor's own state dict (keys under "net."),
     # which `probe train --resume` loads directly.
     fresh = ldae.build(TINY)
     fresh.load_state_dict(as_version_1(model.state_dict(), prefix="net."))
-    with torch.no_grad():
+    with torch.no_grad():  # exact: same weights, same machine, same kernels
         torch.testing.assert_close(fresh.eval()(x, t), model(x, t), rtol=0, atol=0)
 
 
@@ -253,7 +254,7 @@ def test_version_2_checkpoints_load_as_pca_and_the_final_recipe(saved, tmp_path)
     torch.save(dict(obj, version=2, config=config), tmp_path / "v2.pt")
     loaded = probe.load_model("ldae", checkpoint=str(tmp_path / "v2.pt"))
     assert loaded.config == model.config
-    images = torch.rand(2, 1, 16, 16)
+    images = torch.rand(2, 1, 16, 16)  # exact: same weights, same machine, same kernels
     torch.testing.assert_close(loaded.prepare(images), model.prepare(images), rtol=0, atol=0)
 
 

@@ -12,6 +12,7 @@ from probe.cli import main
 from probe.errors import ProbeError
 from probe.extractors.registry import ALIASES, MODELS
 from refdata import REFERENCE
+from tolerances import assert_close_f32
 
 TINY_DIT = dict(input_size=8, patch_size=2, in_channels=3, hidden_size=32, depth=2, num_heads=2,
                 num_classes=0, learn_sigma=False)
@@ -23,7 +24,7 @@ def test_random_init_is_seeded_not_global_rng():
     b = probe.load_model("dit", random_init=True, **TINY_DIT)
     c = probe.load_model("dit", random_init=True, init_seed=1, **TINY_DIT)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)  # exact: same seed, same machine
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
@@ -85,6 +86,7 @@ def _scaled_linear_abar():
 
 # adm-64 is the one released model trained with the cosine schedule (guided-diffusion README)
 @pytest.mark.parametrize("name", [n for n in MODELS if not MODELS[n].get("file")])
+@pytest.mark.numerics
 def test_each_released_entry_has_its_schedule(name):
     with torch.device("meta"):
         model = probe.load_model(name, random_init=True,
@@ -95,18 +97,19 @@ def test_each_released_entry_has_its_schedule(name):
     want = _cosine_abar() if name == "adm-64" else _linear_abar()
     if MODELS[name]["family"] in ("sd", "sdxl"):  # SDXL trains on SD's betas too
         want = _scaled_linear_abar()
-    np.testing.assert_allclose(model.schedule.alphas_cumprod.double().numpy(), want, rtol=1e-5,
-                               atol=1e-9)
+    # a product of 1000 factors whose betas diffusers rounds to float32: relative errors
+    assert_close_f32(model.schedule.alphas_cumprod, want, n=1000, scale=np.abs(want))
 
 
+@pytest.mark.numerics
 def test_dit_q_sample_is_the_ddpm_forward_process():
     model = probe.load_model("dit-fmnist")
     g = torch.Generator().manual_seed(0)
     x0, noise = torch.randn(3, 1, 28, 28, generator=g), torch.randn(3, 1, 28, 28, generator=g)
     t = torch.tensor([0, 100, 999])
     abar = torch.tensor(_linear_abar()[[0, 100, 999]], dtype=torch.float32).view(3, 1, 1, 1)
-    torch.testing.assert_close(model.q_sample(x0, t, noise),
-                               abar.sqrt() * x0 + (1 - abar).sqrt() * noise)
+    assert_close_f32(model.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise,
+                     n=4)
 
 
 def test_released_dits_carry_the_sd_vae(monkeypatch):

@@ -11,6 +11,7 @@ import torch
 import probe
 from probe.cli import main
 from probe.errors import ProbeError
+from tolerances import assert_close_net
 
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-sd"
 
@@ -50,7 +51,7 @@ def test_cli_extract_on_a_saved_folder_offline(offline, tmp_path):
     noise = per_sample_noise(x0.shape[1:], 0, ids, 261, 0)
     xt = model.q_sample(x0, 261, noise)
     want = model.forward_intermediates(xt, 261, ["up_blocks.1"])["up_blocks.1"].mean((2, 3))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert_close_net(got, want)
 
 
 def test_cli_class_prompt_needs_an_explicit_label_choice(tmp_path, capsys):
@@ -157,5 +158,4 @@ def test_ensemble_averages_noise_draws_as_dift_does(tmp_path):
     x0 = model.prepare(data[0][0][None]).repeat(3, 1, 1, 1)
     noise = torch.cat([per_sample_noise(x0.shape[1:], 0, ids, 261, k) for k in range(3)])
     feats = model.forward_intermediates(model.q_sample(x0, 261, noise), 261, ["up_blocks.1"])
-    torch.testing.assert_close(got, feats["up_blocks.1"].mean(0, keepdim=True), atol=1e-5,
-                               rtol=0)
+    assert_close_net(got, feats["up_blocks.1"].mean(0, keepdim=True))

@@ -9,6 +9,10 @@ import torch
 from probe.measures import cka, cka_matrix
 from probe.errors import ProbeError
 from probe.store import write_features
+from tolerances import (CKA_MINIBATCH_3000, CKA_SAMPLE_200, CKA_SAMPLE_3000, approx, approx_f32,
+                        approx_f64, assert_close, assert_close_f32, assert_close_f64, torch_cka)
+
+pytestmark = pytest.mark.numerics  # every test here checks numbers against an oracle
 
 
 # -- the published formulas, in plain numpy --------------------------------------------
@@ -84,7 +88,8 @@ def test_matches_numpy_formulas(kernel, unbiased):
     reps = [x, y, spatial]
     got = cka_matrix(reps, kernel=kernel, unbiased=unbiased, sigma=0.8)
     want = np.array([[np_cka(a, b, kernel, unbiased, 0.8) for b in reps] for a in reps])
-    np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    # CKA is at most 1; its float32 Grams sum up to 29 products per entry
+    assert_close_f32(got, want, n=29, scale=1)
     assert abs(want[0, 1]) > 0.05  # the pairs are not trivially 0 or 1
 
 
@@ -95,7 +100,7 @@ def test_minibatch_matches_numpy_formula(kernel):
     # batches of 16 in file order; the last one (6 rows) stays a batch of its own
     got = cka_matrix([x], [y], minibatch=16, shuffle=False, kernel=kernel)[0, 0]
     batches = [np.arange(i, min(i + 16, 70)) for i in range(0, 70, 16)]
-    assert got == pytest.approx(np_cka(x, y, kernel, True, batches=batches), abs=1e-6)
+    assert got == approx_f32(np_cka(x, y, kernel, True, batches=batches), n=29, scale=1)
 
 
 def test_tiny_last_batch_joins_the_previous_one():
@@ -104,7 +109,7 @@ def test_tiny_last_batch_joins_the_previous_one():
     got = cka_matrix([x], [y], minibatch=16, shuffle=False)[0, 0]
     # 34 = 16 + 18: a batch of 2 cannot carry an unbiased HSIC
     want = np_cka(x, y, unbiased=True, batches=[np.arange(16), np.arange(16, 34)])
-    assert got == pytest.approx(want, abs=1e-6)
+    assert got == approx_f32(want, n=29, scale=1)
 
 
 def test_feature_space_identity():
@@ -114,7 +119,7 @@ def test_feature_space_identity():
     x, y = related(rng, 80)
     xc, yc = _flat(x) - _flat(x).mean(0), _flat(y) - _flat(y).mean(0)
     want = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
-    assert cka_matrix([x], [y])[0, 0] == pytest.approx(want, abs=1e-6)
+    assert cka_matrix([x], [y])[0, 0] == approx_f32(want, n=29, scale=1)
 
 
 # -- properties ---------------------------------------------------------------------------
@@ -123,8 +128,9 @@ def test_feature_space_identity():
 def test_self_similarity_is_one(kernel, unbiased):
     x, y = related(np.random.default_rng(4), 50)
     m = cka_matrix([x, y], kernel=kernel, unbiased=unbiased)
-    np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-12)
-    np.testing.assert_allclose(m, m.T, atol=1e-12)
+    # the HSICs are float64 sums over the 50 x 50 kernel entries
+    assert_close_f64(np.diag(m), 1.0, n=50 * 50, scale=1)
+    assert_close_f64(m, m.T, n=50 * 50, scale=1)
 
 
 @pytest.mark.parametrize("kernel,unbiased", ESTIMATORS)
@@ -134,8 +140,8 @@ def test_invariant_to_orthogonal_transform_and_isotropic_scaling(kernel, unbiase
     q, _ = np.linalg.qr(rng.standard_normal((x.shape[1], x.shape[1])))
     moved = (7.5 * x.astype(np.float64) @ q).astype(np.float32)
     m = cka_matrix([x, moved], [x, y], kernel=kernel, unbiased=unbiased)
-    assert m[1, 0] == pytest.approx(1.0, abs=1e-6)  # CKA(x, 7.5 x Q) = 1
-    assert m[1, 1] == pytest.approx(m[0, 1], abs=1e-6)  # and nothing else changes
+    assert m[1, 0] == approx_f32(1.0, n=29, scale=1)  # CKA(x, 7.5 x Q) = 1
+    assert m[1, 1] == approx_f32(m[0, 1], n=29, scale=1)  # and nothing else changes
 
 
 def test_sensitive_to_non_isotropic_scaling():
@@ -146,7 +152,7 @@ def test_sensitive_to_non_isotropic_scaling():
     # in the population; the sample estimate is close to it
     got = cka_matrix([x], [stretched])[0, 0]
     assert got < 0.5
-    assert got == pytest.approx(909 / np.sqrt(10 * (900 ** 2 + 9)), abs=0.05)
+    assert got == approx(909 / np.sqrt(10 * (900 ** 2 + 9)), CKA_SAMPLE_200, scale=1)
 
 
 # -- minibatch against full batch ---------------------------------------------------------
@@ -161,7 +167,7 @@ def test_minibatch_equals_full_batch_on_repeated_batches():
     # float64 products: only the estimator's arithmetic can make them differ
     mini = cka_matrix([xs], [ys], minibatch=48, shuffle=False, dtype="float64")[0, 0]
     full = cka_matrix([x], [y], unbiased=True, dtype="float64")[0, 0]
-    assert mini == pytest.approx(full, abs=1e-12)
+    assert mini == approx_f64(full, n=48 * 48, scale=1)  # float64 sums over 48 x 48 entries
 
 
 def test_minibatch_and_full_batch_agree_with_population_value():
@@ -175,11 +181,9 @@ def test_minibatch_and_full_batch_agree_with_population_value():
     truth = np.linalg.norm(w) ** 2 / (np.sqrt(d) * np.linalg.norm(w.T @ w + s ** 2 * np.eye(d)))
     full = cka_matrix([x], [y], unbiased=True)[0, 0]
     mini = cka_matrix([x], [y], minibatch=500)[0, 0]
-    # sampling error at n=3000 is ~0.01 (over seeds 0-9: at most 0.016); the two estimators
-    # see the same samples, so they are much closer to each other (at most 0.0013)
-    assert full == pytest.approx(truth, abs=0.03)
-    assert mini == pytest.approx(truth, abs=0.03)
-    assert mini == pytest.approx(full, abs=0.005)
+    assert full == approx(truth, CKA_SAMPLE_3000, scale=1)
+    assert mini == approx(truth, CKA_SAMPLE_3000, scale=1)
+    assert mini == approx(full, CKA_MINIBATCH_3000, scale=1)
 
 
 # -- torch-cka ----------------------------------------------------------------------------
@@ -239,7 +243,7 @@ def test_within_a_file_matches_torch_cka(two_files):
     reps = list(a.values())
     got = cka(pa, minibatch=32, shuffle=False)
     assert got.rows == list(a)  # forward order: t ascending, blocks as written
-    np.testing.assert_allclose(got.matrix, torch_cka_matrix(reps, reps, 32), atol=1e-4, rtol=0)
+    assert_close(got.matrix, torch_cka_matrix(reps, reps, 32), torch_cka(32, 25), scale=1)
 
 
 def test_between_files_matches_torch_cka_on_aligned_samples(two_files):
@@ -247,7 +251,7 @@ def test_between_files_matches_torch_cka_on_aligned_samples(two_files):
     got = cka(pa, pb, minibatch=48, shuffle=False)
     # torch-cka is given b's rows in a's order: what pairing by id must reproduce
     want = torch_cka_matrix(list(a.values()), list(b.values()), 48)
-    np.testing.assert_allclose(got.matrix, want, atol=1e-4, rtol=0)
+    assert_close(got.matrix, want, torch_cka(48, 25), scale=1)
 
 
 # -- degenerate inputs --------------------------------------------------------------------
@@ -261,7 +265,7 @@ def test_constant_features_give_zero_not_nan(kernel, unbiased):
     m = cka_matrix([x, constant, zeros, y], kernel=kernel, unbiased=unbiased)
     assert np.isfinite(m).all()
     assert (m[[1, 2], :] == 0).all() and (m[:, [1, 2]] == 0).all()
-    assert m[0, 3] == pytest.approx(np_cka(x, y, kernel, unbiased), abs=1e-6)
+    assert m[0, 3] == approx_f32(np_cka(x, y, kernel, unbiased), n=29, scale=1)
 
 
 def test_batch_where_features_are_constant():
@@ -272,7 +276,7 @@ def test_batch_where_features_are_constant():
     x[:20] = 1.5
     got = cka_matrix([x], [y], minibatch=20, shuffle=False)[0, 0]
     want = np_cka(x, y, unbiased=True, batches=[np.arange(20), np.arange(20, 40)])
-    assert np.isfinite(got) and got == pytest.approx(want, abs=1e-6)
+    assert np.isfinite(got) and got == approx_f32(want, n=29, scale=1)
 
 
 def test_rbf_with_mostly_identical_samples_is_finite():
@@ -312,20 +316,22 @@ def test_smallest_batches_are_finite():
     x, y = related(rng, 4)
     assert np.isfinite(cka_matrix([x], [y], unbiased=True)).all()
     assert np.isfinite(cka_matrix([x[:2]], [y[:2]])).all()
-    assert cka_matrix([x], [y], unbiased=True)[0, 0] == pytest.approx(
-        np_cka(x, y, unbiased=True), abs=1e-6)
+    assert cka_matrix([x], [y], unbiased=True)[0, 0] == approx_f32(
+        np_cka(x, y, unbiased=True), n=29, scale=1)
 
 
 def test_float64_product_agrees_with_float32():
     x, y = related(np.random.default_rng(16), 50, offset=50.0)  # large mean: centring matters
     a = cka_matrix([x, y], dtype="float32")
     b = cka_matrix([x, y], dtype="float64")
-    np.testing.assert_allclose(a, b, atol=1e-6)
-    assert b[0, 1] == pytest.approx(np_cka(x, y), abs=1e-9)
+    assert_close_f32(a, b, n=29, scale=1)
+    # the numpy formula centres Grams of features whose mean is ~50 times their spread: it
+    # cancels ~50**2 of the entries' magnitude
+    assert b[0, 1] == approx_f64(np_cka(x, y), n=50 * 50, scale=50 ** 2)
 
 
 def test_torch_tensors_are_accepted():
     x, y = related(np.random.default_rng(17), 40)
     got = cka_matrix(torch.from_numpy(x), [torch.from_numpy(y)], minibatch=16)
     assert got.shape == (1, 1)
-    assert got[0, 0] == pytest.approx(cka_matrix(x, [y], minibatch=16)[0, 0], abs=1e-12)
+    assert got[0, 0] == approx_f64(cka_matrix(x, [y], minibatch=16)[0, 0], n=40 * 40, scale=1)

@@ -49,6 +49,7 @@ def test_two_files_with_null_and_interval(tmp_path, files, capsys):
     want = similarity(*files, metric="mutual-knn", k=4, permutations=19, bootstrap=10, ci=0.9, seed=2)
     js = json.loads((tmp_path / "o" / "knn.json").read_text())
     assert js["metric"] == "mutual-knn" and js["estimator"]["k"] == 4
+    # written exactly; the same process and thread count, so the same kernels
     np.testing.assert_array_equal(js["matrix"], want.matrix)
     np.testing.assert_array_equal(js["p_value"], want.p_value)
     stats = read_rows(tmp_path / "o" / "knn_stats.csv")

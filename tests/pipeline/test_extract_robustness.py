@@ -35,7 +35,7 @@ def assert_same(a, b):
     fb, idb = features(b)
     assert ida == idb and fa.keys() == fb.keys()
     for k in fa:
-        assert np.array_equal(fa[k], fb[k]), k
+        assert np.array_equal(fa[k], fb[k]), k  # exact: same machine, same kernels, same batches
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ def test_cli_resume_continues_and_matches(tmp_path):
     assert main(args + ["--epochs", "1", "--out", str(tmp_path / "b")]) == 0
     assert main(args + ["--epochs", "2", "--out", str(tmp_path / "b"), "--resume"]) == 0
     a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True)["model"] for d in "ab")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # a resume: same machine, same kernels
 
 
 def test_cli_user_errors_exit_2(tmp_path, capsys):
@@ -74,7 +74,7 @@ def test_train_dit_and_adm_load_in_their_family_format(tmp_path):
         model = probe.load_model(family, checkpoint=os.path.join(out, "model.pt"), **config)
         state = torch.load(os.path.join(out, "train_state.pt"), weights_only=True)["model"]
         for k, v in model.net.state_dict().items():
-            assert torch.equal(v, state["net." + k]), k
+            assert torch.equal(v, state["net." + k]), k  # a copy
         assert json.load(open(os.path.join(out, "log.json")))["step"] in (2, 3)
 
 

@@ -8,6 +8,7 @@ from probe.errors import ProbeError
 from probe.extractors.adm import extractor as adm
 from probe.extractors.dit import extractor as dit
 from probe.train.ddpm import DDPMObjective
+from tolerances import approx_f32, assert_close_f32
 
 SMALL_DIT = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2,
                  num_heads=2, num_classes=0, class_dropout_prob=0.0, learn_sigma=False)
@@ -27,6 +28,7 @@ def perturbed(model):
     ("adm", dict(SMALL_ADM, noise_schedule="cosine"), 3,
      dict(beta_schedule="squaredcos_cap_v2")),
 ])
+@pytest.mark.numerics
 def test_noisy_input_and_loss_match_diffusers(family, config, channels, schedule):
     torch.manual_seed(0)
     module = {"dit": dit, "adm": adm}[family]
@@ -42,9 +44,9 @@ def test_noisy_input_and_loss_match_diffusers(family, config, channels, schedule
     noise = torch.randn(images.shape, generator=replay)
     ref = DDPMScheduler(num_train_timesteps=1000, **schedule)
     assert torch.equal(seen["t"].long(), t)
-    torch.testing.assert_close(seen["x_t"], ref.add_noise(images * 2 - 1, noise, t),
-                               atol=1e-5, rtol=1e-5)
-    assert loss.item() == pytest.approx(((seen["out"] - noise) ** 2).mean().item(), rel=1e-5)
+    # diffusers' abar is a float32 product of up to 1000 factors
+    assert_close_f32(seen["x_t"], ref.add_noise(images * 2 - 1, noise, t), n=1000)
+    assert loss.item() == approx_f32(((seen["out"] - noise) ** 2).mean().item(), n=noise.numel())
 
 
 def test_only_epsilon_training_is_offered():
@@ -65,4 +67,5 @@ def test_export_is_the_family_format(tmp_path):
     loaded = probe.load_model("dit", checkpoint=str(path), **SMALL_DIT)
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
+        # exact: same weights, same machine, same kernels
         torch.testing.assert_close(loaded(x, 5), model.eval()(x, 5), rtol=0, atol=0)

@@ -49,6 +49,7 @@ def test_sigkill_at_random_moments_then_resume_matches(tmp_path):
     assert not [f for f in os.listdir(out) if ".tmp-" in f]
     a = torch.load(os.path.join(ref, "model.pt"), weights_only=True)["model"]
     b = torch.load(os.path.join(out, "model.pt"), weights_only=True)["model"]
+    # exact: resume after SIGKILL on the same machine, same kernels
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     la, lb = (json.load(open(os.path.join(d, "log.json"))) for d in (ref, out))
     assert la["final_loss"] == lb["final_loss"] and lb["step"] == 30
