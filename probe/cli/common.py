@@ -93,6 +93,13 @@ def add_batch_size(p: Parser, default: int | None, what: str = "samples per batc
                    help=f"{what} (default {default if default is not None else 'per head'})")
 
 
+def add_precision(p: Parser) -> None:
+    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
+                   help="the network's forward under autocast in bf16/fp16 (VAE, timestep "
+                        "embeddings and noise stay float32); features are stored in float32 "
+                        "or --dtype (default fp32)")
+
+
 def add_num_workers(p: Parser) -> None:
     p.add_argument("--num-workers", default="auto", metavar="N|auto",
                    help="processes decoding images (default auto: min(8, cores) on CUDA, "

@@ -3,7 +3,7 @@ import argparse
 from typing import Any
 
 from ..errors import ProbeError
-from .common import add_run_flags, add_selection, selection
+from .common import add_precision, add_run_flags, add_selection, selection
 
 
 def register(sub: Any) -> None:
@@ -66,6 +66,7 @@ def register(sub: Any) -> None:
     e.add_argument("--warp-jitter", type=float, default=0.0,
                    help="warp: brightness/contrast jitter (default 0)")
     e.add_argument("--figure-pairs", type=int, default=4, help="pairs drawn (default 4)")
+    add_precision(e)
     p.add_argument("--out", required=True, help="output folder")
     add_run_flags(p, seed_what="the extraction noise and the warp pairs",
                   overwrite="an existing pck.json", batch_size=8,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         concat=args.concat, image_size=args.image_size, ensemble=args.ensemble, seed=args.seed,
         warp=WarpOptions(seed=args.seed, points=args.warp_points, shift=args.warp_shift,
                          jitter=args.warp_jitter),
-        limit=args.limit, figure_pairs=args.figure_pairs)
+        limit=args.limit, figure_pairs=args.figure_pairs, precision=args.precision)
     kw = {}
     if args.model or args.preset:
         if args.features:

@@ -6,7 +6,8 @@ from typing import Any
 
 from ..options import NoiseOptions
 from ..pipeline.pooling import POOL_HELP
-from .common import add_run_flags, add_selection, output_options, run_options, selection
+from .common import (add_precision, add_run_flags, add_selection, output_options, run_options,
+                     selection)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,10 +73,7 @@ def register(sub: Any) -> None:
     lab.add_argument("--true-labels", action="store_true",
                      help="class-conditional models: feed each image's true label (leaks labels)")
     p.add_argument("--out", help="output .h5 (default MODEL-DATA-SPLIT.h5)")
-    p.add_argument("--precision", default="fp32", metavar="fp32|bf16|fp16",
-                   help="the network's forward under autocast in bf16/fp16 (VAE, timestep "
-                        "embeddings and noise stay float32); features are stored in --dtype "
-                        "(default fp32)")
+    add_precision(p)
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the blocks: faster batches after a first one that "
                         "pays the compile time (see docs/extract.md)")

@@ -46,6 +46,7 @@ class CorrespondOptions:
     warp: WarpOptions = field(default_factory=WarpOptions)
     limit: int | None = None           # only the first N pairs
     figure_pairs: int = 4
+    precision: str = "fp32"           # the extraction's forward (probe.precision)
 
     def __post_init__(self) -> None:
         check_alphas(self.alphas)

@@ -107,6 +107,7 @@ def find_cached(folder: str, want: dict, keys: Sequence[tuple]) -> str | None:
 
 def extract_maps(model: Any, pairs: PairSet, t: Any, blocks: Any, cache: str, *,
                  image_size: int | None, ensemble: int, seed: int, class_label: Any,
+                 precision: str = "fp32",
                  batch_size: int, device: Any, progress: bool, log: Callable[[str], Any],
                  command: str | None) -> str:
     """The path of a feature file with the maps of every image ``pairs`` needs at ``t`` x
@@ -122,7 +123,7 @@ def extract_maps(model: Any, pairs: PairSet, t: Any, blocks: Any, cache: str, *,
     model.use_class_names(data.class_names)
     want = {"model": model.name, "weights_sha256": weights_sha256(model), "pool": "none",
             "data": data.spec, "split": data.split, "num_samples": len(data),
-            "class_label": class_label,
+            "class_label": class_label, "precision": precision,
             "transform": f"{data.describe_transform()}; model input: {model.input_pipeline}"}
     if model.has_timesteps:  # a file of a network without timesteps records no noise
         want.update(noise_seed=int(seed), ensemble=int(ensemble))
@@ -137,7 +138,8 @@ def extract_maps(model: Any, pairs: PairSet, t: Any, blocks: Any, cache: str, *,
                               f"{digest}.h5")
     return extract(model, data, t=ts or None, blocks=names, out=out, pool="none",
                    noise_seed=seed, ensemble=ensemble, class_label=class_label,
-                   batch_size=batch_size, device=device, progress=progress, log=log,
+                   batch_size=batch_size, device=device, precision=precision,
+                   progress=progress, log=log,
                    command=command)
 
 

@@ -50,6 +50,7 @@ def run_correspond(model: Any, data: str, t: Any, blocks: Any, keys: Any,
         paths = [extract_maps(net, pairs, t, blocks if blocks is not None else "all", cache_dir,
                               image_size=options.image_size, ensemble=options.ensemble,
                               seed=options.seed, class_label=label, batch_size=batch_size,
+                              precision=options.precision,
                               device=dev, progress=progress, log=log, command=command)]
         extraction = {"model": net.name, "prompt": getattr(net, "prompt", None),
                       "class_label": label}

@@ -145,3 +145,20 @@ def test_sd_category_prompt_is_explicit_and_recorded(tmp_path, capsys):
     # a size Stable Diffusion cannot take is refused in one line
     assert main(argv + ["--image-size", "100", "--out", str(tmp_path / "b")]) == 2
     assert "multiple of 64" in capsys.readouterr().err
+
+
+def test_precision_reaches_the_maps_and_is_not_mixed_with_fp32(tmp_path, capsys):
+    """--precision bf16 extracts the maps under autocast (recorded in the file); a later fp32
+    run does not reuse them: bf16 maps differ in the third digit."""
+    from probe.store import open_features
+
+    out = tmp_path / "run"
+    args = ["--t", "10", "--blocks", "middle_block", "--out", str(out), "--overwrite"]
+    assert main(RUN + args + ["--precision", "bf16"]) == 0
+    (bf16,) = _h5(out / "features")
+    with open_features(str(out / "features" / bf16)) as f:
+        assert f.attrs["precision"] == "bf16"
+    capsys.readouterr()
+    assert main(RUN + args) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert len(_h5(out / "features")) == 2
