@@ -54,7 +54,7 @@ CASES = [
     ("extract: checkpoint of another architecture",
      ["extract"] + ADM[:3] + ["{wrong_ckpt}"] + ADM[4:] + ["--limit", "2"], "does not fit"),
     ("extract: unknown model", ["extract", "--model", "dit-xxl"], "unknown model"),
-    ("extract: bad --t", ["extract"] + ADM + ["--t", "1e3"], "bad --t"),
+    ("extract: bad --t", ["extract"] + ADM + ["--t", "ten"], "bad --t"),
     ("extract: --t out of range", ["extract"] + ADM + ["--t", "-5"], "outside the schedule"),
     ("extract: log-SNR out of range", ["extract"] + ADM + ["--logsnr", "40"],
      r"log-SNR 40 is outside .*'s range \[-\d+\.\d+, \d+\.\d+\]"),

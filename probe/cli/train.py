@@ -272,8 +272,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = _model_config(args, channels)
     dataset = load_dataset(args.data, args.split, args.image_size, channels)
     state = loop.prepare_out(out, args.resume, args.overwrite)
-    images = loop.Images(dataset, limit=args.limit, num_workers=args.num_workers,
-                         progress=not args.quiet)
+    from ..pipeline.gpu import resolve_num_workers
+
+    workers = resolve_num_workers(args.num_workers, loop.resolve_device(args.device))
+    images = loop.Images(dataset, limit=args.limit, num_workers=workers, progress=not args.quiet)
     loop.seed_everything(args.seed)
     objective = _build(args, cfg, images, state is not None)
     run_config = dict(family=args.family, model=cfg, data=args.data, split=args.split,

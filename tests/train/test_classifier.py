@@ -135,15 +135,20 @@ def test_sup_fmnist_blocks_and_logits_are_timms_own(shipped):
     import probe
 
     model = probe.load_model("sup-fmnist")
-    assert not model.has_timesteps and model.block_names == [f"blocks.{i}" for i in range(4)]
+    assert not model.has_timesteps
+    assert model.block_names == [f"blocks.{i}" for i in range(4)] + ["features", "head"]
     x, _ = demo_batch(8, 28, "test")
     feats = model.forward_intermediates(model.prepare(x), None, "all")
     with torch.no_grad():
         ref = shipped.forward_intermediates((x - 0.5) / 0.5, indices=4, intermediates_only=True,
                                             output_fmt="NLC", return_prefix_tokens=True)
         logits = shipped((x - 0.5) / 0.5)
+        tokens = shipped.forward_features((x - 0.5) / 0.5)
+        pre_logits = shipped.forward_head(tokens, pre_logits=True)
     for i, (patches, prefix) in enumerate(ref):  # probe keeps the class token first
         assert_close_net(feats[f"blocks.{i}"], torch.cat([prefix, patches], 1), what=str(i))
+    assert_close_net(feats["features"], tokens, what="features")
+    assert_close_net(feats["head"], pre_logits, what="head")
     assert_close_net(model(model.prepare(x), None), logits)
 
 
