@@ -96,8 +96,14 @@ class FileDataset(ImageDataset):
         self.paths = list(paths)
 
     def _load(self, i):
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+        im = Image.open(self.paths[i])
+        try:
+            im.load()  # decodes and closes the file (Pillow does for a path it opened)
+        except BaseException:
+            im.close()
+            raise
+        # no copy: `with Image.open` would free the pixels on exit, hence a copy before
+        return im if im.mode in ("L", "RGB") else im.convert("RGB")
 
 
 # ---- Fashion-MNIST (IDX files) and the bundled demo subset -----------------------------

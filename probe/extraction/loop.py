@@ -2,6 +2,7 @@
 block asked for, pool, and write each batch as one part of the run folder."""
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from ..errors import ProbeError
 from ..noise import per_sample_noise
@@ -34,7 +35,9 @@ def _collate(batch):
     good = [b for b in batch if b[1] is not None]
     return {
         "index": np.array([b[0] for b in good], dtype=np.int64),
-        "images": torch.stack([b[1] for b in good]) if good else None,
+        # torch.stack, but in a worker straight into shared memory: sending a plain tensor
+        # copies it there, 0.5 ms per 256-px image (a tenth of its decoding and resizing)
+        "images": default_collate([b[1] for b in good]) if good else None,
         "labels": torch.tensor([b[2] for b in good], dtype=torch.long),
         "bad": [(b[0], b[3]) for b in batch if b[1] is None],
     }

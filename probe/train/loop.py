@@ -105,7 +105,8 @@ class Images:
             if image is None:
                 raise ProbeError(f"cannot train on an unreadable image: "
                                  f"{self.dataset.bad_reason(i)}")
-        return torch.stack([image for _, image, _ in batch])
+        # in a worker torch stacks into shared memory: no copy on the way to this process
+        return torch.utils.data.default_collate([image for _, image, _ in batch])
 
 
 class _Indexed(torch.utils.data.Dataset):
