@@ -235,6 +235,39 @@ def draft_check(root, sizes, rounds=3):
     return out
 
 
+def decoder_check(root, rounds=3):
+    """PIL vs torchvision.io.decode_jpeg on the files: CPU ms/img of the decode to a
+    (C, H, W) uint8 tensor (median of ``rounds`` passes), and whether the pixels agree."""
+    import warnings
+
+    import torch
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # said once, in the report
+
+    torch.set_num_threads(1)
+    paths = sorted(glob.glob(os.path.join(root, "*", "*.JPEG")))[::4]
+
+    def pil(p):  # as probe reads a file
+        im = Image.open(p)
+        im.load()
+        return torch.from_numpy(np.array(im)).permute(2, 0, 1)
+
+    def tv(p):
+        return decode_jpeg(read_file(p), mode=ImageReadMode.RGB)
+
+    costs = {"pil": [], "torchvision": []}
+    for _ in range(rounds):
+        for name, fn in (("pil", pil), ("torchvision", tv)):
+            t0 = time.process_time()
+            for p in paths:
+                fn(p)
+            costs[name].append((time.process_time() - t0) / len(paths) * 1e3)
+    same = all(torch.equal(pil(p), tv(p)) for p in paths)
+    return {k: statistics.median(v) for k, v in costs.items()}, same
+
+
 def _width(path):
     from PIL import Image
 
@@ -246,7 +279,9 @@ def child(tree, *args):
     """Run this script with ``args`` in a fresh process importing `probe` from ``tree``."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=tree)
     res = subprocess.run([sys.executable, os.path.abspath(__file__), *args],
-                         env=env, check=True, capture_output=True, text=True)
+                         env=env, capture_output=True, text=True)
+    if res.returncode:
+        sys.exit(f"{' '.join(args[:2])} with {tree} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -321,7 +356,7 @@ def main():
         print(json.dumps(measure(args.measure, sizes, args.uint8)))
         return
     if args.draft:
-        print(json.dumps(draft_check(args.draft, draft_sizes)))
+        print(json.dumps((draft_check(args.draft, draft_sizes), decoder_check(args.draft))))
         return
     trees = {"now": os.path.abspath(os.path.join(HERE, ".."))}
     if args.before:
@@ -332,14 +367,16 @@ def main():
         print(f"{n} JPEGs (500x375 and 375x500, quality 90), {kb:.0f} KB on average")
         print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         results, digests = {name: [] for name in trees}, {name: set() for name in trees}
-        for _ in range(repeat):
+        for turn in range(repeat):
             for name, tree in trees.items():
+                print(f"turn {turn + 1}/{repeat}: {name}", file=sys.stderr, flush=True)
                 res, digest, diff = run_tree(tree, root, sizes, args.uint8 and name == "now")
                 results[name].append(res)
                 digests[name].add(digest)
                 diffs = diff if name == "now" else diffs
         print(f"load average after the loaders: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        drafts = child(trees["now"], "--draft", root, "--draft-sizes", ",".join(map(str, draft_sizes)))
+        drafts, decoders = child(trees["now"], "--draft", root, "--draft-sizes",
+                                 ",".join(map(str, draft_sizes)))
     print(f"\nmedian of {repeat} turns; img/s from wall time, a fresh DataLoader (or pool) per "
           "epoch; CPU ms/img over every process\n")
     report(results, sizes)
@@ -349,6 +386,10 @@ def main():
     if args.before:
         print(f"\nsame values as before (first images, every S): {digests['now'] == digests['before']}")
     report_draft(drafts)
+    (costs, same) = decoders
+    print(f"\ndecoding to a uint8 tensor, CPU ms/img (median of 3 passes): PIL {costs['pil']:.2f}, "
+          f"torchvision.io.decode_jpeg {costs['torchvision']:.2f} (deprecated since torchvision "
+          f"0.29, not used); identical pixels: {same}")
 
 
 if __name__ == "__main__":
