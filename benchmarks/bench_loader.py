@@ -2,6 +2,7 @@
 bare PIL decode-and-resize loop on the same files, at 0, 1 and 2 workers, side by side.
 
     python benchmarks/bench_loader.py [--quick] [--sizes 224,256] [--repeat 3] [--before DIR]
+                                      [--uint8] [--draft-sizes 64,128,224]
 
 The files: the 20 bundled photos (tests/fixtures/imagenet_photos, 256 px), each cropped
 and flipped into ``--per-photo`` variants and re-encoded at ImageNet's typical size,
@@ -20,6 +21,11 @@ Each tree (this one, and ``--before DIR``: a folder holding an older `probe` pac
 measured in a fresh process; bare and probe take turns within it, and the trees take
 turns ``--repeat`` times; medians.  torch runs one thread in every process (a worker's
 share).  Goal: probe / bare >= 0.9 at every N, and images/s growing with N.
+
+``--uint8`` also measures a candidate transform that resizes the uint8 pixels (faster,
+other values; not probe's).  Then, in CPU time: probe's transform after a full decode vs
+after PIL's JPEG draft decode (1/2, 1/4, 1/8 scale) with the values' difference, and
+PIL vs torchvision.io.decode_jpeg as decoders.
 """
 import argparse
 import glob
