@@ -102,7 +102,10 @@ class FileDataset(ImageDataset):
         except BaseException:
             im.close()
             raise
-        # no copy: `with Image.open` would free the pixels on exit, hence a copy before
+        if getattr(im, "fp", None) is not None:  # formats with frames keep it open to seek
+            with im:
+                im = im.copy()
+        # no copy otherwise: `with Image.open` would free the pixels on exit, hence one before
         return im if im.mode in ("L", "RGB") else im.convert("RGB")
 
 
