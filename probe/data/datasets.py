@@ -99,9 +99,18 @@ class FileDataset(ImageDataset):
                          class_names, **kw)
         self.paths = list(paths)
 
-    def _load(self, i):
-        with Image.open(self.paths[i]) as im:
-            return im.convert("RGB") if im.mode not in ("L", "RGB") else im.copy()
+    def _load(self, i: int) -> Image.Image:
+        im: Image.Image = Image.open(self.paths[i])
+        try:
+            im.load()  # decodes and closes the file (Pillow does for a path it opened)
+        except BaseException:
+            im.close()
+            raise
+        if getattr(im, "fp", None) is not None:  # formats with frames keep it open to seek
+            with im:
+                im = im.copy()
+        # no copy otherwise: `with Image.open` would free the pixels on exit, hence one before
+        return im if im.mode in ("L", "RGB") else im.convert("RGB")
 
 
 # ---- Fashion-MNIST (IDX files) and the bundled demo subset -----------------------------

@@ -28,7 +28,9 @@ def _collate(batch: list[Item]) -> dict[str, Any]:
     good = [b for b in batch if b[1] is not None]
     return {
         "index": np.array([b[0] for b in good], dtype=np.int64),
-        "images": torch.stack([b[1] for b in good]) if good else None,
+        # torch.stack, but in a worker straight into shared memory: sending a plain tensor
+        # copies it there, 0.5 ms per 256-px image (a tenth of its decoding and resizing)
+        "images": torch.utils.data.default_collate([b[1] for b in good]) if good else None,
         "labels": torch.tensor([b[2] for b in good], dtype=torch.long),
         "bad": [(b[0], b[3]) for b in batch if b[1] is None],
     }

@@ -109,7 +109,8 @@ class Images:
         for _, image, _, bad in batch:
             if image is None:
                 raise ProbeError(f"cannot train on an unreadable image: {bad}")
-        return torch.stack([image for _, image, _, _ in batch])
+        # in a worker torch stacks into shared memory: no copy on the way to this process
+        return torch.utils.data.default_collate([image for _, image, _, _ in batch])
 
 
 # ---- stopping cleanly on Ctrl-C ----------------------------------------------------------
