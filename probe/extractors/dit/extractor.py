@@ -84,14 +84,25 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
     vae_subfolder = None
     if vae_source is _NO_VAE_GIVEN:
         vae_source, vae_subfolder = located.get("vae") or (spec.get("vae"), None)
-    vae = load_vae(vae_source, vae_subfolder)
-    vae_source = vae_label(vae_source, vae_subfolder) if vae is not None else None
-    if vae is not None and vae.config.latent_channels != config["in_channels"]:
-        raise ProbeError(f"the VAE {vae_source} makes {vae.config.latent_channels}-channel "
-                         f"latents but {name} takes in_channels={config['in_channels']}")
+    vae, vae_source, geometry = latent_input(name, config, vae_source, vae_subfolder)
     # The schedule's tables stay real even when the net is built on the meta device.
     with torch.device("cpu"):
         schedule = DDPMSchedule(spec.get("schedule", "linear"), 1000)
+    return DiTExtractor(net, name=name, schedule=schedule, vae=vae, vae_scale=VAE_SCALE,
+                        config={**config, "vae": vae_source}, source=located["source"],
+                        **geometry)
+
+
+def latent_input(name: str, config: Mapping[str, Any], vae_source: Any,
+                 vae_subfolder: str | None = None) -> tuple[Any, str | None, dict[str, Any]]:
+    """The VAE of a DiT-shaped network (DiT, SiT) and what the extractor is told about its
+    input: (vae or None, its label, {image_size, image_channels, num_classes,
+    null_class}).  A VAE whose latents do not fit ``in_channels`` is a one-line error."""
+    vae = load_vae(vae_source, vae_subfolder)
+    label = vae_label(vae_source, vae_subfolder) if vae is not None else None
+    if vae is not None and vae.config.latent_channels != config["in_channels"]:
+        raise ProbeError(f"the VAE {label} makes {vae.config.latent_channels}-channel "
+                         f"latents but {name} takes in_channels={config['in_channels']}")
     conditional = config["num_classes"] > 0
     has_null = conditional and config["class_dropout_prob"] > 0
     if vae is None:
@@ -99,13 +110,9 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
     else:
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         image_size, image_channels = config["input_size"] * factor, vae.config.in_channels
-    return DiTExtractor(
-        net, name=name, schedule=schedule, image_size=image_size, image_channels=image_channels,
-        num_classes=config["num_classes"] if conditional else None,
-        null_class=config["num_classes"] if has_null else None,
-        vae=vae, vae_scale=VAE_SCALE,
-        config={**config, "vae": vae_source},
-        source=located["source"])
+    return vae, label, dict(image_size=image_size, image_channels=image_channels,
+                            num_classes=config["num_classes"] if conditional else None,
+                            null_class=config["num_classes"] if has_null else None)
 
 
 # ---- where the weights are ----------------------------------------------------------------

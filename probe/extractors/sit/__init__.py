@@ -20,10 +20,8 @@ from typing import Any
 
 import torch
 
-from ...errors import ProbeError
 from .. import weights
-from ..dit.extractor import VAE_SCALE, DiTExtractor
-from ..dit.diffusers_format import load_vae, vae_label
+from ..dit.extractor import VAE_SCALE, DiTExtractor, latent_input
 from .legacy import check_args, from_legacy
 from .net import SiT, block_order, describe, resolve_config
 from .schedule import CONVENTIONS, InterpolantSchedule
@@ -53,24 +51,10 @@ def create(name: str, spec: dict, checkpoint: Any = None, random_init: bool = Fa
     if not random_init:
         state, source = _weights(name, spec, checkpoint, trust_checkpoint, config)
         weights.load_into(net, state, what=source, arch=describe(name, config))
-    vae = load_vae(vae_source, None)
-    vae_source = vae_label(vae_source, None) if vae is not None else None
-    if vae is not None and vae.config.latent_channels != config["in_channels"]:
-        raise ProbeError(f"the VAE {vae_source} makes {vae.config.latent_channels}-channel "
-                         f"latents but {name} takes in_channels={config['in_channels']}")
-    conditional = config["num_classes"] > 0
-    has_null = conditional and config["class_dropout_prob"] > 0
-    if vae is None:
-        image_size, image_channels = config["input_size"], config["in_channels"]
-    else:
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        image_size, image_channels = config["input_size"] * factor, vae.config.in_channels
-    return SiTExtractor(
-        net, name=name, schedule=schedule, image_size=image_size, image_channels=image_channels,
-        num_classes=config["num_classes"] if conditional else None,
-        null_class=config["num_classes"] if has_null else None,
-        vae=vae, vae_scale=VAE_SCALE,
-        config={**config, "vae": vae_source, "convention": convention}, source=source)
+    vae, vae_source, geometry = latent_input(name, config, vae_source)
+    return SiTExtractor(net, name=name, schedule=schedule, vae=vae, vae_scale=VAE_SCALE,
+                        config={**config, "vae": vae_source, "convention": convention},
+                        source=source, **geometry)
 
 
 def _weights(name: str, spec: dict, checkpoint: Any, trust: bool,
