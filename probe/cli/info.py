@@ -55,7 +55,7 @@ def _noise(f: Any) -> None:
 
     levels = f.noise_levels()
     if levels:
-        print("  noise levels (x_t = alpha x_0 + sigma eps):")
+        print("  noise_levels: per t, x_t = alpha x_0 + sigma eps")
         print(f"    {'t':>10} {'alpha':>10} {'sigma':>10} {'log-SNR':>10}")
         for t, v in sorted(levels.items()):
             print(f"    {t_text(t):>10} {v['alpha']:>10.5g} {v['sigma']:>10.5g} "
