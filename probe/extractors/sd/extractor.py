@@ -196,26 +196,10 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
     (auto|max|N) and ``vae`` (another VAE: a folder, a hub id or "random")."""
     options = _options(spec.get("config", {}))
     located = sd_load.locate(name, spec, checkpoint, random_init)
-    if located["kind"] == "random":
-        if name not in sd_load.ARCHITECTURES:
-            raise ProbeError("--random-init needs a registry architecture: sd-1.5 or "
-                             "sd-2.1-base (the sd family has no default one)")
-        if options["prompt"]:
-            raise ProbeError("--random-init builds no text encoder (the conditioning is zeros): "
-                             "drop --prompt")
-        parts = sd_load.random_parts(sd_load.ARCHITECTURES[name])
-    else:
-        _need_transformers()
-        parts = sd_load.load_parts(located)
+    parts = build_parts(name, located, options, sd_load, "sd")
     unet = parts["unet"]
     _check_unet(unet, name, located["source"])
-    vae, vae_label = _vae(parts["vae"], options["vae"], located)
-    if vae.config.latent_channels != unet.config.in_channels:
-        raise ProbeError(f"the VAE {vae_label} makes {vae.config.latent_channels}-channel latents "
-                         f"but the U-Net takes {unet.config.in_channels} channels")
-    if options["attention_slice"] is not None:
-        unet.set_attention_slice(options["attention_slice"])
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae, vae_label, factor = fit_vae(parts, options, located)
     width = unet.config.cross_attention_dim
     if parts["text_encoder"] is not None:
         embeds = torch.zeros(0, parts["tokenizer"].model_max_length, width)
@@ -240,6 +224,38 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
                          f"{model.prompt_embeds.shape[-1]} does not fit the U-Net's "
                          f"cross_attention_dim {width}")
     return model
+
+
+def build_parts(name: str, located: Mapping[str, Any], options: Mapping[str, Any],
+                loader: Any, family: str) -> dict[str, Any]:
+    """The pipeline's parts (``loader``: the family's load module): random ones for a
+    registry architecture under --random-init (which builds no text encoder, so a prompt
+    is refused), else those of the located folder."""
+    if located["kind"] == "random":
+        if name not in loader.ARCHITECTURES:
+            raise ProbeError(f"--random-init needs a registry architecture: "
+                             f"{' or '.join(loader.ARCHITECTURES)} (the {family} family has "
+                             "no default one)")
+        if options["prompt"]:
+            raise ProbeError("--random-init builds no text encoder (the conditioning is zeros): "
+                             "drop --prompt")
+        return loader.random_parts(loader.ARCHITECTURES[name])
+    _need_transformers()
+    return loader.load_parts(located)
+
+
+def fit_vae(parts: Mapping[str, Any], options: Mapping[str, Any],
+            located: Mapping[str, Any]) -> tuple[Any, str, int]:
+    """(the VAE, its label, its downsampling factor), checked against the U-Net's input;
+    the U-Net's attention slicing set as asked."""
+    unet = parts["unet"]
+    vae, vae_label = _vae(parts["vae"], options["vae"], located)
+    if vae.config.latent_channels != unet.config.in_channels:
+        raise ProbeError(f"the VAE {vae_label} makes {vae.config.latent_channels}-channel latents "
+                         f"but the U-Net takes {unet.config.in_channels} channels")
+    if options["attention_slice"] is not None:
+        unet.set_attention_slice(options["attention_slice"])
+    return vae, vae_label, 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def _need_transformers():

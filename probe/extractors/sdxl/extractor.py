@@ -143,29 +143,13 @@ def create(name: str, spec: Mapping[str, Any], checkpoint: Any = None, random_in
     ``torch_dtype``, ``attention_slice``, ``vae``)."""
     options = sd._options(spec.get("config", {}))
     located = sdxl_load.locate(name, spec, checkpoint, random_init)
-    if located["kind"] == "random":
-        if name not in sdxl_load.ARCHITECTURES:
-            raise ProbeError("--random-init needs a registry architecture: sdxl-base-1.0 "
-                             "(the sdxl family has no default one)")
-        if options["prompt"]:
-            raise ProbeError("--random-init builds no text encoders (the conditioning is "
-                             "zeros): drop --prompt")
-        parts = sdxl_load.random_parts(sdxl_load.ARCHITECTURES[name])
-    else:
-        sd._need_transformers()
-        parts = sdxl_load.load_parts(located)
+    parts = sd.build_parts(name, located, options, sdxl_load, "sdxl")
     unet = parts["unet"]
     if unet.config.get("addition_embed_type") != "text_time":
         raise ProbeError(f"{located['source']}: its U-Net is not an SDXL U-Net "
                          "(addition_embed_type is not text_time); use --model sd")
-    vae, vae_label = sd._vae(parts["vae"], options["vae"], located)
+    vae, vae_label, factor = sd.fit_vae(parts, options, located)
     vae.float()
-    if vae.config.latent_channels != unet.config.in_channels:
-        raise ProbeError(f"the VAE {vae_label} makes {vae.config.latent_channels}-channel latents "
-                         f"but the U-Net takes {unet.config.in_channels} channels")
-    if options["attention_slice"] is not None:
-        unet.set_attention_slice(options["attention_slice"])
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     width = unet.config.cross_attention_dim
     if parts["text_encoder"] is not None:
         length = parts["tokenizer"].model_max_length
